@@ -1,0 +1,31 @@
+"""sdessm: state-space models whose latent state follows a linear time-invariant SDE.
+
+    x_1 ~ N(mu1, P1),   dx_t = F x_t dt + L dW_t,   y_k ~ N(H x_{t_k} + u, R)
+
+Exact discretisation, Kalman filtering and RTS smoothing, and exact simulation. Public entry
+points compute in float64 (enabled for the duration of each call, not globally).
+"""
+
+from .discretize import discretize as discretize
+from .discretize import discretize_params as discretize_params
+from .kalman import FilterResult as FilterResult
+from .kalman import SmootherResult as SmootherResult
+from .kalman import kalman_filter as kalman_filter
+from .kalman import rts_smoother as rts_smoother
+from .params import LGSSMParams as LGSSMParams
+from .params import SDEParams as SDEParams
+from .simulate import simulate as simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FilterResult",
+    "LGSSMParams",
+    "SDEParams",
+    "SmootherResult",
+    "discretize",
+    "discretize_params",
+    "kalman_filter",
+    "rts_smoother",
+    "simulate",
+]

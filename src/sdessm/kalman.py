@@ -1,0 +1,261 @@
+r"""Kalman filter and Rauch-Tung-Striebel smoother, NaN-aware, jittable, vmappable, differentiable.
+
+Missing values: a NaN component of $y_k$ is removed from the update by zeroing its row of $H_k$
+and decoupling it in $R_k$ (unit variance, zero covariance with the observed components), so its
+innovation is exactly zero and it adds nothing to the gain or, after removing the $\log 2\pi$ term,
+to the log-likelihood. A vector may be partly missing.
+
+The filtered covariance uses the Joseph form and every covariance is symmetrised; all solves use
+Cholesky factors, and the log-determinant of the innovation covariance comes from the same factor.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import cho_solve
+from jaxtyping import Array, ArrayLike, Float
+
+from ._checks import check_observations, check_times, float64
+from .discretize import _discretize_grouped, discretize_params, symmetrize
+from .params import LGSSMParams, SDEParams, as_arrays, as_float_array
+
+
+class FilterResult(NamedTuple):
+    r"""Output of `kalman_filter`; with `B` sequences every field gains a leading `B` axis.
+
+    `predicted_*[k]` is $p(x_k \mid y_{1:k-1})$ (so `predicted_*[0]` is $(\mu_1, P_1)$),
+    `filtered_*[k]` is $p(x_k \mid y_{1:k})$, and `log_likelihood` is $\log p(y_{1:T})$ of each
+    sequence, over its observed entries only.
+    """
+
+    filtered_means: Float[Array, "*B T d"]
+    filtered_covs: Float[Array, "*B T d d"]
+    predicted_means: Float[Array, "*B T d"]
+    predicted_covs: Float[Array, "*B T d d"]
+    log_likelihood: Float[Array, "*B"]
+
+
+class SmootherResult(NamedTuple):
+    r"""Output of `rts_smoother`; with `B` sequences every field gains a leading `B` axis.
+
+    `smoothed_*[k]` is $p(x_k \mid y_{1:T})$; `cross_covs[k]` is
+    $\mathrm{Cov}[x_{k+1}, x_k \mid y_{1:T}]$ for $k = 1..T-1$.
+    """
+
+    smoothed_means: Float[Array, "*B T d"]
+    smoothed_covs: Float[Array, "*B T d d"]
+    cross_covs: Float[Array, "*B T-1 d d"]
+    log_likelihood: Float[Array, "*B"]
+
+
+# --------------------------------------------------------------------------- single sequence
+
+
+def _update(m, P, H, u, R, y):
+    """Condition N(m, P) on the observed entries of y ~ N(H x + u, R). Returns (m, P, loglik)."""
+    p = y.shape[-1]
+    obs = ~jnp.isnan(y)
+    H = jnp.where(obs[:, None], H, 0.0)
+    R = jnp.where(obs[:, None] & obs[None, :], R, jnp.eye(p, dtype=R.dtype))
+    innovation = jnp.where(obs, y - H @ m - u, 0.0)
+    S = symmetrize(H @ P @ H.T + R)
+    chol = jnp.linalg.cholesky(S)
+    gain = cho_solve((chol, True), H @ P).T  # K = P H^T S^{-1}
+    m = m + gain @ innovation
+    I_KH = jnp.eye(m.shape[-1], dtype=P.dtype) - gain @ H
+    P = symmetrize(I_KH @ P @ I_KH.T + gain @ R @ gain.T)
+    n_obs = jnp.sum(obs).astype(y.dtype)
+    mahalanobis = innovation @ cho_solve((chol, True), innovation)
+    log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+    loglik = -0.5 * (n_obs * jnp.log(2.0 * jnp.pi) + log_det + mahalanobis)
+    return m, P, loglik
+
+
+def _predict(m, P, A, Sigma):
+    return A @ m, symmetrize(A @ P @ A.T + Sigma)
+
+
+def _steps(params: LGSSMParams):
+    """Split `params` into shared fields and per-step scan inputs.
+
+    Transitions are indexed by the step they lead *into* (k = 2..T), emissions by k = 2..T, so the
+    filter scan (over k = 2..T) reads both at the same index; emissions at k = 1 are `first`.
+    """
+    tv = params.time_varying()
+    shared = {k: getattr(params, k) for k in ("A", "Sigma", "H", "u", "R") if not tv[k]}
+    per_step = {k: getattr(params, k) for k in ("A", "Sigma") if tv[k]}
+    per_step |= {k: getattr(params, k)[1:] for k in ("H", "u", "R") if tv[k]}
+    first = {k: getattr(params, k)[0] if tv[k] else getattr(params, k) for k in ("H", "u", "R")}
+    return shared, per_step, first
+
+
+def _filter_one(params: LGSSMParams, y) -> FilterResult:
+    shared, per_step, first = _steps(params)
+    m1, P1, ll1 = _update(params.mu1, params.P1, first["H"], first["u"], first["R"], y[0])
+
+    def step(carry, xs):
+        m, P, _ = carry
+        k, y_k = xs
+        f = shared | k
+        m_pred, P_pred = _predict(m, P, f["A"], f["Sigma"])
+        m_filt, P_filt, ll = _update(m_pred, P_pred, f["H"], f["u"], f["R"], y_k)
+        return (m_filt, P_filt, ll), (m_filt, P_filt, m_pred, P_pred, ll)
+
+    init = (m1, P1, ll1)
+    _, (ms, Ps, m_preds, P_preds, lls) = jax.lax.scan(step, init, (per_step, y[1:]))
+    cat = lambda a, b: jnp.concatenate([a[None], b])  # noqa: E731
+    return FilterResult(
+        filtered_means=cat(m1, ms),
+        filtered_covs=cat(P1, Ps),
+        predicted_means=cat(params.mu1, m_preds),
+        predicted_covs=cat(params.P1, P_preds),
+        log_likelihood=ll1 + jnp.sum(lls),
+    )
+
+
+def _smoother_one(params: LGSSMParams, y) -> SmootherResult:
+    filt = _filter_one(params, y)
+    tv = params.time_varying()
+    A = params.A if tv["A"] else jnp.broadcast_to(params.A, (y.shape[0] - 1,) + params.A.shape)
+
+    def step(carry, xs):
+        m_next, P_next = carry  # smoothed moments of x_{k+1}
+        m_f, P_f, m_pred, P_pred, A_k = xs  # filtered x_k; predicted x_{k+1}; A_k: x_k -> x_{k+1}
+        chol = jnp.linalg.cholesky(P_pred)
+        gain = cho_solve((chol, True), A_k @ P_f).T  # G = P_f A^T P_pred^{-1}
+        m = m_f + gain @ (m_next - m_pred)
+        P = symmetrize(P_f + gain @ (P_next - P_pred) @ gain.T)
+        cross = P_next @ gain.T  # Cov[x_{k+1}, x_k | y_{1:T}]
+        return (m, P), (m, P, cross)
+
+    last = (filt.filtered_means[-1], filt.filtered_covs[-1])
+    xs = (
+        filt.filtered_means[:-1],
+        filt.filtered_covs[:-1],
+        filt.predicted_means[1:],
+        filt.predicted_covs[1:],
+        A,
+    )
+    _, (ms, Ps, crosses) = jax.lax.scan(step, last, xs, reverse=True)
+    return SmootherResult(
+        smoothed_means=jnp.concatenate([ms, last[0][None]]),
+        smoothed_covs=jnp.concatenate([Ps, last[1][None]]),
+        cross_covs=crosses,
+        log_likelihood=filt.log_likelihood,
+    )
+
+
+# --------------------------------------------------------------------------- public boundary
+
+
+def prepare(params, y, times=None, dt=None):
+    """Validate and resolve the public arguments into `(LGSSMParams, y, params_batched)`.
+
+    `params_batched` is True when the discrete parameters carry a leading sequence axis (an
+    `SDEParams` with per-sequence times of shape `(B, T)`).
+    """
+    if isinstance(params, SDEParams):
+        params = as_arrays(params.validate())
+        y = as_float_array(y, "y")
+        check_observations(y, params.obs_dim)
+        T = y.shape[-2]
+        if times is not None and dt is not None:
+            raise ValueError("give either `times` or `dt`, not both.")
+        if times is None and dt is None:
+            raise ValueError("an `SDEParams` needs the observation `times` (or a uniform `dt`).")
+        if dt is not None:
+            return discretize_params(params, dt=dt), y, False
+        times = as_float_array(times, "times")
+        check_times("times", times, T)
+        if times.ndim == 1:
+            return discretize_params(params, times), y, False
+        if y.ndim != 3 or y.shape[0] != times.shape[0]:
+            raise ValueError(
+                f"`times` of shape {times.shape} gives one time grid per sequence, so `y` must be "
+                f"({times.shape[0]}, {T}, p); got {y.shape}."
+            )
+        A, Sigma = _discretize_grouped(params.F, params.Q, jnp.diff(times, axis=-1))
+        return LGSSMParams(A, Sigma, *params[2:]), y, True
+    if isinstance(params, LGSSMParams):
+        if times is not None or dt is not None:
+            raise ValueError(
+                "`times`/`dt` apply to `SDEParams`; an `LGSSMParams` already holds its steps."
+            )
+        params = as_arrays(params)
+        y = as_float_array(y, "y")
+        check_observations(y, params.obs_dim)
+        return params.validate(num_timesteps=y.shape[-2]), y, False
+    raise TypeError(f"`params` must be SDEParams or LGSSMParams; got {type(params).__name__}.")
+
+
+def _map_sequences(fn, params, y, params_batched):
+    """Apply a single-sequence `fn(params, y)` to `(T, p)` or `(B, T, p)` data."""
+    if y.ndim == 2:
+        return fn(params, y)
+    axes = LGSSMParams(0, 0, None, None, None, None, None) if params_batched else None
+    return jax.vmap(fn, in_axes=(axes, 0))(params, y)
+
+
+@float64
+def kalman_filter(
+    params: LGSSMParams | SDEParams,
+    y: Float[ArrayLike, "*B T p"],
+    times: Float[ArrayLike, "*B T"] | None = None,
+    *,
+    dt: float | None = None,
+) -> FilterResult:
+    r"""Kalman filter: filtered and one-step predicted state moments and $\log p(y_{1:T})$.
+
+    Args:
+        params: an `LGSSMParams` (time-invariant or with per-step `A`, `Sigma`, `H`, `u`, `R`), or
+            an `SDEParams` together with `times` or `dt`, discretised exactly.
+        y: observations `(T, p)` or `(B, T, p)`; NaN marks a missing value.
+        times: observation times `(T,)` shared by all sequences, or `(B, T)`; `SDEParams` only.
+        dt: a uniform step instead of `times`; `SDEParams` only.
+
+    Returns:
+        A `FilterResult`; `log_likelihood` has shape `()` or `(B,)` (one per sequence).
+
+    Examples:
+        >>> import jax.numpy as jnp, sdessm
+        >>> rw = sdessm.SDEParams(F=jnp.zeros((1, 1)), L=jnp.eye(1), H=jnp.eye(1), u=jnp.zeros(1),
+        ...                       R=jnp.eye(1), mu1=jnp.zeros(1), P1=jnp.eye(1))
+        >>> res = sdessm.kalman_filter(rw, jnp.array([[jnp.nan]]), dt=1.0)  # nothing observed
+        >>> float(res.log_likelihood), res.filtered_covs.tolist()
+        (0.0, [[[1.0]]])
+    """
+    lgssm, y, batched = prepare(params, y, times, dt)
+    return _map_sequences(_filter_one, lgssm, y, batched)
+
+
+@float64
+def rts_smoother(
+    params: LGSSMParams | SDEParams,
+    y: Float[ArrayLike, "*B T p"],
+    times: Float[ArrayLike, "*B T"] | None = None,
+    *,
+    dt: float | None = None,
+) -> SmootherResult:
+    r"""Rauch-Tung-Striebel smoother: $p(x_k \mid y_{1:T})$, lag-one cross-covariances, log-lik.
+
+    Arguments as for `kalman_filter`.
+
+    Returns:
+        A `SmootherResult`: smoothed means `(*B, T, d)` and covariances `(*B, T, d, d)`,
+        `cross_covs[k]` $= \mathrm{Cov}[x_{k+1}, x_k \mid y_{1:T}]$ `(*B, T-1, d, d)`, and the
+        log-likelihood of each sequence.
+
+    Examples:
+        >>> import jax.numpy as jnp, sdessm
+        >>> rw = sdessm.SDEParams(F=jnp.zeros((1, 1)), L=jnp.eye(1), H=jnp.eye(1), u=jnp.zeros(1),
+        ...                       R=jnp.eye(1), mu1=jnp.zeros(1), P1=jnp.eye(1))
+        >>> y = jnp.array([[1.0], [jnp.nan], [3.0]])
+        >>> res = sdessm.rts_smoother(rw, y, dt=1.0)
+        >>> bool(jnp.isclose(res.smoothed_means[1, 0], 11 / 7))   # E[x_2 | y_1, y_3] by hand
+        True
+    """
+    lgssm, y, batched = prepare(params, y, times, dt)
+    return _map_sequences(_smoother_one, lgssm, y, batched)

@@ -1,0 +1,179 @@
+r"""Model parameters: the continuous-time SDE and its discrete-time twin, as JAX pytrees.
+
+Both are NamedTuples, so `jax.jit`, `jax.vmap` and `jax.grad` take them as they are. Validation is
+explicit (`params.validate()`), and every public entry point of sdessm calls it once, at the
+boundary; inside the numerical code the fields are trusted.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._checks import check_covariance, check_finite, check_ndim_shape
+
+
+class SDEParams(NamedTuple):
+    r"""LTI SDE $dx = F x\,dt + L\,dW$, observed as $y_k = H x(t_k) + u + r_k$, $r_k \sim N(0, R)$.
+
+    The initial state $x_1 \sim N(\mu_1, P_1)$ is the state at the first observation time.
+
+    Examples:
+        >>> import jax.numpy as jnp, sdessm
+        >>> ou = sdessm.SDEParams(F=-jnp.eye(1), L=jnp.eye(1), H=jnp.eye(1), u=jnp.zeros(1),
+        ...                       R=0.1 * jnp.eye(1), mu1=jnp.zeros(1), P1=0.5 * jnp.eye(1))
+        >>> ou.validate().state_dim, ou.Q.tolist()
+        (1, [[1.0]])
+    """
+
+    F: Float[Array, "d d"]  # drift
+    L: Float[Array, "d m"]  # diffusion; Q = L L^T
+    H: Float[Array, "p d"]  # observation matrix
+    u: Float[Array, " p"]  # observation offset
+    R: Float[Array, "p p"]  # observation noise covariance
+    mu1: Float[Array, " d"]  # mean of x_1
+    P1: Float[Array, "d d"]  # covariance of x_1
+
+    @property
+    def state_dim(self) -> int:
+        return int(np.shape(self.mu1)[-1])
+
+    @property
+    def obs_dim(self) -> int:
+        return int(np.shape(self.u)[-1])
+
+    @property
+    def Q(self) -> Float[Array, "d d"]:
+        """Diffusion covariance $Q = L L^\\top$."""
+        L = jnp.asarray(self.L)
+        return L @ L.T
+
+    def validate(self) -> SDEParams:
+        """Check shapes and (for concrete arrays) values; return `self` unchanged.
+
+        Raises:
+            ValueError: naming the field whose shape or value is wrong.
+        """
+        if np.ndim(self.mu1) != 1:
+            raise ValueError(f"`mu1` must be a vector (d,); got shape {np.shape(self.mu1)}.")
+        if np.ndim(self.u) != 1:
+            raise ValueError(f"`u` must be a vector (p,); got shape {np.shape(self.u)}.")
+        d, p = self.state_dim, self.obs_dim
+        check_ndim_shape("F", self.F, (d, d), f"d = {d} from `mu1`")
+        if np.ndim(self.L) != 2 or np.shape(self.L)[0] != d:
+            raise ValueError(f"`L` must have shape ({d}, m); got {np.shape(self.L)}.")
+        check_ndim_shape("H", self.H, (p, d), f"p = {p} from `u`, d = {d} from `mu1`")
+        check_ndim_shape("R", self.R, (p, p), f"p = {p} from `u`")
+        check_ndim_shape("P1", self.P1, (d, d), f"d = {d} from `mu1`")
+        for name in ("F", "L", "H", "u", "mu1"):
+            check_finite(name, getattr(self, name))
+        check_covariance("R", self.R)
+        check_covariance("P1", self.P1)
+        return self
+
+    def discretize(self, times=None, *, dt=None) -> LGSSMParams:
+        """The exact discrete-time model on a time grid; see `sdessm.discretize_params`."""
+        from .discretize import discretize_params
+
+        return discretize_params(self, times, dt=dt)
+
+
+class LGSSMParams(NamedTuple):
+    r"""Linear-Gaussian state-space model $x_{k+1} = A_k x_k + q_k$, $y_k = H_k x_k + u_k + r_k$.
+
+    `A` and `Sigma` are `(d, d)` (shared by all transitions) or `(T-1, d, d)` (one per
+    transition, e.g. irregular steps). `H`, `u`, `R` are `(p, d)`, `(p,)`, `(p, p)` (shared) or
+    carry a leading axis of length `T` (per-step emissions $H_k, u_k, R_k$).
+    """
+
+    A: Float[Array, "*steps d d"]  # transition matrix
+    Sigma: Float[Array, "*steps d d"]  # transition noise covariance
+    H: Float[Array, "*T p d"]
+    u: Float[Array, "*T p"]
+    R: Float[Array, "*T p p"]
+    mu1: Float[Array, " d"]
+    P1: Float[Array, "d d"]
+
+    @property
+    def state_dim(self) -> int:
+        return int(np.shape(self.mu1)[-1])
+
+    @property
+    def obs_dim(self) -> int:
+        return int(np.shape(self.H)[-2])
+
+    def time_varying(self) -> dict[str, bool]:
+        """Which fields carry a leading time axis."""
+        base = {"A": 2, "Sigma": 2, "H": 2, "u": 1, "R": 2, "mu1": 1, "P1": 2}
+        return {k: np.ndim(getattr(self, k)) > n for k, n in base.items()}
+
+    def validate(self, num_timesteps: int | None = None) -> LGSSMParams:
+        """Check shapes (against `num_timesteps` T when given) and concrete values; return `self`.
+
+        Raises:
+            ValueError: naming the field whose shape or value is wrong.
+        """
+        if np.ndim(self.mu1) != 1:
+            raise ValueError(f"`mu1` must be a vector (d,); got shape {np.shape(self.mu1)}.")
+        d = self.state_dim
+        if np.ndim(self.H) not in (2, 3):
+            raise ValueError(
+                f"`H` must have shape (p, {d}) or (T, p, {d}); got {np.shape(self.H)}."
+            )
+        p = self.obs_dim
+        T = num_timesteps
+        forms = {
+            "A": ((d, d), "transitions", 1),
+            "Sigma": ((d, d), "transitions", 1),
+            "H": ((p, d), "times", 0),
+            "u": ((p,), "times", 0),
+            "R": ((p, p), "times", 0),
+        }
+        for name, (base, axis, offset) in forms.items():
+            shape = tuple(np.shape(getattr(self, name)))
+            lead = "T-1" if offset else "T"
+            if shape == base:
+                continue
+            if len(shape) == len(base) + 1 and shape[1:] == base:
+                if T is not None and shape[0] != T - offset:
+                    raise ValueError(
+                        f"`{name}` has a leading axis of {shape[0]} {axis}; the data have "
+                        f"T = {T}, so it must be {T - offset} ({lead})."
+                    )
+                continue
+            raise ValueError(
+                f"`{name}` must have shape {base} or ({lead}, {', '.join(map(str, base))}) "
+                f"(d = {d} from `mu1`, p = {p} from `H`); got {shape}."
+            )
+        check_ndim_shape("P1", self.P1, (d, d), f"d = {d} from `mu1`")
+        for name in ("A", "H", "u", "mu1"):
+            check_finite(name, getattr(self, name))
+        for name in ("Sigma", "R", "P1"):
+            check_covariance(name, getattr(self, name))
+        return self
+
+
+def as_float_array(x, name: str = "value") -> Array:
+    """`x` as a JAX array of the default float dtype (float64 inside sdessm's entry points).
+
+    Raises:
+        TypeError: naming `name` when `x` is not a real numeric array.
+    """
+    try:
+        arr = jnp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be a numeric array; {err}") from None
+    if not (jnp.issubdtype(arr.dtype, jnp.number) or arr.dtype == jnp.bool_):
+        raise TypeError(f"`{name}` must be a numeric array; got dtype {arr.dtype}.")
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(f"`{name}` must be real; got dtype {arr.dtype}.")
+    return arr.astype(jnp.result_type(float))
+
+
+def as_arrays(params):
+    """The same parameters with every field an array of the default float dtype."""
+    fields = zip(params._fields, params, strict=True)
+    return type(params)(*(as_float_array(x, name) for name, x in fields))

@@ -1,0 +1,145 @@
+"""Slow but obvious reference implementations, in NumPy/SciPy only (no sdessm code).
+
+- `dense_*`: the joint Gaussian of all states and observations of one sequence, built densely and
+  conditioned on the observed entries with plain linear algebra.
+- `quadrature_sigma`: the transition covariance integral by adaptive quadrature.
+- `random_problem`: random stable models, missing masks and per-step parameters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.integrate
+import scipy.linalg
+import scipy.stats
+
+
+def random_stable_drift(rng, d, rate=1.0):
+    """A random drift with eigenvalue real parts in [-1.5 rate, -0.2 rate]."""
+    V = rng.normal(size=(d, d)) + 2.0 * np.eye(d)
+    lam = -rate * rng.uniform(0.2, 1.5, size=d)
+    F = V @ np.diag(lam) @ np.linalg.inv(V)
+    S = rng.normal(size=(d, d)) * 0.3
+    return F + rate * (S - S.T) * 0.5  # add some rotation
+
+
+def random_spd(rng, n, scale=1.0, floor=0.1):
+    M = rng.normal(size=(n, n))
+    return scale * (M @ M.T / n + floor * np.eye(n))
+
+
+def quadrature_sigma(F, Q, s):
+    """Sigma(s) = int_0^s expm(F r) Q expm(F r)^T dr by adaptive quadrature."""
+
+    def integrand(r):
+        E = scipy.linalg.expm(F * r)
+        return E @ Q @ E.T
+
+    val, _ = scipy.integrate.quad_vec(integrand, 0.0, s, epsabs=1e-14, epsrel=1e-12)
+    return val
+
+
+def per_step(x, n, base_ndim):
+    """Broadcast a shared field to a leading axis of length n."""
+    x = np.asarray(x, dtype=float)
+    return x if x.ndim > base_ndim else np.broadcast_to(x, (n,) + x.shape)
+
+
+def dense_joint(A, Sigma, H, u, R, mu1, P1, T):
+    """Mean and covariance of the stacked states X (T d) and observations Y (T p)."""
+    d = len(mu1)
+    A, Sigma = per_step(A, T - 1, 2), per_step(Sigma, T - 1, 2)
+    H, u, R = per_step(H, T, 2), per_step(u, T, 1), per_step(R, T, 2)
+    p = H.shape[1]
+    # X = G @ [x_1; q_1; ...; q_{T-1}] with independent Gaussian blocks
+    G = np.zeros((T * d, T * d))
+    for k in range(T):
+        for j in range(k + 1):  # block j is x_1 (j = 0) or q_j
+            Phi = np.eye(d)
+            for i in range(j, k):
+                Phi = A[i] @ Phi
+            G[k * d : (k + 1) * d, j * d : (j + 1) * d] = Phi
+    D = scipy.linalg.block_diag(P1, *Sigma)
+    mean_x = G[:, :d] @ mu1
+    cov_x = G @ D @ G.T
+    Hb = scipy.linalg.block_diag(*H)
+    mean_y = Hb @ mean_x + u.reshape(-1)
+    cov_y = Hb @ cov_x @ Hb.T + scipy.linalg.block_diag(*R)
+    cov_xy = cov_x @ Hb.T
+    return mean_x, cov_x, mean_y, cov_y, cov_xy, d, p
+
+
+def dense_posterior(params, y, upto=None):
+    """Moments of X | observed entries of y[:upto] and the log-likelihood of those entries.
+
+    Returns (means (T, d), covs (T, T, d, d) all blocks, loglik).
+    """
+    y = np.asarray(y, dtype=float)
+    T = y.shape[0]
+    mean_x, cov_x, mean_y, cov_y, cov_xy, d, p = dense_joint(*params, T)
+    flat = y.reshape(-1)
+    obs = ~np.isnan(flat)
+    if upto is not None:
+        obs[upto * p :] = False
+    idx = np.flatnonzero(obs)
+    if idx.size:
+        C = cov_y[np.ix_(idx, idx)]
+        K = np.linalg.solve(C, cov_xy[:, idx].T).T
+        mean = mean_x + K @ (flat[idx] - mean_y[idx])
+        cov = cov_x - K @ cov_xy[:, idx].T
+        loglik = scipy.stats.multivariate_normal(mean_y[idx], C).logpdf(flat[idx])
+    else:
+        mean, cov, loglik = mean_x, cov_x, 0.0
+    blocks = cov.reshape(T, d, T, d).transpose(0, 2, 1, 3)
+    return mean.reshape(T, d), blocks, float(loglik)
+
+
+def dense_smoother(params, y):
+    """Smoothed means (T, d), covariances (T, d, d), Cov[x_{k+1}, x_k] (T-1, d, d), loglik."""
+    means, blocks, loglik = dense_posterior(params, y)
+    T = means.shape[0]
+    covs = np.stack([blocks[k, k] for k in range(T)])
+    cross = np.stack([blocks[k + 1, k] for k in range(T - 1)]) if T > 1 else np.zeros((0,) * 3)
+    return means, covs, cross, loglik
+
+
+def dense_filter(params, y):
+    """Filtered and predicted means/covariances by conditioning on y[:k+1] and y[:k]."""
+    T = np.asarray(y).shape[0]
+    fm, fc, pm, pc = [], [], [], []
+    for k in range(T):
+        m, c, _ = dense_posterior(params, y, upto=k + 1)
+        fm.append(m[k])
+        fc.append(c[k, k])
+        m, c, _ = dense_posterior(params, y, upto=k)
+        pm.append(m[k])
+        pc.append(c[k, k])
+    return np.stack(fm), np.stack(fc), np.stack(pm), np.stack(pc)
+
+
+def random_problem(rng, T, d, p, *, per_step_emissions=False, irregular=False, missing=0.0):
+    """A random SDE, its time grid, and the discrete-model arrays on that grid (via SciPy).
+
+    Returns (sde dict, times, lgssm tuple (A, Sigma, H, u, R, mu1, P1), y with NaNs).
+    """
+    F = random_stable_drift(rng, d)
+    L = rng.normal(size=(d, d)) * 0.7
+    Q = L @ L.T
+    steps = rng.uniform(0.05, 0.6, size=T - 1) if irregular else np.full(T - 1, 0.2)
+    times = np.concatenate([[0.3], 0.3 + np.cumsum(steps)])
+    A = np.stack([scipy.linalg.expm(F * s) for s in steps])
+    Sigma = np.stack([quadrature_sigma(F, Q, s) for s in steps]) if irregular else None
+    if Sigma is None:
+        Sigma = np.broadcast_to(quadrature_sigma(F, Q, steps[0]), (T - 1, d, d)).copy()
+    if per_step_emissions:
+        H = rng.normal(size=(T, p, d))
+        u = rng.normal(size=(T, p))
+        R = np.stack([random_spd(rng, p, 0.3) for _ in range(T)])
+    else:
+        H, u, R = rng.normal(size=(p, d)), rng.normal(size=p), random_spd(rng, p, 0.3)
+    mu1, P1 = rng.normal(size=d), random_spd(rng, d)
+    y = rng.normal(size=(T, p)) * 2.0
+    if missing:
+        y[rng.uniform(size=y.shape) < missing] = np.nan
+    sde = dict(F=F, L=L, H=H, u=u, R=R, mu1=mu1, P1=P1)
+    return sde, times, (A, Sigma, H, u, R, mu1, P1), y

@@ -1,0 +1,304 @@
+"""Kalman filter and RTS smoother against dense Gaussian conditioning and finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference import dense_filter, dense_smoother, random_problem
+
+import sdessm
+
+RTOL, ATOL = 1e-8, 1e-10
+
+CASES = {
+    "uniform": dict(),
+    "missing": dict(missing=0.3),
+    "irregular": dict(irregular=True),
+    "per_step_emissions": dict(per_step_emissions=True, missing=0.2),
+    "irregular_missing": dict(irregular=True, missing=0.4),
+}
+
+
+def _lgssm(arrays):
+    return sdessm.LGSSMParams(*(np.asarray(a) for a in arrays))
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("d, p", [(1, 1), (2, 3), (3, 2)])
+def test_smoother_matches_dense_gaussian(rng, case, d, p):
+    _, _, arrays, y = random_problem(rng, 7, d, p, **CASES[case])
+    got = sdessm.rts_smoother(_lgssm(arrays), y)
+    means, covs, cross, loglik = dense_smoother(arrays, y)
+    np.testing.assert_allclose(got.log_likelihood, loglik, rtol=RTOL)
+    np.testing.assert_allclose(got.smoothed_means, means, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.smoothed_covs, covs, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.cross_covs, cross, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_filter_matches_dense_gaussian(rng, case):
+    _, _, arrays, y = random_problem(rng, 6, 2, 2, **CASES[case])
+    got = sdessm.kalman_filter(_lgssm(arrays), y)
+    fm, fc, pm, pc = dense_filter(arrays, y)
+    np.testing.assert_allclose(got.filtered_means, fm, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.filtered_covs, fc, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.predicted_means, pm, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.predicted_covs, pc, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.log_likelihood, dense_smoother(arrays, y)[3], rtol=RTOL)
+
+
+@pytest.mark.parametrize("irregular", [False, True])
+def test_sde_form_equals_discrete_form(rng, irregular):
+    sde, times, arrays, y = random_problem(rng, 8, 2, 2, irregular=irregular, missing=0.2)
+    params = sdessm.SDEParams(**sde)
+    got = sdessm.rts_smoother(params, y, times)
+    means, covs, cross, loglik = dense_smoother(arrays, y)  # arrays built with SciPy + quadrature
+    np.testing.assert_allclose(got.log_likelihood, loglik, rtol=1e-8)
+    np.testing.assert_allclose(got.smoothed_means, means, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(got.smoothed_covs, covs, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(got.cross_covs, cross, rtol=1e-8, atol=1e-10)
+    if not irregular:
+        by_dt = sdessm.rts_smoother(params, y, dt=times[1] - times[0])
+        np.testing.assert_allclose(by_dt.smoothed_means, got.smoothed_means, rtol=1e-10)
+
+
+def test_several_sequences_shared_and_own_times(rng):
+    sde, times, arrays, _ = random_problem(rng, 6, 2, 1, irregular=True)
+    params = sdessm.SDEParams(**sde)
+    ys = rng.normal(size=(3, 6, 1))
+    ys[0, 2] = ys[1, 4:] = np.nan  # the second sequence is shorter: NaN padding
+    got = sdessm.rts_smoother(params, ys, times)
+    assert got.smoothed_means.shape == (3, 6, 2) and got.log_likelihood.shape == (3,)
+    for b in range(3):
+        means, covs, cross, loglik = dense_smoother(arrays, ys[b])
+        np.testing.assert_allclose(got.log_likelihood[b], loglik, rtol=RTOL)
+        np.testing.assert_allclose(got.smoothed_means[b], means, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got.cross_covs[b], cross, rtol=RTOL, atol=ATOL)
+    # padding: the short sequence has the likelihood of its first four observations alone
+    short = sdessm.kalman_filter(params, ys[1, :4], times[:4])
+    np.testing.assert_allclose(got.log_likelihood[1], short.log_likelihood, rtol=1e-12)
+    # per-sequence time grids (B, T)
+    grids = np.stack([times, times * 1.5, times + 0.2])
+    own = sdessm.rts_smoother(params, ys, grids)
+    for b in range(3):
+        one = sdessm.rts_smoother(params, ys[b], grids[b])
+        np.testing.assert_allclose(own.smoothed_means[b], one.smoothed_means, rtol=1e-12)
+        np.testing.assert_allclose(own.log_likelihood[b], one.log_likelihood, rtol=1e-12)
+
+
+def test_entirely_missing_sequence_is_the_prior(rng):
+    sde, times, arrays, _ = random_problem(rng, 5, 2, 2, irregular=True)
+    y = np.full((5, 2), np.nan)
+    got = sdessm.rts_smoother(_lgssm(arrays), y)
+    means, covs, _, _ = dense_smoother(arrays, y)
+    assert float(got.log_likelihood) == 0.0
+    np.testing.assert_allclose(got.smoothed_means, means, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got.smoothed_covs, covs, rtol=RTOL, atol=ATOL)
+
+
+def test_single_time_step(rng):
+    _, _, arrays, y = random_problem(rng, 2, 2, 2)
+    one = (arrays[0][:0], arrays[1][:0], *arrays[2:])
+    got = sdessm.rts_smoother(_lgssm(one), y[:1])
+    means, covs, _, loglik = dense_smoother(
+        arrays, np.concatenate([y[:1], np.full((1, 2), np.nan)])
+    )
+    np.testing.assert_allclose(got.log_likelihood, loglik, rtol=RTOL)
+    np.testing.assert_allclose(got.smoothed_means[0], means[0], rtol=RTOL)
+    assert got.cross_covs.shape == (0, 2, 2)
+
+
+def test_jit_and_vmap_agree(rng):
+    _, _, arrays, _ = random_problem(rng, 9, 2, 2, per_step_emissions=True)
+    params = _lgssm(arrays)
+    ys = rng.normal(size=(4, 9, 2))
+    ys[rng.uniform(size=ys.shape) < 0.25] = np.nan
+    batch = sdessm.rts_smoother(params, ys)
+    jitted = jax.jit(sdessm.rts_smoother)(params, ys)
+    vmapped = jax.vmap(sdessm.rts_smoother, in_axes=(None, 0))(params, jnp.asarray(ys))
+    for a, b, c in zip(batch, jitted, vmapped, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-14)
+
+
+def test_grad_of_loglik_matches_finite_differences(rng):
+    sde, times, _, y = random_problem(rng, 10, 2, 2, irregular=True, missing=0.2)
+    params = sdessm.SDEParams(**{k: jnp.asarray(v) for k, v in sde.items()})
+
+    def loglik(F, L, R):
+        return sdessm.kalman_filter(params._replace(F=F, L=L, R=R), y, times).log_likelihood
+
+    args = (params.F, params.L, params.R)
+    grads = jax.grad(loglik, argnums=(0, 1, 2))(*args)
+    loglik = jax.jit(loglik)
+    eps = 1e-6
+    for i, (x, g) in enumerate(zip(args, grads, strict=True)):
+        num = np.zeros(x.shape)
+        for idx in np.ndindex(x.shape):
+            E = np.zeros(x.shape)
+            E[idx] = eps
+            if i == 2:  # keep R symmetric: perturb both triangles, derivative along that direction
+                E = E + E.T if idx[0] != idx[1] else E
+            shifted = [np.asarray(a) for a in args]
+            up, down = list(shifted), list(shifted)
+            up[i], down[i] = shifted[i] + E, shifted[i] - E
+            num[idx] = (loglik(*up) - loglik(*down)) / (2 * eps)
+        if i == 2:
+            g = np.asarray(g)
+            g = np.where(np.eye(g.shape[0], dtype=bool), g, g + g.T)
+        np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-7)
+
+
+def test_loglik_is_jittable_in_the_sde_parameters(rng):
+    sde, times, arrays, y = random_problem(rng, 6, 2, 2, irregular=True)
+    params = sdessm.SDEParams(**sde)
+    f = jax.jit(lambda F: sdessm.kalman_filter(params._replace(F=F), y, times).log_likelihood)
+    np.testing.assert_allclose(f(jnp.asarray(sde["F"])), dense_smoother(arrays, y)[3], rtol=1e-8)
+
+
+def _params(**overrides):
+    base = dict(
+        F=-np.eye(2),
+        L=np.eye(2),
+        H=np.ones((1, 2)),
+        u=np.zeros(1),
+        R=np.eye(1),
+        mu1=np.zeros(2),
+        P1=np.eye(2),
+    )
+    return sdessm.SDEParams(**(base | overrides))
+
+
+Y = np.zeros((5, 1))
+TIMES = np.arange(5.0)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (
+            lambda: sdessm.kalman_filter(_params(F=np.eye(3)), Y, TIMES),
+            ValueError,
+            "`F` must have shape (2, 2)",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(H=np.ones((1, 3))), Y, TIMES),
+            ValueError,
+            "`H` must have shape (1, 2)",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(R=np.eye(2)), Y, TIMES),
+            ValueError,
+            "`R` must have shape (1, 1)",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(R=-np.eye(1)), Y, TIMES),
+            ValueError,
+            "`R` must be positive semi-definite",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(P1=np.array([[1.0, 2.0], [0.0, 1.0]])), Y, TIMES),
+            ValueError,
+            "`P1` must be symmetric",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(P1=np.array([[1.0, 2.0], [2.0, 1.0]])), Y, TIMES),
+            ValueError,
+            "`P1` must be positive semi-definite",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(mu1=np.array([np.inf, 0.0])), Y, TIMES),
+            ValueError,
+            "`mu1` must be finite",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(F=np.full((2, 2), np.nan)), Y, TIMES),
+            ValueError,
+            "`F` must be finite",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(), np.zeros((5, 2)), TIMES),
+            ValueError,
+            "`y` has 2 columns",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(), np.zeros(5), TIMES),
+            ValueError,
+            "`y` must have shape (T, p)",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(), np.array([[0.0], [np.inf]]), TIMES[:2]),
+            ValueError,
+            "`y` contains inf",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(), Y, TIMES[:4]),
+            ValueError,
+            "`times` has 4 entries",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(), Y, TIMES[::-1]),
+            ValueError,
+            "strictly increasing",
+        ),
+        (lambda: sdessm.kalman_filter(_params(), Y), ValueError, "needs the observation `times`"),
+        (lambda: sdessm.kalman_filter(_params(), Y, dt=0.0), ValueError, "`dt` must be > 0"),
+        (lambda: sdessm.kalman_filter(_params(), Y, TIMES, dt=1.0), ValueError, "not both"),
+        (
+            lambda: sdessm.kalman_filter(_params(), np.zeros((2, 5, 1)), np.ones((3, 5)).cumsum(1)),
+            ValueError,
+            "one time grid per sequence",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params().discretize(dt=1.0), Y, TIMES),
+            ValueError,
+            "already holds its steps",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params().discretize(np.array([0.0, 1.0, 3.0, 4.0])), Y),
+            ValueError,
+            "must be 4 (T-1)",
+        ),
+        (
+            lambda: sdessm.kalman_filter(
+                _params().discretize(dt=1.0)._replace(Sigma=-np.eye(2)), Y
+            ),
+            ValueError,
+            "`Sigma` must be positive semi-definite",
+        ),
+        (
+            lambda: sdessm.kalman_filter(
+                _params().discretize(dt=1.0)._replace(u=np.zeros((3, 1))), Y
+            ),
+            ValueError,
+            "`u` has a leading axis of 3 times",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params().discretize(dt=1.0)._replace(A=np.eye(3)), Y),
+            ValueError,
+            "`A` must have shape (2, 2) or (T-1, 2, 2)",
+        ),
+        (
+            lambda: sdessm.kalman_filter({"F": 1}, Y),
+            TypeError,
+            "`params` must be SDEParams or LGSSMParams",
+        ),
+        (
+            lambda: sdessm.kalman_filter(_params(), np.array([["a"]] * 5), TIMES),
+            TypeError,
+            "`y` must be a numeric array",
+        ),
+    ],
+)
+def test_bad_input(call, error, message):
+    import re
+
+    with pytest.raises(error, match=re.escape(message)):
+        call()
+
+
+def test_nan_in_y_is_never_an_error():
+    y = np.full((5, 1), np.nan)
+    y[2] = 1.0
+    res = sdessm.kalman_filter(_params(), y, TIMES)
+    assert np.isfinite(res.log_likelihood)
