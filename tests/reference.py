@@ -143,3 +143,57 @@ def random_problem(rng, T, d, p, *, per_step_emissions=False, irregular=False, m
         y[rng.uniform(size=y.shape) < missing] = np.nan
     sde = dict(F=F, L=L, H=H, u=u, R=R, mu1=mu1, P1=P1)
     return sde, times, (A, Sigma, H, u, R, mu1, P1), y
+
+
+def dense_complete_posterior(params, y):
+    """Posterior mean (T, d + p) and covariance (T, T, d + p, d + p) of z_k = [x_k; y_k].
+
+    Missing entries of y are latent: their posterior comes from the same dense conditioning.
+    """
+    y = np.asarray(y, dtype=float)
+    T = y.shape[0]
+    mean_x, cov_x, mean_y, cov_y, cov_xy, d, p = dense_joint(*params, T)
+    mean = np.concatenate([mean_x, mean_y])
+    cov = np.block([[cov_x, cov_xy], [cov_xy.T, cov_y]])
+    flat = y.reshape(-1)
+    idx = T * d + np.flatnonzero(~np.isnan(flat))
+    if idx.size:
+        K = np.linalg.solve(cov[np.ix_(idx, idx)], cov[idx, :]).T
+        mean = mean + K @ (flat[idx - T * d] - mean[idx])
+        cov = cov - K @ cov[idx, :]
+    # reorder into per-time blocks [x_k; y_k]
+    order = np.concatenate(
+        [np.r_[k * d : (k + 1) * d, T * d + k * p : T * d + (k + 1) * p] for k in range(T)]
+    )
+    mean, cov = mean[order], cov[np.ix_(order, order)]
+    n = d + p
+    return mean.reshape(T, n), cov.reshape(T, n, T, n).transpose(0, 2, 1, 3)
+
+
+def dense_stats(params, ys):
+    """Reference E-step sums over sequences ys (B, T, p), emissions summed over steps."""
+    d = len(params[-2])
+    out = dict(x1=0.0, x1x1=0.0, S00=0.0, S10=0.0, S11=0.0, yy=0.0, yx=0.0, xx=0.0)
+    for y in ys:
+        mean, cov = dense_complete_posterior(params, y)
+        T = mean.shape[0]
+        second = lambda i, j, c=cov, m=mean: c[i, j] + np.outer(m[i], m[j])  # noqa: E731
+        out["x1"] = out["x1"] + mean[0, :d]
+        out["x1x1"] = out["x1x1"] + second(0, 0)[:d, :d]
+        for k in range(T - 1):
+            out["S00"] = out["S00"] + second(k, k)[:d, :d]
+            out["S11"] = out["S11"] + second(k + 1, k + 1)[:d, :d]
+            out["S10"] = out["S10"] + second(k + 1, k)[:d, :d]
+        for k in range(T):
+            z = second(k, k)
+            xhat = np.zeros((d + 1, d + 1))
+            xhat[:d, :d], xhat[:d, d], xhat[d, :d], xhat[d, d] = (
+                z[:d, :d],
+                mean[k, :d],
+                mean[k, :d],
+                1,
+            )
+            out["yy"] = out["yy"] + z[d:, d:]
+            out["yx"] = out["yx"] + np.concatenate([z[d:, :d], mean[k, d:, None]], axis=1)
+            out["xx"] = out["xx"] + xhat
+    return out

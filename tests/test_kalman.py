@@ -302,3 +302,13 @@ def test_nan_in_y_is_never_an_error():
     y[2] = 1.0
     res = sdessm.kalman_filter(_params(), y, TIMES)
     assert np.isfinite(res.log_likelihood)
+
+
+def test_entry_points_compute_in_float64_when_x64_is_off(rng):
+    sde, times, arrays, y = random_problem(rng, 6, 2, 2, irregular=True)
+    with jax.enable_x64(False):
+        params = sdessm.SDEParams(**{k: jnp.asarray(v) for k, v in sde.items()})  # float32
+        res = sdessm.kalman_filter(params, y, times)
+    assert res.log_likelihood.dtype == np.float64
+    ref = dense_smoother(arrays, y)[3]
+    np.testing.assert_allclose(res.log_likelihood, ref, rtol=1e-6)  # inputs were rounded to f32

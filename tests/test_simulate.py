@@ -95,3 +95,11 @@ def test_lgssm_with_per_step_fields(key):
 def test_bad_input(key, call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call(key)
+
+
+def test_jit_agrees(key):
+    params, times = _oscillator(), np.array([0.0, 0.2, 0.9, 1.0])
+    x1, y1 = sdessm.simulate(key, params, times)
+    x2, y2 = jax.jit(sdessm.simulate)(key, params, times)
+    np.testing.assert_allclose(x2, x1, rtol=1e-12)
+    np.testing.assert_allclose(y2, y1, rtol=1e-12)
