@@ -158,8 +158,9 @@ def prepare(params, y, times=None, dt=None):
     `SDEParams` with per-sequence times of shape `(B, T)`).
     """
     if isinstance(params, SDEParams):
-        params = as_arrays(params.validate())
+        params = as_arrays(params)
         y = as_float_array(y, "y")
+        params.validate(num_timesteps=y.shape[-2] if y.ndim in (2, 3) else None)
         check_observations(y, params.obs_dim)
         T = y.shape[-2]
         if times is not None and dt is not None:
@@ -186,8 +187,9 @@ def prepare(params, y, times=None, dt=None):
             )
         params = as_arrays(params)
         y = as_float_array(y, "y")
+        params.validate(num_timesteps=y.shape[-2] if y.ndim in (2, 3) else None)
         check_observations(y, params.obs_dim)
-        return params.validate(num_timesteps=y.shape[-2]), y, False
+        return params, y, False
     raise TypeError(f"`params` must be SDEParams or LGSSMParams; got {type(params).__name__}.")
 
 

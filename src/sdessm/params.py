@@ -43,7 +43,7 @@ class SDEParams(NamedTuple):
 
     @property
     def obs_dim(self) -> int:
-        return int(np.shape(self.u)[-1])
+        return int(np.shape(self.H)[-2])
 
     @property
     def Q(self) -> Float[Array, "d d"]:
@@ -51,22 +51,22 @@ class SDEParams(NamedTuple):
         L = jnp.asarray(self.L)
         return L @ L.T
 
-    def validate(self) -> SDEParams:
+    def validate(self, num_timesteps: int | None = None) -> SDEParams:
         """Check shapes and (for concrete arrays) values; return `self` unchanged.
+
+        `H`, `u`, `R` may carry a leading axis of length T (per-step emissions), checked against
+        `num_timesteps` when it is given.
 
         Raises:
             ValueError: naming the field whose shape or value is wrong.
         """
         if np.ndim(self.mu1) != 1:
             raise ValueError(f"`mu1` must be a vector (d,); got shape {np.shape(self.mu1)}.")
-        if np.ndim(self.u) != 1:
-            raise ValueError(f"`u` must be a vector (p,); got shape {np.shape(self.u)}.")
-        d, p = self.state_dim, self.obs_dim
+        d = self.state_dim
         check_ndim_shape("F", self.F, (d, d), f"d = {d} from `mu1`")
         if np.ndim(self.L) != 2 or np.shape(self.L)[0] != d:
             raise ValueError(f"`L` must have shape ({d}, m); got {np.shape(self.L)}.")
-        check_ndim_shape("H", self.H, (p, d), f"p = {p} from `u`, d = {d} from `mu1`")
-        check_ndim_shape("R", self.R, (p, p), f"p = {p} from `u`")
+        check_emissions(self.H, self.u, self.R, d, num_timesteps)
         check_ndim_shape("P1", self.P1, (d, d), f"d = {d} from `mu1`")
         for name in ("F", "L", "H", "u", "mu1"):
             check_finite(name, getattr(self, name))
@@ -119,41 +119,47 @@ class LGSSMParams(NamedTuple):
         if np.ndim(self.mu1) != 1:
             raise ValueError(f"`mu1` must be a vector (d,); got shape {np.shape(self.mu1)}.")
         d = self.state_dim
-        if np.ndim(self.H) not in (2, 3):
-            raise ValueError(
-                f"`H` must have shape (p, {d}) or (T, p, {d}); got {np.shape(self.H)}."
-            )
-        p = self.obs_dim
         T = num_timesteps
-        forms = {
-            "A": ((d, d), "transitions", 1),
-            "Sigma": ((d, d), "transitions", 1),
-            "H": ((p, d), "times", 0),
-            "u": ((p,), "times", 0),
-            "R": ((p, p), "times", 0),
-        }
-        for name, (base, axis, offset) in forms.items():
-            shape = tuple(np.shape(getattr(self, name)))
-            lead = "T-1" if offset else "T"
-            if shape == base:
-                continue
-            if len(shape) == len(base) + 1 and shape[1:] == base:
-                if T is not None and shape[0] != T - offset:
-                    raise ValueError(
-                        f"`{name}` has a leading axis of {shape[0]} {axis}; the data have "
-                        f"T = {T}, so it must be {T - offset} ({lead})."
-                    )
-                continue
-            raise ValueError(
-                f"`{name}` must have shape {base} or ({lead}, {', '.join(map(str, base))}) "
-                f"(d = {d} from `mu1`, p = {p} from `H`); got {shape}."
-            )
+        p = check_emissions(self.H, self.u, self.R, d, T)
+        for name in ("A", "Sigma"):
+            _check_form(name, getattr(self, name), (d, d), T, 1, d, p)
         check_ndim_shape("P1", self.P1, (d, d), f"d = {d} from `mu1`")
         for name in ("A", "H", "u", "mu1"):
             check_finite(name, getattr(self, name))
         for name in ("Sigma", "R", "P1"):
             check_covariance(name, getattr(self, name))
         return self
+
+
+def _check_form(name, x, base, T, offset, d, p):
+    """`x` has shape `base` or (T - offset, *base)."""
+    shape = tuple(np.shape(x))
+    lead = "T-1" if offset else "T"
+    axis = "transitions" if offset else "times"
+    if shape == base:
+        return
+    if len(shape) == len(base) + 1 and shape[1:] == base:
+        if T is not None and shape[0] != T - offset:
+            raise ValueError(
+                f"`{name}` has a leading axis of {shape[0]} {axis}; the data have "
+                f"T = {T}, so it must be {T - offset} ({lead})."
+            )
+        return
+    raise ValueError(
+        f"`{name}` must have shape {base} or ({lead}, {', '.join(map(str, base))}) "
+        f"(d = {d} from `mu1`, p = {p} from `H`); got {shape}."
+    )
+
+
+def check_emissions(H, u, R, d: int, T: int | None) -> int:
+    """Shapes of shared `(p, d)`, `(p,)`, `(p, p)` or per-step `(T, ...)` emissions; returns p."""
+    if np.ndim(H) not in (2, 3):
+        raise ValueError(f"`H` must have shape (p, {d}) or (T, p, {d}); got {np.shape(H)}.")
+    p = int(np.shape(H)[-2])
+    _check_form("H", H, (p, d), T, 0, d, p)
+    _check_form("u", u, (p,), T, 0, d, p)
+    _check_form("R", R, (p, p), T, 0, d, p)
+    return p
 
 
 def as_float_array(x, name: str = "value") -> Array:

@@ -1,0 +1,164 @@
+r"""M-steps: the closed form of the derivation, the expected complete-data log-likelihood, and a
+numerical (generalized EM) step that never lowers it.
+
+Closed form (statistics from `sdessm.stats`, $N$ the number of terms of each kind):
+$\mu_1 = \bar{E}[x_1]$, $P_1 = \bar{E}[x_1 x_1^\top] - \mu_1 \mu_1^\top$,
+$W = [H\ u] = E[y \hat x^\top] E[\hat x \hat x^\top]^{-1}$,
+$R = E[(y - W \hat x)(y - W \hat x)^\top] / N$, $A = S_{10} S_{00}^{-1}$,
+$\Sigma = (S_{11} - A S_{10}^\top - S_{10} A^\top + A S_{00} A^\top) / N$.
+The residual forms are used throughout, so that any field can be held fixed and the others are
+still the exact conditional maximisers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.scipy.linalg import cho_factor, cho_solve
+
+from .discretize import symmetrize
+from .params import LGSSMParams
+from .stats import SufficientStats
+
+R_STRUCTURES = ("full", "diagonal", "isotropic")
+
+
+def _solve_right(B, S):
+    """B S^{-1} for SPD S (Cholesky)."""
+    return cho_solve(cho_factor(S, lower=True), B.T).T
+
+
+def _residual(S11, S10, S00, A):
+    """E[(z - A w)(z - A w)^T] from E[z z^T] = S11, E[z w^T] = S10, E[w w^T] = S00."""
+    return symmetrize(S11 - A @ S10.T - S10 @ A.T + A @ S00 @ A.T)
+
+
+def structure_covariance(R, structure: str):
+    if structure == "diagonal":
+        return jnp.diag(jnp.diagonal(R))
+    if structure == "isotropic":
+        p = R.shape[-1]
+        return jnp.trace(R) / p * jnp.eye(p, dtype=R.dtype)
+    return R
+
+
+def _emission_update(yy, yx, xx, n, H, u, R, fixed, R_structure):
+    d = H.shape[-1]
+    if "H" not in fixed and "u" not in fixed:
+        W = _solve_right(yx, xx)
+    elif "u" not in fixed:  # H fixed: u = mean residual
+        W = jnp.concatenate([H, ((yx[:, d] - H @ xx[:d, d]) / n)[:, None]], axis=1)
+    elif "H" not in fixed:  # u fixed: regress y - u on x
+        H_new = _solve_right(yx[:, :d] - u[:, None] * xx[d, :d][None, :], xx[:d, :d])
+        W = jnp.concatenate([H_new, u[:, None]], axis=1)
+    else:
+        W = jnp.concatenate([H, u[:, None]], axis=1)
+    if "R" not in fixed:
+        R = structure_covariance(_residual(yy, yx, xx, W) / n, R_structure)
+    return W[:, :d], W[:, d], R
+
+
+def closed_form_mstep(
+    stats: SufficientStats,
+    current: LGSSMParams,
+    fixed: frozenset[str] = frozenset(),
+    R_structure: str = "full",
+    transitions: bool = True,
+) -> LGSSMParams:
+    """One closed-form M-step in the discrete model; fields in `fixed` keep their current value.
+
+    Emissions are per step when `stats` holds per-step emission sums (then `current.H`, `.u`,
+    `.R` carry the leading T axis). With `transitions=False`, `A` and `Sigma` are left as they are
+    (for models whose transitions are updated numerically).
+    """
+    B = stats.num_sequences
+    x1_mean = stats.x1 / B
+    mu1 = current.mu1 if "mu1" in fixed else x1_mean
+    P1 = current.P1
+    if "P1" not in fixed:
+        mean = jnp.outer(x1_mean, mu1)
+        P1 = symmetrize(stats.x1x1 / B - mean - mean.T + jnp.outer(mu1, mu1))
+
+    A, Sigma = current.A, current.Sigma
+    if transitions:
+        S00, S10, S11, n = stats.S00[0], stats.S10[0], stats.S11[0], stats.num_transitions[0]
+        if "A" not in fixed:
+            A = _solve_right(S10, S00)
+        if "Sigma" not in fixed:
+            Sigma = _residual(S11, S10, S00, A) / n
+
+    update = lambda yy, yx, xx, n, H, u, R: _emission_update(  # noqa: E731
+        yy, yx, xx, n, H, u, R, fixed, R_structure
+    )
+    if stats.num_emissions.ndim:  # per-step emissions
+        H, u, R = jax.vmap(update)(
+            stats.yy, stats.yx, stats.xx, stats.num_emissions, current.H, current.u, current.R
+        )
+    else:
+        H, u, R = update(
+            stats.yy, stats.yx, stats.xx, stats.num_emissions, current.H, current.u, current.R
+        )
+    return LGSSMParams(A, Sigma, H, u, R, mu1, P1)
+
+
+def _gaussian_term(residual, cov, n):
+    """-1/2 [n log|2 pi cov| + tr(cov^{-1} residual)] from a Cholesky factor of cov."""
+    chol = jnp.linalg.cholesky(cov)
+    dim = cov.shape[-1]
+    log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    trace = jnp.trace(cho_solve((chol, True), residual), axis1=-2, axis2=-1)
+    return -0.5 * (n * (dim * jnp.log(2.0 * jnp.pi) + log_det) + trace)
+
+
+def expected_complete_loglik(
+    stats: SufficientStats, params: LGSSMParams, parts=("initial", "transitions", "emissions")
+):
+    r"""$E[\log p(x, y \mid \theta)]$ under the E-step distribution that gave `stats`.
+
+    `params.A`, `.Sigma` are `(G, d, d)` (one per transition group) or `(d, d)`; emission fields
+    carry a leading T axis when the statistics are per step.
+    """
+    total = 0.0
+    if "initial" in parts:
+        B, mu = stats.num_sequences, params.mu1
+        mean = jnp.outer(stats.x1, mu)
+        resid = stats.x1x1 - mean - mean.T + B * jnp.outer(mu, mu)
+        total = total + _gaussian_term(resid, params.P1, B)
+    if "transitions" in parts:
+        G = stats.S00.shape[0]
+        A = jnp.broadcast_to(params.A, (G,) + params.A.shape[-2:])
+        Sigma = jnp.broadcast_to(params.Sigma, (G,) + params.Sigma.shape[-2:])
+        resid = jax.vmap(_residual)(stats.S11, stats.S10, stats.S00, A)
+        terms = _gaussian_term(resid, Sigma, stats.num_transitions)
+        total = total + jnp.sum(jnp.where(stats.num_transitions > 0, terms, 0.0))
+    if "emissions" in parts:
+        W = jnp.concatenate([params.H, params.u[..., None]], axis=-1)
+        if stats.num_emissions.ndim:
+            resid = jax.vmap(_residual)(stats.yy, stats.yx, stats.xx, W)
+        else:
+            resid = _residual(stats.yy, stats.yx, stats.xx, W)
+        total = total + jnp.sum(_gaussian_term(resid, params.R, stats.num_emissions))
+    return total
+
+
+def maximize(objective, theta0, num_steps: int = 50):
+    """Maximise `objective(theta)` from `theta0` with L-BFGS (optax); never return a worse point.
+
+    Jittable: a fixed number of L-BFGS steps, then the better of the start and the end point (a
+    non-finite end point counts as worse), so a generalized-EM step cannot lower the objective.
+    """
+    loss = lambda th: -objective(th)  # noqa: E731
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def step(carry, _):
+        theta, state = carry
+        value, grad = value_and_grad(theta, state=state)
+        updates, state = opt.update(grad, state, theta, value=value, grad=grad, value_fn=loss)
+        return (optax.apply_updates(theta, updates), state), None
+
+    (theta, _), _ = jax.lax.scan(step, (theta0, opt.init(theta0)), None, length=num_steps)
+    start, end = objective(theta0), objective(theta)
+    better = jnp.isfinite(end) & (end >= start)
+    return jax.tree.map(lambda a, b: jnp.where(better, a, b), theta, theta0)
