@@ -8,6 +8,12 @@ points compute in float64 (enabled for the duration of each call, not globally).
 
 from .discretize import discretize as discretize
 from .discretize import discretize_params as discretize_params
+from .em import EMResult as EMResult
+from .em import NoRealLogarithmError as NoRealLogarithmError
+from .em import NotPSDError as NotPSDError
+from .em import NyquistWarning as NyquistWarning
+from .em import fit_em as fit_em
+from .em import sde_from_discrete as sde_from_discrete
 from .kalman import FilterResult as FilterResult
 from .kalman import SmootherResult as SmootherResult
 from .kalman import kalman_filter as kalman_filter
@@ -19,6 +25,12 @@ from .simulate import simulate as simulate
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMResult",
+    "NoRealLogarithmError",
+    "NotPSDError",
+    "NyquistWarning",
+    "fit_em",
+    "sde_from_discrete",
     "FilterResult",
     "LGSSMParams",
     "SDEParams",

@@ -158,7 +158,8 @@ def maximize(objective, theta0, num_steps: int = 50):
         updates, state = opt.update(grad, state, theta, value=value, grad=grad, value_fn=loss)
         return (optax.apply_updates(theta, updates), state), None
 
-    (theta, _), _ = jax.lax.scan(step, (theta0, opt.init(theta0)), None, length=num_steps)
+    with jax.numpy_dtype_promotion("standard"):  # optax's internals mix int widths
+        (theta, _), _ = jax.lax.scan(step, (theta0, opt.init(theta0)), None, length=num_steps)
     start, end = objective(theta0), objective(theta)
     better = jnp.isfinite(end) & (end >= start)
     return jax.tree.map(lambda a, b: jnp.where(better, a, b), theta, theta0)
