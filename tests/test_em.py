@@ -1,20 +1,12 @@
 """EM: monotone log-likelihood on every path, stationary M-steps, peer agreement, SDE recovery."""
 
-import re
-import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.optimize
 from reference import random_spd, random_stable_drift
 
 import sdessm
-from sdessm.em import EMResult, _recover
-from sdessm.kalman import prepare
-from sdessm.mstep import closed_form_mstep, expected_complete_loglik
-from sdessm.stats import expected_stats
 
 
 def _sde(rng, d, p, H=None):
