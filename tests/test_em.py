@@ -376,3 +376,143 @@ def test_bad_data_for_em(rng):
         sdessm.fit_em(lg, np.zeros((3, 2)), progress=False)
     with pytest.raises(ValueError, match="`times` must be strictly increasing"):
         sdessm.fit_em(truth, np.zeros((3, 2)), np.array([0.0, 0.2, 0.1]), progress=False)
+
+
+# --------------------------------------------------------------------------- structured and MAP
+
+
+def _oscillator(theta):
+    """Damped oscillator in physical parameters: theta = log(omega, zeta, sigma, noise sd)."""
+    omega, zeta, sigma, noise = jnp.exp(theta["log"])
+    return sdessm.SDEParams(
+        F=jnp.array([[0.0, 1.0], [-(omega**2), -2.0 * zeta * omega]]),
+        L=jnp.stack([jnp.zeros(1), sigma[None]]),
+        H=jnp.array([[1.0, 0.0]]),
+        u=jnp.zeros(1),
+        R=(noise**2)[None, None],
+        mu1=jnp.zeros(2),
+        P1=jnp.eye(2),
+    )
+
+
+def test_structured_em_recovers_named_parameters(key):
+    truth = {"log": jnp.log(jnp.array([2.0, 0.1, 0.6, 0.15]))}
+    times = np.cumsum(np.random.default_rng(3).uniform(0.05, 0.25, size=200))
+    _, y = sdessm.simulate(key, _oscillator(truth), times, 2)
+    init = {"log": jnp.log(jnp.array([1.5, 0.3, 1.0, 0.3]))}
+    res = sdessm.fit_em(
+        init, y, times, structure=_oscillator, num_iters=25, mstep_iters=15, progress=False
+    )
+    _assert_monotone(res.log_likelihoods)
+    np.testing.assert_allclose(
+        res.log_likelihoods[-1], _total_loglik(_oscillator(res.params), y, times), rtol=1e-10
+    )
+    est = np.exp(np.asarray(res.params["log"]))
+    se = res.standard_errors()["log"] * est  # delta method
+    assert np.all(np.abs(est - [2.0, 0.1, 0.6, 0.15]) < 4 * se), (est, se)
+    assert isinstance(res.sde, sdessm.SDEParams)
+
+
+def test_map_adds_the_log_prior_and_is_monotone(key):
+    truth = {"log": jnp.log(jnp.array([2.0, 0.1, 0.6, 0.15]))}
+    _, y = sdessm.simulate(key, _oscillator(truth), dt=0.1, num_timesteps=80)
+    init = {"log": jnp.log(jnp.array([1.5, 0.3, 1.0, 0.3]))}
+    centre = jnp.log(jnp.array([1.0, 0.5, 1.0, 1.0]))
+
+    def log_prior(theta):  # a strong prior pulls the estimate towards `centre`
+        return -0.5 * jnp.sum(((theta["log"] - centre) / 0.2) ** 2)
+
+    mle = sdessm.fit_em(init, y, dt=0.1, structure=_oscillator, num_iters=40, progress=False)
+    map_ = sdessm.fit_em(
+        init, y, dt=0.1, structure=_oscillator, log_prior=log_prior, num_iters=40, progress=False
+    )
+    _assert_monotone(map_.report["log_posteriors"])
+    dist = lambda r: float(jnp.linalg.norm(r.params["log"] - centre))  # noqa: E731
+    assert dist(map_) < dist(mle)
+    assert map_.log_likelihood <= mle.log_likelihood + 1e-6
+    # the MAP objective at the MAP estimate beats the MLE's
+    assert (
+        map_.report["log_posteriors"][-1]
+        >= mle.log_likelihood + float(log_prior(mle.params)) - 1e-6
+    )
+
+
+def test_map_on_sde_params(rng, key):
+    truth = _sde(rng, 2, 2, H=np.eye(2))
+    _, y = sdessm.simulate(key, truth, dt=0.3, num_timesteps=40, num_sequences=2)
+
+    def log_prior(p):
+        return -0.5 * jnp.sum(p.F**2)  # shrink the drift
+
+    res = sdessm.fit_em(
+        _perturbed(rng, truth)._replace(H=np.eye(2)),
+        y,
+        dt=0.3,
+        fixed=("H",),
+        log_prior=log_prior,
+        num_iters=8,
+        tol=0.0,
+        mstep_iters=10,
+        progress=False,
+    )
+    _assert_monotone(res.report["log_posteriors"])
+    np.testing.assert_array_equal(res.params.H, np.eye(2))
+    assert isinstance(res.params, sdessm.SDEParams)
+
+
+# --------------------------------------------------------------------------- standard errors
+
+
+def test_standard_errors_match_finite_difference_information(rng, key):
+    truth = sdessm.SDEParams(
+        F=[[-0.8]], L=[[0.9]], H=[[1.0]], u=[0.5], R=[[0.3]], mu1=[0.0], P1=[[1.0]]
+    )
+    _, y = sdessm.simulate(key, truth, dt=0.5, num_timesteps=200, num_sequences=2)
+    res = sdessm.fit_em(
+        truth, y, dt=0.5, fixed=("H", "mu1", "P1"), num_iters=2000, tol=1e-12, progress=False
+    )
+    se = res.standard_errors()
+    assert set(se) == {"F", "Q", "u", "R"}
+    est = np.array([res.params.F[0, 0], res.params.Q[0, 0], res.params.u[0], res.params.R[0, 0]])
+
+    @jax.jit
+    def loglik(v):
+        p = res.params._replace(F=v[0:1, None], L=jnp.sqrt(v[1:2, None]), u=v[2:3], R=v[3:4, None])
+        return jnp.sum(sdessm.kalman_filter(p, y, dt=0.5).log_likelihood)
+
+    h = 1e-4 * np.maximum(1.0, np.abs(est))
+    hess = np.zeros((4, 4))
+    for i in range(4):
+        for j in range(4):
+            e_i, e_j = np.eye(4)[i] * h[i], np.eye(4)[j] * h[j]
+            hess[i, j] = (
+                loglik(est + e_i + e_j)
+                - loglik(est + e_i - e_j)
+                - loglik(est - e_i + e_j)
+                + loglik(est - e_i - e_j)
+            ) / (4 * h[i] * h[j])
+    expected = np.sqrt(np.diag(np.linalg.inv(-hess)))
+    got = [se["F"][0, 0], se["Q"][0, 0], se["u"][0], se["R"][0, 0]]
+    np.testing.assert_allclose(got, expected, rtol=1e-3)
+
+
+def test_standard_errors_of_ou_drift_match_asymptotics(key):
+    # nearly noise-free, finely sampled OU: Var(theta_hat) ~ 2 theta / (total time)
+    theta, total = 1.0, 3 * 600 * 0.1
+    truth = sdessm.SDEParams(
+        F=[[-theta]], L=[[1.0]], H=[[1.0]], u=[0.0], R=[[1e-6]], mu1=[0.0], P1=[[0.5]]
+    )
+    _, y = sdessm.simulate(key, truth, dt=0.1, num_timesteps=600, num_sequences=3)
+    res = sdessm.fit_em(
+        truth, y, dt=0.1, fixed=("H", "u", "R", "mu1", "P1"), num_iters=200, progress=False
+    )
+    se = res.standard_errors()["F"][0, 0]
+    np.testing.assert_allclose(se, np.sqrt(2 * theta / total), rtol=0.15)
+
+
+def test_standard_errors_name_the_unidentified_direction(rng, key):
+    truth = _sde(rng, 2, 2)
+    _, y = sdessm.simulate(key, truth, dt=0.3, num_timesteps=15, num_sequences=2)
+    res = sdessm.fit_em(truth, y, dt=0.3, num_iters=3, progress=False)  # F, L, H all free
+    with pytest.raises(ValueError, match="not positive definite.*do not identify"):
+        res.standard_errors()

@@ -15,13 +15,14 @@ import functools
 import warnings
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
 from ._checks import float64
 from .discretize import STEP_DIGITS, _discretize
-from .kalman import prepare
+from .kalman import _filter_one, _map_sequences, prepare
 from .mstep import R_STRUCTURES, closed_form_mstep, expected_complete_loglik, maximize
 from .params import LGSSMParams, SDEParams
 from .stats import expected_stats
@@ -67,14 +68,16 @@ class EMResult:
     """What `fit_em` returns.
 
     Attributes:
-        params: the fitted parameters, in the form given (`SDEParams` or `LGSSMParams`).
-        discrete: the fitted discrete model on the data's time grid.
+        params: the fitted parameters, in the form given (`SDEParams`, `LGSSMParams` or theta).
+        discrete: the fitted discrete model on the data's time grid (`A`, `Sigma` per
+            transition for irregular steps, with a leading B axis for per-sequence times).
         log_likelihoods: entry k is the exact marginal log-likelihood of the k-th iterate (entry 0
             at `init`); the last entry belongs to `params`.
         converged: whether the relative change fell below `tol`.
         num_iters: the number of EM iterations made.
         report: diagnostics of the fit and of the SDE recovery (eigenvalues of F, most negative
-            eigenvalue of Q, Nyquist margin, why EM stopped).
+            eigenvalue of Q, Nyquist margin, why EM stopped; `log_posteriors` for MAP).
+        sde: the fitted `SDEParams` (None for a discrete-only fit).
     """
 
     params: SDEParams | LGSSMParams
@@ -83,11 +86,31 @@ class EMResult:
     converged: bool
     num_iters: int
     report: dict
-    _data: tuple = dataclasses.field(default=(), repr=False)
+    sde: SDEParams | None = None
+    _context: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def log_likelihood(self) -> float:
         return float(self.log_likelihoods[-1])
+
+    def standard_errors(self):
+        """Standard errors of the free parameters from the observed information.
+
+        The Hessian of the exact marginal log-likelihood (plus the log-prior for MAP) at the
+        estimate, by JAX autodiff, in the coordinates F, Q (lower triangle), H, u, R (as
+        structured), mu1, P1 (lower triangle) for an SDE fit, the discrete fields for an
+        `LGSSMParams` fit, or the leaves of theta for a structured fit.
+
+        Returns:
+            A dict of arrays shaped like the fields (NaN where fixed), or for a structured fit
+            a pytree shaped like theta.
+
+        Raises:
+            ValueError: the Hessian is not negative definite (a boundary estimate, or a
+                direction the data do not identify, e.g. F, L and H all free); the message
+                names the coordinates of the flattest direction.
+        """
+        return _standard_errors(self)
 
 
 def _psd_factor(Q):
@@ -153,7 +176,7 @@ def _free_fields(init, fixed, B):
     return fixed
 
 
-def _group_steps(init: SDEParams, y, times, dt):
+def _group_steps(y, times, dt):
     """Representative steps (G,) and the group of each transition ((T-1,) or (B, T-1))."""
     T = y.shape[-2]
     if dt is not None:
@@ -170,7 +193,7 @@ def _discrete_iteration(state: LGSSMParams, y, config):
     fixed, R_structure, per_step, update_transitions = config
     stats, logliks = expected_stats(state, y, per_step=per_step)
     new = closed_form_mstep(stats, state, fixed, R_structure, transitions=update_transitions)
-    return new, jnp.sum(logliks)
+    return new, jnp.sum(logliks), jnp.zeros(())
 
 
 def _continuous_discrete(state: SDEParams, reps, groups):
@@ -199,7 +222,27 @@ def _continuous_iteration(state: SDEParams, y, reps, groups, config):
 
         free = maximize(objective, free, mstep_iters)
     new = SDEParams(free.get("F", state.F), free.get("L", state.L), *emit[2:])
-    return new, jnp.sum(logliks)
+    return new, jnp.sum(logliks), jnp.zeros(())
+
+
+@functools.partial(jax.jit, static_argnames=("structure", "log_prior", "mstep_iters"))
+def _structured_iteration(theta, y, reps, groups, structure, log_prior, mstep_iters):
+    """E-step under `structure(theta)`, then a numerical M-step over theta (plus a log-prior)."""
+    sde = structure(theta)
+    _, _, lg = _continuous_discrete(sde, reps, groups)
+    per_step = jnp.ndim(sde.H) == 3
+    stats, logliks = expected_stats(
+        lg, y, groups, reps.shape[0], per_step, params_batched=groups.ndim == 2
+    )
+    prior = (lambda th: jnp.zeros(())) if log_prior is None else log_prior  # noqa: E731
+
+    def objective(th):
+        s = structure(th)
+        A_g, Sigma_g = _discretize(s.F, s.L @ s.L.T, reps)
+        return expected_complete_loglik(stats, LGSSMParams(A_g, Sigma_g, *s[2:])) + prior(th)
+
+    new = maximize(objective, theta, mstep_iters)
+    return new, jnp.sum(logliks), prior(theta)
 
 
 def _per_step_emissions(params, T):
@@ -211,9 +254,32 @@ def _per_step_emissions(params, T):
     return params._replace(**fields)
 
 
+def _sde_parametrisation(init: SDEParams, fixed: frozenset):
+    """Unconstrained coordinates of an SDEParams (Cholesky factors for R and P1), fixed kept."""
+    consts = {k: getattr(init, k) for k in SDEParams._fields if k in fixed}
+    theta = {}
+    for k in SDEParams._fields:
+        if k in fixed:
+            continue
+        v = getattr(init, k)
+        theta[k] = jnp.linalg.cholesky(v) if k in ("R", "P1") else v
+
+    def build(th):
+        fields = dict(consts)
+        for k in th:
+            if k in ("R", "P1"):
+                C = jnp.tril(th[k])
+                fields[k] = C @ jnp.swapaxes(C, -1, -2)
+            else:
+                fields[k] = th[k]
+        return SDEParams(**fields)
+
+    return theta, build
+
+
 @float64
 def fit_em(
-    init: SDEParams | LGSSMParams,
+    init,
     y,
     times=None,
     *,
@@ -223,39 +289,54 @@ def fit_em(
     fixed=None,
     R_structure: str = "full",
     emissions: str = "shared",
+    structure=None,
+    log_prior=None,
     psd: str = "report",
     mstep_iters: int = 30,
     progress: bool = True,
 ) -> EMResult:
-    r"""Maximum-likelihood estimates by EM, started at `init`.
+    r"""Maximum-likelihood (or MAP) estimates by EM, started at `init`.
+
+    Paths, chosen from the arguments:
+
+    - `SDEParams` with uniform steps: the closed-form M-step of the derivation in the discrete
+      model, then F and Q recovered by the block matrix logarithm (`sde_from_discrete`).
+    - `SDEParams` with irregular `times` (or a fixed diffusion): generalized EM, the transition
+      M-step numerical over F and L (statistics grouped by distinct step), the rest closed form.
+    - `LGSSMParams`: the discrete model alone, closed form.
+    - `structure` given: `init` is a pytree `theta` and `structure(theta)` an `SDEParams`; every
+      M-step maximises the expected complete-data log-likelihood over theta numerically
+      (L-BFGS, warm-started, never lowering it). With `log_prior(theta)` it is MAP.
+    - `log_prior` with an `SDEParams` and no `structure`: MAP over all free fields (R and P1
+      through Cholesky factors); `log_prior` receives the `SDEParams`.
 
     Args:
-        init: starting parameters. An `SDEParams` (with `times` or `dt`) is fitted in continuous
-            time and its F, Q recovered; an `LGSSMParams` fits the discrete model alone.
+        init: starting parameters (see above).
         y: `(T, p)` or `(B, T, p)` observations; NaN = missing (treated as latent in the
-            E-step). Trailing all-NaN rows of a sequence are padding.
-        times: `(T,)` or `(B, T)` observation times (`SDEParams` only).
-        dt: a uniform step instead of `times` (`SDEParams` only).
+            E-step). Trailing all-NaN rows of a sequence are padding and count for nothing.
+        times: `(T,)` or `(B, T)` observation times (continuous-time paths).
+        dt: a uniform step instead of `times`.
         num_iters: most EM iterations.
-        tol: stop when the log-likelihood changes by less than `tol * max(1, |loglik|)`.
+        tol: stop when the objective changes by less than `tol * max(1, |objective|)`.
         fixed: field names held at their `init` value, e.g. `("H", "u")`; `"Q"` and `"L"` both
-            mean the diffusion. Defaults to `("P1",)` for one sequence (where the M-step would
-            collapse P1 to the smoothed covariance of a single draw) and `()` for several; an
-            explicit value replaces the default.
-        R_structure: `"full"`, `"diagonal"` or `"isotropic"` observation noise.
+            name the diffusion. Defaults to `("P1",)` for one sequence (where the M-step would
+            collapse P1 onto the smoothed covariance of a single draw) and `()` for several; an
+            explicit value replaces the default. Not with `structure` (keep constants inside it).
+        R_structure: `"full"`, `"diagonal"` or `"isotropic"` observation noise (closed form).
         emissions: `"shared"` or `"per_step"` (own H_k, u_k, R_k per time step, learned from B
             i.i.d. sequences).
-        psd: what to do when the recovered Q is not PSD: `"report"` raises `NotPSDError` with
-            the fit attached, `"nearest"` replaces Q by the nearest PSD matrix (flagged in the
-            report).
-        mstep_iters: L-BFGS steps of a numerical M-step.
+        structure: a function theta -> `SDEParams` (jittable).
+        log_prior: a function of theta (or of the `SDEParams`) giving a log-density: MAP.
+        psd: when the recovered Q is not PSD: `"report"` raises `NotPSDError` with the fit
+            attached; `"nearest"` replaces Q by the nearest PSD matrix, flagged in the report.
+        mstep_iters: L-BFGS steps per numerical M-step.
         progress: show a progress bar.
 
     Returns:
         An `EMResult`.
 
     Raises:
-        NoRealLogarithmError: the fitted A has no real logarithm (SDE recovery only).
+        NoRealLogarithmError: the fitted A has no real logarithm (SDE recovery).
         NotPSDError: the recovered Q is indefinite and `psd="report"`.
     """
     from tqdm.auto import tqdm
@@ -268,32 +349,64 @@ def fit_em(
         raise ValueError(f"`psd` must be 'report' or 'nearest'; got {psd!r}.")
     if int(num_iters) < 0:
         raise ValueError(f"`num_iters` must be >= 0; got {num_iters}.")
-    lg0, y_arr, _ = prepare(init, y, times, dt)
+    numerical = structure is not None or log_prior is not None
+    if structure is not None:
+        if fixed is not None:
+            raise ValueError("`fixed` does not apply with `structure`: keep constants inside it.")
+        sde0 = structure(init)
+        if not isinstance(sde0, SDEParams):
+            raise TypeError(f"`structure(init)` must return SDEParams; got {type(sde0).__name__}.")
+    elif log_prior is not None and not isinstance(init, SDEParams):
+        raise TypeError("`log_prior` without `structure` needs an `SDEParams` init.")
+    else:
+        sde0 = init
+    if numerical and (R_structure != "full" or emissions != "shared"):
+        raise ValueError(
+            "`R_structure` and `emissions` set the closed-form M-step; with `structure` or "
+            "`log_prior`, build them into the parameters instead."
+        )
+    lg0, y_arr, _ = prepare(sde0, y, times, dt)
     yb = y_arr if y_arr.ndim == 3 else y_arr[None]
     B, T, _ = yb.shape
     if T < 2:
         raise ValueError("`y` must hold at least 2 time steps for EM.")
-    fixed = _free_fields(init, fixed, B)
+    is_sde = isinstance(sde0, SDEParams)
+    fixed = _free_fields(sde0, fixed, B) if structure is None else frozenset()
     per_step = emissions == "per_step"
-    is_sde = isinstance(init, SDEParams)
 
     if is_sde:
-        init = type(init)(*(jnp.asarray(x, dtype=float) for x in init))
-        reps, groups = _group_steps(init, yb, times, dt)
-        continuous = len(reps) > 1 or "L" in fixed
-    else:
-        continuous = False
-        if lg0.time_varying()["A"] and not {"A", "Sigma"} <= fixed:
-            raise ValueError(
-                "an `LGSSMParams` with per-step `A`/`Sigma` can only be fitted with both fixed; "
-                "for irregular times fit an `SDEParams` with `times`."
-            )
-
-    if continuous:
-        state = _per_step_emissions(init, T) if per_step else init
+        sde0 = type(sde0)(*(jnp.asarray(x, dtype=float) for x in sde0))
+        reps, groups = _group_steps(yb, times, dt)
         reps_j, groups_j = jnp.asarray(reps), jnp.asarray(groups)
+    elif lg0.time_varying()["A"] and not {"A", "Sigma"} <= fixed:
+        raise ValueError(
+            "an `LGSSMParams` with per-step `A`/`Sigma` can only be fitted with both fixed; "
+            "for irregular times fit an `SDEParams` with `times`."
+        )
+    continuous = is_sde and not numerical and (len(reps) > 1 or "L" in fixed)
+
+    if numerical:
+        if structure is None:
+            state, build = _sde_parametrisation(sde0, fixed)
+            prior = log_prior
+
+            def log_prior_fn(th):
+                return prior(build(th))
+
+            path = "numerical (MAP)"
+        else:
+            state = jax.tree.map(lambda a: jnp.asarray(a, dtype=float), init)
+            build, log_prior_fn = structure, log_prior
+            path = "numerical (structured" + (", MAP)" if log_prior is not None else ")")
+        iters = int(mstep_iters)
+        step = lambda s: _structured_iteration(  # noqa: E731
+            s, yb, reps_j, groups_j, build, log_prior_fn if log_prior is not None else None, iters
+        )
+    elif continuous:
+        state = _per_step_emissions(sde0, T) if per_step else sde0
         config = (fixed, R_structure, per_step, int(mstep_iters))
         step = lambda s: _continuous_iteration(s, yb, reps_j, groups_j, config)  # noqa: E731
+        path = "numerical transitions"
     else:
         state = lg0
         discrete_fixed = set(fixed)
@@ -304,30 +417,36 @@ def fit_em(
         update = not {"A", "Sigma"} <= discrete_fixed
         config = (frozenset(discrete_fixed), R_structure, per_step, update)
         step = lambda s: _discrete_iteration(s, yb, config)  # noqa: E731
+        path = "closed form"
 
     lls: list[float] = []
-    report: dict = {"path": "numerical transitions" if continuous else "closed form"}
+    objectives: list[float] = []
+    report: dict = {"path": path}
     converged = False
     previous = state
     with tqdm(total=int(num_iters), desc="EM", disable=not progress, leave=False) as bar:
         for it in range(int(num_iters) + 1):
-            new_state, ll = step(state)
-            ll = float(ll)
-            if not np.isfinite(ll):
+            new_state, ll, lp = step(state)
+            ll, objective = float(ll), float(ll) + float(lp)
+            if not np.isfinite(objective):
                 raise FloatingPointError(
-                    f"EM iteration {it}: the log-likelihood is {ll}; the parameters have left "
-                    "the valid region (a covariance collapsed?). Try fixing P1/R or more data."
+                    f"EM iteration {it}: the objective is {objective}; the parameters have left "
+                    "the valid region (a covariance collapsed?). Try fixing P1 or R, or more data."
                 )
-            if lls and ll < lls[-1] - DECREASE_RTOL * max(1.0, abs(lls[-1])):
+            if objectives and objective < objectives[-1] - DECREASE_RTOL * max(
+                1.0, abs(objectives[-1])
+            ):
                 report["stopped"] = (
-                    f"log-likelihood decreased by {lls[-1] - ll:.3g} at iteration {it}; "
-                    "returned the previous iterate"
+                    f"the objective decreased by {objectives[-1] - objective:.3g} at iteration "
+                    f"{it}; returned the previous iterate"
                 )
                 warnings.warn(f"EM stopped: {report['stopped']}.", RuntimeWarning, stacklevel=3)
                 state = previous
                 break
             lls.append(ll)
-            if len(lls) > 1 and abs(lls[-1] - lls[-2]) <= tol * max(1.0, abs(lls[-1])):
+            objectives.append(objective)
+            change = abs(objectives[-1] - objectives[-2]) if len(objectives) > 1 else np.inf
+            if change <= tol * max(1.0, abs(objective)):
                 converged = True
                 break
             if it == int(num_iters):
@@ -335,28 +454,161 @@ def fit_em(
             previous, state = state, new_state
             bar.update(1)
             bar.set_postfix(loglik=f"{ll:.6g}")
-    num_done = len(lls) - 1
     report.setdefault("stopped", "converged" if converged else "reached num_iters")
+    if log_prior is not None:
+        report["log_posteriors"] = np.asarray(objectives)
 
-    if continuous:
-        _, _, discrete = _continuous_discrete(state, jnp.asarray(reps), jnp.asarray(groups))
+    sde = None
+    if numerical or continuous:
+        sde = build(state) if numerical else state
+        _, _, discrete = _continuous_discrete(sde, reps_j, groups_j)
         if groups.ndim == 1 and len(reps) == 1:
             discrete = discrete._replace(A=discrete.A[0], Sigma=discrete.Sigma[0])
-        params = state
+        params = sde if (numerical and structure is None) or continuous else state
         if len(reps) == 1:
-            _report_drift(np.asarray(state.F), float(reps[0]), report)
+            _report_drift(np.asarray(sde.F), float(reps[0]), report)
         else:  # irregular sampling: no single Nyquist limit
-            report["eigenvalues_F"] = np.linalg.eigvals(np.asarray(state.F))
+            report["eigenvalues_F"] = np.linalg.eigvals(np.asarray(sde.F))
     else:
-        discrete = state
-        params = state
-    lls_arr = np.asarray(lls)
-    data = (yb if y_arr.ndim == 3 else yb[0], times, dt, fixed, R_structure)
-    result = EMResult(params, discrete, lls_arr, converged, num_done, report, data)
-    if is_sde and not continuous:
-        params = _recover(result, init, float(reps[0]), fixed, psd, report)
-        result = dataclasses.replace(result, params=params)
+        discrete = params = state
+    context = dict(
+        y=yb if y_arr.ndim == 3 else yb[0],
+        reps=reps_j if is_sde else None,
+        groups=groups_j if is_sde else None,
+        fixed=fixed,
+        R_structure=R_structure,
+        structure=build if numerical else None,
+        log_prior=log_prior_fn if log_prior is not None else None,
+    )
+    result = EMResult(
+        params, discrete, np.asarray(lls), converged, len(lls) - 1, report, sde, context
+    )
+    if is_sde and not (numerical or continuous):
+        sde = _recover(result, sde0, float(reps[0]), fixed, psd, report)
+        result = dataclasses.replace(result, params=sde, sde=sde)
     return result
+
+
+_SYMMETRIC = ("Q", "Sigma", "R", "P1")
+
+
+def _coordinates(result: EMResult):
+    """Free coordinates of the estimate: (labels, vector, rebuild(vector) -> parameters)."""
+    ctx = result._context
+    if ctx["structure"] is not None and not isinstance(result.params, SDEParams):
+        flat, unravel = jax.flatten_util.ravel_pytree(result.params)
+        labels = [f"theta[{i}]" for i in range(flat.size)]
+        return labels, flat, lambda v: ctx["structure"](unravel(v)), unravel
+    if isinstance(result.params, SDEParams):
+        base = result.params._asdict()
+        base["Q"] = result.params.Q
+        fixed = {("Q" if f == "L" else f) for f in ctx["fixed"]}
+        names = ("F", "Q", "H", "u", "R", "mu1", "P1")
+    else:
+        base = result.params._asdict()
+        fixed = set(ctx["fixed"])
+        names = LGSSMParams._fields
+    labels, pieces, slots = [], [], []
+    for name in names:
+        if name in fixed:
+            continue
+        x = jnp.asarray(base[name])
+        if name == "R" and ctx["R_structure"] == "isotropic":
+            idx = [(0, 0)]
+        elif name == "R" and ctx["R_structure"] == "diagonal":
+            idx = [(i, i) for i in range(x.shape[-1])]
+        elif name in _SYMMETRIC and x.ndim == 2:
+            idx = [(i, j) for i in range(x.shape[0]) for j in range(i + 1)]
+        else:
+            idx = list(np.ndindex(x.shape))
+        for ix in idx:
+            labels.append(f"{name}[{','.join(map(str, ix))}]")
+            pieces.append(x[ix])
+        slots.append((name, idx))
+    vector = jnp.stack(pieces) if pieces else jnp.zeros((0,))
+
+    def rebuild(v):
+        fields = dict(base)
+        k = 0
+        for name, idx in slots:
+            x = jnp.asarray(base[name])
+            for ix in idx:
+                x = x.at[ix].set(v[k])
+                k += 1
+            if name in _SYMMETRIC and x.ndim == 2:
+                if name == "R" and ctx["R_structure"] == "isotropic":
+                    x = x[0, 0] * jnp.eye(x.shape[0], dtype=x.dtype)
+                else:
+                    x = jnp.tril(x) + jnp.tril(x, -1).T
+            fields[name] = x
+        if isinstance(result.params, SDEParams):
+            Q = fields.pop("Q")
+            return SDEParams(L=Q, **{k: fields[k] for k in SDEParams._fields if k != "L"}), True
+        return LGSSMParams(**fields), False
+
+    return labels, vector, rebuild, None
+
+
+def _standard_errors(result: EMResult) -> dict[str, np.ndarray]:
+    ctx = result._context
+    y = jnp.asarray(ctx["y"])
+    yb = y if y.ndim == 3 else y[None]
+    labels, v0, rebuild, unravel = _coordinates(result)
+
+    def loglik(v):
+        built = rebuild(v)
+        if unravel is not None:  # structured: rebuild gives the SDEParams
+            sde, q_given = built, False
+        else:
+            sde, q_given = built
+        if isinstance(sde, SDEParams):
+            Q = sde.L if q_given else sde.L @ sde.L.T
+            A_g, Sigma_g = _discretize(sde.F, Q, ctx["reps"])
+            groups = ctx["groups"]
+            lg = LGSSMParams(A_g[groups], Sigma_g[groups], *sde[2:])
+            batched = groups.ndim == 2
+        else:
+            lg, batched = sde, False
+        total = jnp.sum(_map_sequences(_filter_one, lg, yb, batched).log_likelihood)
+        if ctx["log_prior"] is not None:
+            theta = unravel(v) if unravel is not None else None
+            if theta is not None:
+                total = total + ctx["log_prior"](theta)
+        return total
+
+    if ctx["log_prior"] is not None and unravel is None:
+        raise ValueError(
+            "standard errors of a MAP fit are given in the structured coordinates: fit with "
+            "`structure=` to get them."
+        )
+    hessian = np.asarray(jax.jit(jax.hessian(loglik))(v0))
+    info = -0.5 * (hessian + hessian.T)
+    w, V = np.linalg.eigh(info)
+    if not np.all(np.isfinite(w)) or w.min() <= 1e-10 * max(1.0, np.abs(w).max()):
+        direction = V[:, 0]
+        top = np.argsort(-np.abs(direction))[:4]
+        names = ", ".join(f"{labels[i]} ({direction[i]:+.2f})" for i in top)
+        raise ValueError(
+            f"the observed information is not positive definite (smallest eigenvalue {w.min():.3g}"
+            f"): the estimate is on a boundary or the data do not identify the direction "
+            f"{names}. Fix some of these parameters (e.g. H) and refit."
+        )
+    se = np.sqrt(np.diag(V @ np.diag(1.0 / w) @ V.T))
+    if unravel is not None:  # the same pytree structure as theta
+        return jax.tree.map(np.asarray, unravel(jnp.asarray(se)))
+    out: dict[str, np.ndarray] = {}
+    for label, value in zip(labels, se, strict=True):
+        name, ix = label.split("[")
+        ix = tuple(int(i) for i in ix.rstrip("]").split(","))
+        if name not in out:
+            shape = np.shape(result.params.Q if name == "Q" else getattr(result.params, name))
+            out[name] = np.full(shape, np.nan)
+        out[name][ix] = value
+        if name in _SYMMETRIC and len(ix) == 2:
+            out[name][ix[::-1]] = value
+    if "R" in out and result._context["R_structure"] == "isotropic":
+        out["R"] = np.where(np.eye(out["R"].shape[0], dtype=bool), out["R"][0, 0], np.nan)
+    return out
 
 
 def _report_drift(F, dt, report):
