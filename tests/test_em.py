@@ -358,7 +358,11 @@ def test_lgssm_fit_and_progress_bar(rng, key, capsys):
         (dict(R_structure="banded"), "`R_structure` must be one of"),
         (dict(emissions="each"), "`emissions` must be 'shared' or 'per_step'"),
         (dict(psd="clip"), "`psd` must be 'report' or 'nearest'"),
-        (dict(num_iters=-1), "`num_iters` must be >= 0"),
+        (dict(num_iters=0), "`num_iters` must be >= 1"),
+        (dict(tol=-1.0), "`tol` must be >= 0"),
+        (dict(emissions="per_step"), "needs B >= 4"),
+        (dict(structure=lambda th: th, fixed=("H",)), "`fixed` does not apply with `structure`"),
+        (dict(log_prior=lambda p: 0.0, R_structure="diagonal"), "build them into the parameters"),
     ],
 )
 def test_bad_options(rng, kwargs, message):
@@ -376,6 +380,28 @@ def test_bad_data_for_em(rng):
         sdessm.fit_em(lg, np.zeros((3, 2)), progress=False)
     with pytest.raises(ValueError, match="`times` must be strictly increasing"):
         sdessm.fit_em(truth, np.zeros((3, 2)), np.array([0.0, 0.2, 0.1]), progress=False)
+    with pytest.raises(ValueError, match="`F` must be finite"):
+        sdessm.fit_em(truth._replace(F=np.full((2, 2), np.inf)), np.zeros((3, 2)), dt=0.1)
+    with pytest.raises(ValueError, match="`y` has 3 columns"):
+        sdessm.fit_em(truth, np.zeros((3, 3)), dt=0.1)
+    per_step_H = truth._replace(H=np.broadcast_to(np.asarray(truth.H), (3, 2, 2)))
+    with pytest.raises(ValueError, match="supported only for a known per-step offset"):
+        sdessm.fit_em(per_step_H, np.zeros((3, 2)), dt=0.1, progress=False)
+
+
+def test_known_per_step_offset(rng, key):
+    truth = _sde(rng, 2, 2)
+    T = 40
+    offset = np.sin(np.arange(T) / 3.0)[:, None] * np.array([1.0, -2.0])  # a known u_k
+    with_offset = truth._replace(u=offset)
+    _, y = sdessm.simulate(key, with_offset, dt=0.3, num_timesteps=T, num_sequences=2)
+    init = _perturbed(rng, truth)._replace(u=offset)
+    res = sdessm.fit_em(init, y, dt=0.3, fixed=("u",), num_iters=10, tol=0.0, progress=False)
+    _assert_monotone(res.log_likelihoods)
+    np.testing.assert_array_equal(res.params.u, offset)
+    np.testing.assert_allclose(
+        res.log_likelihoods[-1], _total_loglik(res.params, y, dt=0.3), rtol=1e-8
+    )
 
 
 # --------------------------------------------------------------------------- structured and MAP

@@ -347,8 +347,10 @@ def fit_em(
         raise ValueError(f"`emissions` must be 'shared' or 'per_step'; got {emissions!r}.")
     if psd not in ("report", "nearest"):
         raise ValueError(f"`psd` must be 'report' or 'nearest'; got {psd!r}.")
-    if int(num_iters) < 0:
-        raise ValueError(f"`num_iters` must be >= 0; got {num_iters}.")
+    if int(num_iters) < 1:
+        raise ValueError(f"`num_iters` must be >= 1; got {num_iters}.")
+    if not tol >= 0:
+        raise ValueError(f"`tol` must be >= 0; got {tol}.")
     numerical = structure is not None or log_prior is not None
     if structure is not None:
         if fixed is not None:
@@ -373,6 +375,29 @@ def fit_em(
     is_sde = isinstance(sde0, SDEParams)
     fixed = _free_fields(sde0, fixed, B) if structure is None else frozenset()
     per_step = emissions == "per_step"
+    y_given = yb
+    if per_step:
+        d = lg0.state_dim
+        need = (0 if "H" in fixed else d) + (0 if "u" in fixed else 1) + (0 if "R" in fixed else 1)
+        if B < need:
+            raise ValueError(
+                f"`emissions='per_step'` estimates H_k, u_k, R_k at each step from the B = {B} "
+                f"sequences; with these free it needs B >= {need}. Use more sequences, fix some "
+                "emission fields, or emissions='shared'."
+            )
+    offset = None
+    per_step_fields = [k for k, n in (("H", 2), ("u", 1), ("R", 2)) if np.ndim(getattr(lg0, k)) > n]
+    if per_step_fields and not per_step and not numerical:
+        if per_step_fields != ["u"] or "u" not in fixed:
+            raise ValueError(
+                f"per-step {per_step_fields} with emissions='shared' is supported only for a known "
+                "per-step offset `u` held fixed (fixed=(..., 'u')); use emissions='per_step'."
+            )
+        offset = lg0.u  # a known offset u_k: fit y_k - u_k with u = 0
+        yb = yb - offset[None]
+        zero_u = jnp.zeros(offset.shape[-1], dtype=offset.dtype)
+        lg0 = lg0._replace(u=zero_u)
+        sde0 = sde0._replace(u=zero_u)
 
     if is_sde:
         sde0 = type(sde0)(*(jnp.asarray(x, dtype=float) for x in sde0))
@@ -471,8 +496,11 @@ def fit_em(
             report["eigenvalues_F"] = np.linalg.eigvals(np.asarray(sde.F))
     else:
         discrete = params = state
+    if offset is not None:
+        discrete, params = discrete._replace(u=offset), params._replace(u=offset)
+        sde = sde._replace(u=offset) if sde is not None else None
     context = dict(
-        y=yb if y_arr.ndim == 3 else yb[0],
+        y=y_given if y_arr.ndim == 3 else y_given[0],
         reps=reps_j if is_sde else None,
         groups=groups_j if is_sde else None,
         fixed=fixed,
