@@ -112,6 +112,15 @@ class EMResult:
         """
         return _standard_errors(self)
 
+    def covariance(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """`(labels, estimate, cov)`: the free coordinates (as in `standard_errors`, e.g.
+        `"F[0,1]"`, `"Q[1,0]"`), their values, and the inverse observed information.
+
+        Use it for the delta method on functions of several parameters (eigenvalues of F).
+        """
+        labels, estimate, cov, _ = _covariance(self)
+        return labels, estimate, cov
+
 
 def _psd_factor(Q):
     """Cholesky factor of Q, or V sqrt(lambda) for a singular PSD Q."""
@@ -577,7 +586,8 @@ def _coordinates(result: EMResult):
     return labels, vector, rebuild, None
 
 
-def _standard_errors(result: EMResult) -> dict[str, np.ndarray]:
+def _covariance(result: EMResult):
+    """(labels, estimate vector, inverse observed information, unravel) in free coordinates."""
     ctx = result._context
     y = jnp.asarray(ctx["y"])
     yb = y if y.ndim == 3 else y[None]
@@ -621,7 +631,12 @@ def _standard_errors(result: EMResult) -> dict[str, np.ndarray]:
             f"): the estimate is on a boundary or the data do not identify the direction "
             f"{names}. Fix some of these parameters (e.g. H) and refit."
         )
-    se = np.sqrt(np.diag(V @ np.diag(1.0 / w) @ V.T))
+    return labels, np.asarray(v0), (V / w) @ V.T, unravel
+
+
+def _standard_errors(result: EMResult):
+    labels, _, cov, unravel = _covariance(result)
+    se = np.sqrt(np.diag(cov))
     if unravel is not None:  # the same pytree structure as theta
         return jax.tree.map(np.asarray, unravel(jnp.asarray(se)))
     out: dict[str, np.ndarray] = {}
