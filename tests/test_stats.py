@@ -69,3 +69,18 @@ def test_per_step_emission_stats(rng):
     assert per.yy.shape == (5, 2, 2) and per.num_emissions.shape == (5,)
     np.testing.assert_allclose(per.yx.sum(0), total.yx, rtol=1e-12)
     np.testing.assert_allclose(per.num_emissions, [4.0] * 5)
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_complete_data_fast_path_equals_general_path(rng, per_step):
+    _, _, arrays, _ = random_problem(rng, 8, 3, 2, irregular=True)
+    ys = rng.normal(size=(3, 8, 2))
+    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    fast, ll_fast = expected_stats(lg, y, per_step=per_step, complete=True)
+    general, ll = expected_stats(
+        lg, y, groups=np.zeros(7, dtype=np.int32), num_groups=2, per_step=per_step
+    )
+    for name, a, b in zip(fast._fields, fast, general, strict=True):
+        b = b[:1] if name in ("S00", "S10", "S11", "num_transitions") else b
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(ll_fast, ll, rtol=1e-14)

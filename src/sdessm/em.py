@@ -199,8 +199,8 @@ def _group_steps(y, times, dt):
 @functools.partial(jax.jit, static_argnames=("config",))
 def _discrete_iteration(state: LGSSMParams, y, config):
     """E-step + closed-form M-step; returns the next state and the log-likelihood of `state`."""
-    fixed, R_structure, per_step, update_transitions = config
-    stats, logliks = expected_stats(state, y, per_step=per_step)
+    fixed, R_structure, per_step, update_transitions, complete = config
+    stats, logliks = expected_stats(state, y, per_step=per_step, complete=complete)
     new = closed_form_mstep(stats, state, fixed, R_structure, transitions=update_transitions)
     return new, jnp.sum(logliks), jnp.zeros(())
 
@@ -214,11 +214,13 @@ def _continuous_discrete(state: SDEParams, reps, groups):
 @functools.partial(jax.jit, static_argnames=("config",))
 def _continuous_iteration(state: SDEParams, y, reps, groups, config):
     """E-step + closed-form emission/initial M-step + numerical (F, L) M-step."""
-    fixed, R_structure, per_step, mstep_iters = config
+    fixed, R_structure, per_step, mstep_iters, complete = config
     num_groups = reps.shape[0]
     _, _, lg = _continuous_discrete(state, reps, groups)
     batched = groups.ndim == 2
-    stats, logliks = expected_stats(lg, y, groups, num_groups, per_step, params_batched=batched)
+    stats, logliks = expected_stats(
+        lg, y, groups, num_groups, per_step, params_batched=batched, complete=complete
+    )
     emit = closed_form_mstep(stats, lg, fixed, R_structure, transitions=False)
     free = {k: getattr(state, k) for k in ("F", "L") if k not in fixed}
     if free:
@@ -234,14 +236,14 @@ def _continuous_iteration(state: SDEParams, y, reps, groups, config):
     return new, jnp.sum(logliks), jnp.zeros(())
 
 
-@functools.partial(jax.jit, static_argnames=("structure", "log_prior", "mstep_iters"))
-def _structured_iteration(theta, y, reps, groups, structure, log_prior, mstep_iters):
+@functools.partial(jax.jit, static_argnames=("structure", "log_prior", "mstep_iters", "complete"))
+def _structured_iteration(theta, y, reps, groups, structure, log_prior, mstep_iters, complete):
     """E-step under `structure(theta)`, then a numerical M-step over theta (plus a log-prior)."""
     sde = structure(theta)
     _, _, lg = _continuous_discrete(sde, reps, groups)
     per_step = jnp.ndim(sde.H) == 3
     stats, logliks = expected_stats(
-        lg, y, groups, reps.shape[0], per_step, params_batched=groups.ndim == 2
+        lg, y, groups, reps.shape[0], per_step, groups.ndim == 2, complete
     )
     prior = (lambda th: jnp.zeros(())) if log_prior is None else log_prior  # noqa: E731
 
@@ -418,6 +420,7 @@ def fit_em(
             "for irregular times fit an `SDEParams` with `times`."
         )
     continuous = is_sde and not numerical and (len(reps) > 1 or "L" in fixed)
+    complete = not bool(np.isnan(np.asarray(yb)).any())  # no NaN: a faster E-step
 
     if numerical:
         if structure is None:
@@ -434,11 +437,18 @@ def fit_em(
             path = "numerical (structured" + (", MAP)" if log_prior is not None else ")")
         iters = int(mstep_iters)
         step = lambda s: _structured_iteration(  # noqa: E731
-            s, yb, reps_j, groups_j, build, log_prior_fn if log_prior is not None else None, iters
+            s,
+            yb,
+            reps_j,
+            groups_j,
+            build,
+            log_prior_fn if log_prior is not None else None,
+            iters,
+            complete,
         )
     elif continuous:
         state = _per_step_emissions(sde0, T) if per_step else sde0
-        config = (fixed, R_structure, per_step, int(mstep_iters))
+        config = (fixed, R_structure, per_step, int(mstep_iters), complete)
         step = lambda s: _continuous_iteration(s, yb, reps_j, groups_j, config)  # noqa: E731
         path = "numerical transitions"
     else:
@@ -449,7 +459,7 @@ def fit_em(
         if per_step:
             state = _per_step_emissions(state, T)
         update = not {"A", "Sigma"} <= discrete_fixed
-        config = (frozenset(discrete_fixed), R_structure, per_step, update)
+        config = (frozenset(discrete_fixed), R_structure, per_step, update, complete)
         step = lambda s: _discrete_iteration(s, yb, config)  # noqa: E731
         path = "closed form"
 

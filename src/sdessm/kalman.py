@@ -11,14 +11,16 @@ Cholesky factors, and the log-determinant of the innovation covariance comes fro
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve
+import numpy as np
+from jax.scipy.linalg import cho_solve, solve_triangular
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_observations, check_times, float64
+from ._checks import check_observations, check_times, concrete, float64
 from .discretize import _discretize_grouped, discretize_params, symmetrize
 from .params import LGSSMParams, SDEParams, as_arrays, as_float_array
 
@@ -54,23 +56,34 @@ class SmootherResult(NamedTuple):
 # --------------------------------------------------------------------------- single sequence
 
 
-def _update(m, P, H, u, R, y):
-    """Condition N(m, P) on the observed entries of y ~ N(H x + u, R). Returns (m, P, loglik)."""
-    p = y.shape[-1]
-    obs = ~jnp.isnan(y)
-    H = jnp.where(obs[:, None], H, 0.0)
-    R = jnp.where(obs[:, None] & obs[None, :], R, jnp.eye(p, dtype=R.dtype))
-    innovation = jnp.where(obs, y - H @ m - u, 0.0)
-    S = symmetrize(H @ P @ H.T + R)
-    chol = jnp.linalg.cholesky(S)
-    gain = cho_solve((chol, True), H @ P).T  # K = P H^T S^{-1}
-    m = m + gain @ innovation
-    I_KH = jnp.eye(m.shape[-1], dtype=P.dtype) - gain @ H
+def _update(m, P, H, u, R, y, complete: bool = False):
+    r"""Condition N(m, P) on the observed entries of y ~ N(H x + u, R). Returns (m, P, loglik).
+
+    With the Cholesky factor $L$ of $S = H P H^\top + R$, one triangular solve gives
+    $W = L^{-1} [H P,\ e]$: then $K e = W_P^\top w_e$, the Mahalanobis term is $w_e^\top w_e$, and
+    $K = (L^{-\top} W_P)^\top$ enters the Joseph-form covariance. `complete` (static) promises
+    that y has no NaN and skips the masking.
+    """
+    p, d = H.shape
+    if complete:
+        innovation = y - H @ m - u
+        n_obs = p
+    else:
+        obs = ~jnp.isnan(y)
+        H = jnp.where(obs[:, None], H, 0.0)
+        R = jnp.where(obs[:, None] & obs[None, :], R, jnp.eye(p, dtype=R.dtype))
+        innovation = jnp.where(obs, y - H @ m - u, 0.0)
+        n_obs = jnp.sum(obs).astype(y.dtype)
+    HP = H @ P
+    chol = jnp.linalg.cholesky(symmetrize(HP @ H.T + R))
+    W = solve_triangular(chol, jnp.concatenate([HP, innovation[:, None]], axis=1), lower=True)
+    W_P, w_e = W[:, :d], W[:, d]
+    m = m + W_P.T @ w_e
+    gain = solve_triangular(chol, W_P, lower=True, trans=1).T  # K = P H^T S^{-1}
+    I_KH = jnp.eye(d, dtype=P.dtype) - gain @ H
     P = symmetrize(I_KH @ P @ I_KH.T + gain @ R @ gain.T)
-    n_obs = jnp.sum(obs).astype(y.dtype)
-    mahalanobis = innovation @ cho_solve((chol, True), innovation)
     log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
-    loglik = -0.5 * (n_obs * jnp.log(2.0 * jnp.pi) + log_det + mahalanobis)
+    loglik = -0.5 * (n_obs * jnp.log(2.0 * jnp.pi) + log_det + w_e @ w_e)
     return m, P, loglik
 
 
@@ -92,16 +105,16 @@ def _steps(params: LGSSMParams):
     return shared, per_step, first
 
 
-def _filter_one(params: LGSSMParams, y) -> FilterResult:
+def _filter_one(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
     shared, per_step, first = _steps(params)
-    m1, P1, ll1 = _update(params.mu1, params.P1, first["H"], first["u"], first["R"], y[0])
+    m1, P1, ll1 = _update(params.mu1, params.P1, first["H"], first["u"], first["R"], y[0], complete)
 
     def step(carry, xs):
         m, P, _ = carry
         k, y_k = xs
         f = shared | k
         m_pred, P_pred = _predict(m, P, f["A"], f["Sigma"])
-        m_filt, P_filt, ll = _update(m_pred, P_pred, f["H"], f["u"], f["R"], y_k)
+        m_filt, P_filt, ll = _update(m_pred, P_pred, f["H"], f["u"], f["R"], y_k, complete)
         return (m_filt, P_filt, ll), (m_filt, P_filt, m_pred, P_pred, ll)
 
     init = (m1, P1, ll1)
@@ -116,8 +129,8 @@ def _filter_one(params: LGSSMParams, y) -> FilterResult:
     )
 
 
-def _smoother_one(params: LGSSMParams, y) -> SmootherResult:
-    filt = _filter_one(params, y)
+def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
+    filt = _filter_one(params, y, complete)
     tv = params.time_varying()
     A = params.A if tv["A"] else jnp.broadcast_to(params.A, (y.shape[0] - 1,) + params.A.shape)
 
@@ -194,11 +207,17 @@ def prepare(params, y, times=None, dt=None):
 
 
 def _map_sequences(fn, params, y, params_batched):
-    """Apply a single-sequence `fn(params, y)` to `(T, p)` or `(B, T, p)` data."""
+    """Apply a single-sequence `fn(params, y, complete)` to `(T, p)` or `(B, T, p)` data.
+
+    `complete` is True when `y` is concrete and holds no NaN (a faster update without masks).
+    """
+    v = concrete(y)
+    complete = v is not None and not np.isnan(v).any()
+    one = functools.partial(fn, complete=complete)
     if y.ndim == 2:
-        return fn(params, y)
+        return one(params, y)
     axes = LGSSMParams(0, 0, None, None, None, None, None) if params_batched else None
-    return jax.vmap(fn, in_axes=(axes, 0))(params, y)
+    return jax.vmap(one, in_axes=(axes, 0))(params, y)
 
 
 @float64

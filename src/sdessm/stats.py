@@ -71,10 +71,14 @@ def conditional_emission(H, u, R, y):
     return G, c, symmetrize(cov)
 
 
-def _sequence_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool):
-    """Statistics of one sequence `y` (T, p) and its log-likelihood."""
+def _sequence_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool, complete):
+    """Statistics of one sequence `y` (T, p) and its log-likelihood.
+
+    `complete` (static) promises that `y` has no NaN: the emission sums are then plain matrix
+    products. With one transition group the transition sums are too.
+    """
     T = y.shape[0]
-    sm = _smoother_one(params, y)
+    sm = _smoother_one(params, y, complete)
     m, P, C = sm.smoothed_means, sm.smoothed_covs, sm.cross_covs
     observed_rows = jnp.any(~jnp.isnan(y), axis=-1)
     length = T - jnp.argmax(observed_rows[::-1])  # 1 + index of the last observed row
@@ -82,11 +86,32 @@ def _sequence_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: b
     w_emit = (jnp.arange(T) < length).astype(y.dtype)
     w_trans = (jnp.arange(T - 1) < length - 1).astype(y.dtype)
 
+    def weighted(w, A, B=None):  # sum_k w_k A_k B_k^T for rows A_k, B_k
+        return (A * w[:, None]).T @ (A if B is None else B)
+
+    def psum(w, P):  # sum_k w_k P_k
+        return jnp.einsum("t,tij->ij", w, P)
+
+    first = P[0] + jnp.outer(m[0], m[0])
+    if num_groups == 1:
+        S00 = (psum(w_trans, P[:-1]) + weighted(w_trans, m[:-1]))[None]
+        S11 = (psum(w_trans, P[1:]) + weighted(w_trans, m[1:]))[None]
+        S10 = (psum(w_trans, C) + weighted(w_trans, m[1:], m[:-1]))[None]
+        n_trans = jnp.sum(w_trans)[None]
+    else:
+        Exx = P + m[:, :, None] * m[:, None, :]
+        E10 = C + m[1:, :, None] * m[:-1, None, :]
+        seg = lambda v: jax.ops.segment_sum(v * _bcast(w_trans, v), groups, num_groups)  # noqa: E731
+        S00, S10, S11 = seg(Exx[:-1]), seg(E10), seg(Exx[1:])
+        n_trans = jax.ops.segment_sum(w_trans, groups, num_groups)
+
+    if complete and not per_step:
+        xhat = jnp.concatenate([m, jnp.ones((T, 1), dtype=y.dtype)], axis=1)
+        xx = weighted(w_emit, xhat) + jnp.pad(psum(w_emit, P), ((0, 1), (0, 1)))
+        emit = [weighted(w_emit, y), weighted(w_emit, y, xhat), xx, jnp.sum(w_emit)]
+        stats = SufficientStats(m[0], first, jnp.ones((), y.dtype), S00, S10, S11, n_trans, *emit)
+        return stats, sm.log_likelihood
     Exx = P + m[:, :, None] * m[:, None, :]
-    E10 = C + m[1:, :, None] * m[:-1, None, :]
-    seg = lambda v: jax.ops.segment_sum(v * _bcast(w_trans, v), groups, num_groups)  # noqa: E731
-    S00, S10, S11 = seg(Exx[:-1]), seg(E10), seg(Exx[1:])
-    n_trans = jax.ops.segment_sum(w_trans, groups, num_groups)
 
     tv = params.time_varying()
     H = params.H if tv["H"] else jnp.broadcast_to(params.H, (T,) + params.H.shape)
@@ -109,7 +134,7 @@ def _sequence_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: b
     emit = [Eyy * _bcast(w_emit, Eyy), yx * _bcast(w_emit, yx), xx * _bcast(w_emit, xx), w_emit]
     if not per_step:
         emit = [jnp.sum(e, axis=0) for e in emit]
-    stats = SufficientStats(m[0], Exx[0], jnp.ones((), y.dtype), S00, S10, S11, n_trans, *emit)
+    stats = SufficientStats(m[0], first, jnp.ones((), y.dtype), S00, S10, S11, n_trans, *emit)
     return stats, sm.log_likelihood
 
 
@@ -124,6 +149,7 @@ def expected_stats(
     num_groups: int = 1,
     per_step: bool = False,
     params_batched: bool = False,
+    complete: bool = False,
 ) -> tuple[SufficientStats, Float[Array, " B"]]:
     """E-step: statistics summed over the `B` sequences, and each sequence's log-likelihood.
 
@@ -133,12 +159,14 @@ def expected_stats(
         groups: group index of each transition, `(T-1,)` or `(B, T-1)`; None puts all in group 0.
         num_groups: `G`, the number of groups (static).
         per_step: keep emission statistics per time step (for per-step emissions).
+        params_batched: `params.A`, `.Sigma` carry a leading sequence axis.
+        complete: `y` has no NaN (static; a faster path).
     """
     T = y.shape[1]
     if groups is None:
         groups = jnp.zeros((T - 1,), dtype=jnp.int32)
     g_axis = 0 if groups.ndim == 2 else None
     p_axes = LGSSMParams(0, 0, None, None, None, None, None) if params_batched else None
-    fn = lambda prm, yy, g: _sequence_stats(prm, yy, g, num_groups, per_step)  # noqa: E731
+    fn = lambda prm, yy, g: _sequence_stats(prm, yy, g, num_groups, per_step, complete)  # noqa: E731
     stats, logliks = jax.vmap(fn, in_axes=(p_axes, 0, g_axis))(params, y, groups)
     return SufficientStats(*(jnp.sum(s, axis=0) for s in stats)), logliks
