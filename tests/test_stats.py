@@ -1,12 +1,19 @@
 """E-step statistics against the dense joint posterior of states and missing observations."""
 
+import jax
 import numpy as np
 import pytest
-from reference import dense_stats, random_problem
+from reference import dense_stats, random_problem, random_spd, random_stable_drift
 
 import sdessm
 from sdessm.kalman import prepare
-from sdessm.stats import expected_stats
+from sdessm.stats import (
+    STEADY_STEPS,
+    SufficientStats,
+    _sequence_stats,
+    _steady_covariances,
+    expected_stats,
+)
 
 RTOL, ATOL = 1e-8, 1e-10
 
@@ -84,3 +91,49 @@ def test_complete_data_fast_path_equals_general_path(rng, per_step):
         b = b[:1] if name in ("S00", "S10", "S11", "num_transitions") else b
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=name)
     np.testing.assert_allclose(ll_fast, ll, rtol=1e-14)
+
+
+def _full_stats(lg, yb):
+    """The plain recursion, step by step, summed over sequences (no steady-state shortcut)."""
+    T = yb.shape[1]
+    per_seq = [
+        _sequence_stats(lg, yb[b], np.zeros(T - 1, dtype=np.int32), 1, False, False)
+        for b in range(yb.shape[0])
+    ]
+    stats = SufficientStats(*(sum(s[0][i] for s in per_seq) for i in range(11)))
+    return stats, np.array([s[1] for s in per_seq])
+
+
+@pytest.mark.parametrize("converges", [True, False])
+def test_steady_state_shortcut_equals_full_recursion(rng, key, converges):
+    T = 4 * STEADY_STEPS + 37
+    if converges:
+        sde = sdessm.SDEParams(
+            F=random_stable_drift(rng, 3),
+            L=rng.normal(size=(3, 3)),
+            H=rng.normal(size=(2, 3)),
+            u=rng.normal(size=2),
+            R=random_spd(rng, 2, 0.3),
+            mu1=np.zeros(3),
+            P1=np.eye(3),
+        )
+    else:  # a random walk with tiny diffusion: the Riccati recursion takes ~1e4 steps
+        sde = sdessm.SDEParams(
+            F=np.zeros((1, 1)),
+            L=[[1e-4]],
+            H=np.eye(1),
+            u=np.zeros(1),
+            R=np.eye(1),
+            mu1=np.zeros(1),
+            P1=np.eye(1),
+        )
+    lg, yb, _ = prepare(
+        sde.discretize(dt=0.2),
+        sdessm.simulate(key, sde, dt=0.2, num_timesteps=T, num_sequences=3)[1],
+    )
+    assert bool(_steady_covariances(lg)["ok"]) == converges
+    stats, logliks = jax.jit(lambda p, y: expected_stats(p, y, complete=True))(lg, yb)
+    ref, ref_ll = _full_stats(lg, yb)
+    for name, a, b in zip(stats._fields, stats, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max(), err_msg=name)
+    np.testing.assert_allclose(logliks, ref_ll, rtol=1e-12)

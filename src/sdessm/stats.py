@@ -160,7 +160,8 @@ def expected_stats(
         num_groups: `G`, the number of groups (static).
         per_step: keep emission statistics per time step (for per-step emissions).
         params_batched: `params.A`, `.Sigma` carry a leading sequence axis.
-        complete: `y` has no NaN (static; a faster path).
+        complete: `y` has no NaN (static; a faster path, and the steady-state shortcut below
+            for shared parameters and T >= 4 STEADY_STEPS).
     """
     T = y.shape[1]
     if groups is None:
@@ -168,5 +169,156 @@ def expected_stats(
     g_axis = 0 if groups.ndim == 2 else None
     p_axes = LGSSMParams(0, 0, None, None, None, None, None) if params_batched else None
     fn = lambda prm, yy, g: _sequence_stats(prm, yy, g, num_groups, per_step, complete)  # noqa: E731
-    stats, logliks = jax.vmap(fn, in_axes=(p_axes, 0, g_axis))(params, y, groups)
-    return SufficientStats(*(jnp.sum(s, axis=0) for s in stats)), logliks
+
+    def full(_):
+        stats, logliks = jax.vmap(fn, in_axes=(p_axes, 0, g_axis))(params, y, groups)
+        return SufficientStats(*(jnp.sum(s, axis=0) for s in stats)), logliks
+
+    if (
+        num_groups == 1
+        and not params_batched
+        and steady_state_applies(params, T, complete, per_step)
+    ):
+        cov = _steady_covariances(params)
+        return jax.lax.cond(cov["ok"], lambda _: _steady_stats(params, y, cov), full, None)
+    return full(None)
+
+
+# --------------------------------------------------------------------------- steady state
+#
+# With shared parameters, uniform steps and no missing value, the covariance recursions (filter
+# and smoother Riccati equations) do not depend on y and converge geometrically. We run the
+# forward recursion for `STEADY_STEPS` steps and the backward smoother recursion for as many
+# steps from the end; if both have converged (successive covariances equal to
+# `STEADY_RTOL` relative), every step in between uses the converged gains and covariances, and
+# only the means are propagated step by step. Otherwise the full recursion runs (`lax.cond`), so
+# the result never depends on whether the steady state was reached.
+
+#: Steps of each covariance recursion computed exactly before the steady state is assumed.
+STEADY_STEPS = 256
+#: Converged when successive covariances differ by at most this, relative to their size.
+STEADY_RTOL = 1e-13
+
+
+def steady_state_applies(params: LGSSMParams, T: int, complete: bool, per_step: bool) -> bool:
+    return (
+        complete
+        and not per_step
+        and not any(params.time_varying().values())
+        and T >= 4 * STEADY_STEPS
+    )
+
+
+def _converged(a, b):
+    return jnp.max(jnp.abs(a - b)) <= STEADY_RTOL * jnp.maximum(1.0, jnp.max(jnp.abs(b)))
+
+
+def _steady_covariances(params: LGSSMParams):
+    """The first STEADY_STEPS steps of the forward and backward covariance recursions."""
+    A, Sigma, H, R = params.A, params.Sigma, params.H, params.R
+    d, p = params.state_dim, params.obs_dim
+    eye_d, eye_p = jnp.eye(d, dtype=A.dtype), jnp.eye(p, dtype=A.dtype)
+
+    def forward(P_pred, _):
+        L = jnp.linalg.cholesky(symmetrize(H @ P_pred @ H.T + R))
+        L_inv = jax.scipy.linalg.solve_triangular(L, eye_p, lower=True)
+        gain = (L_inv @ H @ P_pred).T @ L_inv  # K = P H^T S^{-1}
+        I_KH = eye_d - gain @ H
+        P_filt = symmetrize(I_KH @ P_pred @ I_KH.T + gain @ R @ gain.T)
+        P_next = symmetrize(A @ P_filt @ A.T + Sigma)
+        smoother_gain = jax.scipy.linalg.cho_solve(
+            (jnp.linalg.cholesky(P_next), True), A @ P_filt
+        ).T  # G = P_filt A^T P_next^{-1}
+        log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
+        return P_next, (P_pred, P_filt, gain, L_inv, log_det, smoother_gain, P_next)
+
+    _, head = jax.lax.scan(forward, params.P1, None, length=STEADY_STEPS)
+    P_pred, P_filt, gain, L_inv, log_det, G, P_next = head
+    fwd_ok = _converged(P_next[-1], P_pred[-1]) & _converged(P_pred[-1], P_pred[-2])
+
+    P_filt_inf, G_inf, P_pred_inf = P_filt[-1], G[-1], P_next[-1]
+
+    def backward_tail(P_s_next, _):
+        P_s = symmetrize(P_filt_inf + G_inf @ (P_s_next - P_pred_inf) @ G_inf.T)
+        return P_s, P_s
+
+    _, tail = jax.lax.scan(backward_tail, P_filt_inf, None, length=STEADY_STEPS - 1)
+    tail = jnp.concatenate([tail[::-1], P_filt_inf[None]])  # steps T-N .. T-1
+    P_s_inf = tail[0]
+    bwd_ok = _converged(tail[0], tail[1])
+
+    def backward_head(P_s_next, xs):
+        P_f, G_k, P_n = xs
+        P_s = symmetrize(P_f + G_k @ (P_s_next - P_n) @ G_k.T)
+        return P_s, (P_s, P_s_next @ G_k.T)
+
+    _, (head_s, head_cross) = jax.lax.scan(
+        backward_head, P_s_inf, (P_filt, G, P_next), reverse=True
+    )
+    return dict(
+        ok=fwd_ok & bwd_ok,
+        gain=gain,
+        L_inv=L_inv,
+        log_det=log_det,
+        G=G,
+        head_s=head_s,
+        head_cross=head_cross,
+        tail_s=tail,
+        P_s_inf=P_s_inf,
+    )
+
+
+def _steady_stats(params: LGSSMParams, y, cov):
+    """Statistics of B complete sequences (B, T, p) from the steady-state covariances `cov`."""
+    A, H, u = params.A, params.H, params.u
+    B, T, p = y.shape
+    N = STEADY_STEPS
+    idx = jnp.minimum(jnp.arange(T), N - 1)
+
+    def means(y1):
+        def forward(m_pred, xs):
+            y_k, i = xs
+            e = y_k - H @ m_pred - u
+            w = cov["L_inv"][i] @ e
+            m_filt = m_pred + cov["gain"][i] @ e
+            ll = -0.5 * (p * jnp.log(2.0 * jnp.pi) + cov["log_det"][i] + w @ w)
+            return A @ m_filt, (m_filt, m_pred, ll)
+
+        _, (m_filt, m_pred, lls) = jax.lax.scan(forward, params.mu1, (y1, idx))
+
+        def backward(m_next, xs):
+            m_f, m_p_next, i = xs
+            m = m_f + cov["G"][i] @ (m_next - m_p_next)
+            return m, m
+
+        _, ms = jax.lax.scan(
+            backward, m_filt[-1], (m_filt[:-1], m_pred[1:], idx[:-1]), reverse=True
+        )
+        return jnp.concatenate([ms, m_filt[-1:]]), jnp.sum(lls)
+
+    m, logliks = jax.vmap(means)(y)
+    n_mid = T - 2 * N
+    sum_P = cov["head_s"].sum(0) + n_mid * cov["P_s_inf"] + cov["tail_s"].sum(0)
+    # sum_{k=0}^{T-2} Cov[x_{k+1}, x_k] = sum_k P_{k+1} G_k^T; G_k is constant from step N - 1
+    after = (n_mid - 1) * cov["P_s_inf"] + cov["tail_s"].sum(0)  # sum of P_j, j = N+1 .. T-1
+    sum_cross = cov["head_cross"].sum(0) + after @ cov["G"][-1].T
+    P_first, P_last = cov["head_s"][0], cov["tail_s"][-1]
+
+    def outer(a, b=None):  # sum over sequences and steps of a_k b_k^T
+        return jnp.einsum("bti,btj->ij", a, a if b is None else b)
+
+    xhat = jnp.concatenate([m, jnp.ones((B, T, 1), dtype=y.dtype)], axis=2)
+    stats = SufficientStats(
+        x1=jnp.sum(m[:, 0], axis=0),
+        x1x1=B * P_first + m[:, 0].T @ m[:, 0],
+        num_sequences=jnp.asarray(B, dtype=y.dtype),
+        S00=(B * (sum_P - P_last) + outer(m[:, :-1]))[None],
+        S10=(B * sum_cross + outer(m[:, 1:], m[:, :-1]))[None],
+        S11=(B * (sum_P - P_first) + outer(m[:, 1:]))[None],
+        num_transitions=jnp.asarray([B * (T - 1)], dtype=y.dtype),
+        yy=outer(y),
+        yx=outer(y, xhat),
+        xx=outer(xhat) + jnp.pad(B * sum_P, ((0, 1), (0, 1))),
+        num_emissions=jnp.asarray(B * T, dtype=y.dtype),
+    )
+    return stats, logliks
