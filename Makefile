@@ -24,7 +24,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests
 
 test: $(VENV)/.installed-test lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 clean:
 	rm -rf $(VENV) .venv-* demo-output .pytest_cache

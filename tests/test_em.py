@@ -128,10 +128,8 @@ def test_closed_form_mstep_maximises_expected_complete_loglik(rng, key, case):
     for name in fixed:
         np.testing.assert_array_equal(getattr(new, name), getattr(current, name))
 
-    def q(p):
-        return expected_complete_loglik(stats, p)
-
-    grads = jax.grad(q)(new)
+    q = jax.jit(lambda p: expected_complete_loglik(stats, p))
+    grads = jax.jit(jax.grad(q))(new)
     for name in set(new._fields) - fixed:
         g = np.asarray(getattr(grads, name))
         if name == "R" and structure == "diagonal":
