@@ -187,3 +187,15 @@ def test_discretize_params_groups_equal_steps():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+@pytest.mark.parametrize("q_scale", [1e-8, 1.0, 1e6])
+def test_non_normal_drift_and_any_diffusion_scale(q_scale):
+    # ||F||_1 != ||F||_inf and Q of any size: the reduced-step Taylor block stays exact
+    F = np.array([[-1.0, 40.0, 0.0], [0.0, -2.0, 0.0], [3.0, 0.0, -0.5]])
+    L = np.sqrt(q_scale) * np.array([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.2, 0.3]])
+    for s in (0.01, 0.7):
+        A, Sigma = sdessm.discretize(F, L, s)
+        np.testing.assert_allclose(A, scipy.linalg.expm(F * s), rtol=1e-10, atol=1e-12)
+        ref = quadrature_sigma(F, L @ L.T, s)
+        np.testing.assert_allclose(Sigma, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())

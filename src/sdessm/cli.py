@@ -29,6 +29,7 @@ def demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .diagnostics import plot_smoothed_states
+    from .em import fit_em
     from .io import atomic_path
     from .kalman import rts_smoother
     from .simulate import simulate
@@ -42,14 +43,14 @@ def demo(args: argparse.Namespace) -> int:
     times = np.arange(args.num_timesteps) * args.dt
     start = time.perf_counter()
     print(
-        f"[1/3] simulating a damped oscillator: T = {args.num_timesteps}, dt = {args.dt}",
+        f"[1/4] simulating a damped oscillator: T = {args.num_timesteps}, dt = {args.dt}",
         flush=True,
     )
     x, y = simulate(jax.random.key(args.seed), params, times)
     y = np.array(y)
     y[np.random.default_rng(args.seed).uniform(size=len(y)) < args.missing] = np.nan
     print(f"      {np.isnan(y).sum()} of {len(y)} observations removed (missing)", flush=True)
-    print("[2/3] Kalman filter + RTS smoother under the true parameters", flush=True)
+    print("[2/4] Kalman filter + RTS smoother under the true parameters", flush=True)
     smoothed = rts_smoother(params, y, times)
     inside = np.abs(np.asarray(smoothed.smoothed_means) - np.asarray(x)) <= 1.96 * np.sqrt(
         np.diagonal(np.asarray(smoothed.smoothed_covs), axis1=-2, axis2=-1)
@@ -59,7 +60,26 @@ def demo(args: argparse.Namespace) -> int:
         f"band: {inside.mean(0).round(3).tolist()} (position, velocity)",
         flush=True,
     )
-    print("[3/3] plotting", flush=True)
+    print("[3/4] EM from a wrong start (H, u, mu1, P1 known; F, Q, R estimated)", flush=True)
+    start_params = params._replace(
+        F=np.array([[0.0, 1.0], [-1.0, -1.0]]), L=0.3 * np.eye(2), R=np.array([[0.1]])
+    )
+    fit = fit_em(start_params, y, times, fixed=("H", "u", "mu1", "P1"), num_iters=args.em_iters)
+    true_eig = np.sort_complex(np.linalg.eigvals(np.asarray(params.F)))
+    em_eig = np.sort_complex(np.linalg.eigvals(np.asarray(fit.params.F)))
+    print(
+        f"      {fit.num_iters} iterations ({fit.report['stopped']}); log-likelihood "
+        f"{fit.log_likelihoods[0]:.2f} -> {fit.log_likelihood:.2f}"
+    )
+    print(
+        f"      eigenvalues of F: true {np.round(true_eig, 3).tolist()}, "
+        f"EM {np.round(em_eig, 3).tolist()}"
+    )
+    print(
+        f"      observation noise sd: true {np.sqrt(float(params.R[0, 0])):.3f}, "
+        f"EM {np.sqrt(float(fit.params.R[0, 0])):.3f}"
+    )
+    print("[4/4] plotting", flush=True)
     fig = plot_smoothed_states(
         times, smoothed, y, x, H=params.H, state_names=["position", "velocity"]
     )
@@ -92,12 +112,15 @@ def _positive(kind):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdessm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="simulate a damped oscillator, smooth it, plot the result")
+    p = sub.add_parser(
+        "demo", help="simulate a damped oscillator, smooth it, fit it by EM, plot the result"
+    )
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--num-timesteps", type=_positive(int), default=400)
     p.add_argument("--dt", type=_positive(float), default=0.05)
     p.add_argument("--missing", type=float, default=0.1, help="fraction of observations removed")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--em-iters", type=_positive(int), default=300, help="most EM iterations")
     p.set_defaults(func=demo)
     return parser
 

@@ -497,7 +497,7 @@ def fit_em(
                 break
             previous, state = state, new_state
             bar.update(1)
-            bar.set_postfix(loglik=f"{ll:.6g}")
+            bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
     report.setdefault("stopped", "converged" if converged else "reached num_iters")
     if log_prior is not None:
         report["log_posteriors"] = np.asarray(objectives)
@@ -596,6 +596,7 @@ def _coordinates(result: EMResult):
     return labels, vector, rebuild, None
 
 
+@float64
 def _covariance(result: EMResult):
     """(labels, estimate vector, inverse observed information, unravel) in free coordinates."""
     ctx = result._context
