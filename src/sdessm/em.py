@@ -314,6 +314,9 @@ def fit_em(
       model, then F and Q recovered by the block matrix logarithm (`sde_from_discrete`).
     - `SDEParams` with irregular `times` (or a fixed diffusion): generalized EM, the transition
       M-step numerical over F and L (statistics grouped by distinct step), the rest closed form.
+      Q = L L^T keeps the shape of the given L: an `(d, m)` L with m < d fits a rank-m
+      diffusion (an oscillator driven through its velocity only, say); give a `(d, d)` L for a
+      free Q. The closed form (uniform steps) always returns a full `(d, d)` factor.
     - `LGSSMParams`: the discrete model alone, closed form.
     - `structure` given: `init` is a pytree `theta` and `structure(theta)` an `SDEParams`; every
       M-step maximises the expected complete-data log-likelihood over theta numerically
