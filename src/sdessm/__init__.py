@@ -24,6 +24,15 @@ from .simulate import simulate as simulate
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """`sdessm.ppl` (NumPyro) is imported on first use, not with `import sdessm`."""
+    if name == "ppl":
+        import importlib
+
+        return importlib.import_module(".ppl", __name__)
+    raise AttributeError(f"module 'sdessm' has no attribute {name!r}")
+
 __all__ = [
     "EMResult",
     "NoRealLogarithmError",
