@@ -1,5 +1,7 @@
 """The command line and atomic output, end to end in a temporary folder."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,9 @@ def test_demo_writes_a_png(tmp_path, capsys):
     data = png.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 20_000
     assert [p.name for p in out.iterdir()] == ["smoothed_states.png"]  # no temporary left over
+    mask = os.umask(0)
+    os.umask(mask)
+    assert png.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
     printed = capsys.readouterr().out
     assert "log-likelihood" in printed and str(png) in printed
 

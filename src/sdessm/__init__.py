@@ -33,6 +33,7 @@ def __getattr__(name: str):
         return importlib.import_module(".ppl", __name__)
     raise AttributeError(f"module 'sdessm' has no attribute {name!r}")
 
+
 __all__ = [
     "EMResult",
     "NoRealLogarithmError",
