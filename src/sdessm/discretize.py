@@ -84,19 +84,25 @@ def _discretize(F, Q, steps):
     return A.reshape(steps.shape + (d, d)), Sigma.reshape(steps.shape + (d, d))
 
 
+def group_steps(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct steps (equal to `STEP_DIGITS` significant digits) and each step's group index.
+
+    Returns `(representatives (G,), groups)` with `groups` of the shape of `steps` (int32).
+    """
+    steps = np.asarray(steps, dtype=float)
+    keys = np.round(steps / np.abs(steps).max(), STEP_DIGITS)
+    _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
+    return steps.ravel()[first], inverse.reshape(steps.shape).astype(np.int32)
+
+
 def _discretize_grouped(F, Q, steps):
     """As `_discretize`, with one matrix exponential per distinct step when `steps` is concrete."""
     v = concrete(steps)
     if v is None or v.size == 0:
         return _discretize(F, Q, steps)
-    scale = float(np.abs(v).max())
-    keys = np.round(v / scale, STEP_DIGITS)
-    unique, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
-    reps = jnp.asarray(v.ravel()[first], dtype=F.dtype)
-    A_u, Sigma_u = _discretize(F, Q, reps)
-    d = F.shape[-1]
-    index = inverse.reshape(v.shape)
-    return A_u[index].reshape(v.shape + (d, d)), Sigma_u[index].reshape(v.shape + (d, d))
+    reps, groups = group_steps(v)
+    A_u, Sigma_u = _discretize(F, Q, jnp.asarray(reps, dtype=F.dtype))
+    return A_u[groups], Sigma_u[groups]
 
 
 @float64
@@ -174,9 +180,6 @@ def discretize_params(
 def _shared_if_uniform(A, Sigma, steps):
     """Collapse per-step (A, Sigma) to one pair when every (concrete) step is the same."""
     v = concrete(steps)
-    if v is None or v.size == 0:
+    if v is None or v.size == 0 or len(group_steps(v)[0]) > 1:
         return A, Sigma
-    keys = np.round(v / np.abs(v).max(), STEP_DIGITS)
-    if np.all(keys == keys[0]):
-        return A[0], Sigma[0]
-    return A, Sigma
+    return A[0], Sigma[0]

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.linalg
 
 from ._checks import float64
-from .discretize import STEP_DIGITS, _discretize
+from .discretize import _discretize, group_steps
 from .kalman import _filter_one, _map_sequences, prepare
 from .mstep import R_STRUCTURES, closed_form_mstep, expected_complete_loglik, maximize
 from .params import LGSSMParams, SDEParams
@@ -190,10 +190,7 @@ def _group_steps(y, times, dt):
     T = y.shape[-2]
     if dt is not None:
         return np.array([float(dt)]), np.zeros(T - 1, dtype=np.int32)
-    steps = np.diff(np.asarray(times, dtype=float), axis=-1)
-    keys = np.round(steps / np.abs(steps).max(), STEP_DIGITS)
-    _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
-    return steps.ravel()[first], inverse.reshape(steps.shape).astype(np.int32)
+    return group_steps(np.diff(np.asarray(times, dtype=float), axis=-1))
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
