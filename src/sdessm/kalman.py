@@ -80,11 +80,21 @@ def _update(m, P, H, u, R, y, complete: bool = False):
     W_P, w_e = W[:, :d], W[:, d]
     m = m + W_P.T @ w_e
     gain = solve_triangular(chol, W_P, lower=True, trans=1).T  # K = P H^T S^{-1}
-    I_KH = jnp.eye(d, dtype=P.dtype) - gain @ H
-    P = symmetrize(I_KH @ P @ I_KH.T + gain @ R @ gain.T)
+    P = joseph(P, gain, H, R)
     log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
     loglik = -0.5 * (n_obs * jnp.log(2.0 * jnp.pi) + log_det + w_e @ w_e)
     return m, P, loglik
+
+
+def joseph(P, gain, H, R):
+    """Joseph-form filtered covariance (I - K H) P (I - K H)^T + K R K^T, symmetrised."""
+    I_KH = jnp.eye(P.shape[-1], dtype=P.dtype) - gain @ H
+    return symmetrize(I_KH @ P @ I_KH.T + gain @ R @ gain.T)
+
+
+def smoother_gain(P_filt, P_pred_next, A):
+    """RTS gain G = P_filt A^T P_pred_next^{-1}, by a Cholesky solve."""
+    return cho_solve((jnp.linalg.cholesky(P_pred_next), True), A @ P_filt).T
 
 
 def _predict(m, P, A, Sigma):
@@ -137,8 +147,7 @@ def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherRes
     def step(carry, xs):
         m_next, P_next = carry  # smoothed moments of x_{k+1}
         m_f, P_f, m_pred, P_pred, A_k = xs  # filtered x_k; predicted x_{k+1}; A_k: x_k -> x_{k+1}
-        chol = jnp.linalg.cholesky(P_pred)
-        gain = cho_solve((chol, True), A_k @ P_f).T  # G = P_f A^T P_pred^{-1}
+        gain = smoother_gain(P_f, P_pred, A_k)
         m = m_f + gain @ (m_next - m_pred)
         P = symmetrize(P_f + gain @ (P_next - P_pred) @ gain.T)
         cross = P_next @ gain.T  # Cov[x_{k+1}, x_k | y_{1:T}]

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from .discretize import symmetrize
-from .kalman import _smoother_one
+from .kalman import _smoother_one, joseph, smoother_gain
 from .params import LGSSMParams
 
 
@@ -216,21 +216,17 @@ def _converged(a, b):
 def _steady_covariances(params: LGSSMParams):
     """The first STEADY_STEPS steps of the forward and backward covariance recursions."""
     A, Sigma, H, R = params.A, params.Sigma, params.H, params.R
-    d, p = params.state_dim, params.obs_dim
-    eye_d, eye_p = jnp.eye(d, dtype=A.dtype), jnp.eye(p, dtype=A.dtype)
+    eye_p = jnp.eye(params.obs_dim, dtype=A.dtype)
 
     def forward(P_pred, _):
         L = jnp.linalg.cholesky(symmetrize(H @ P_pred @ H.T + R))
         L_inv = jax.scipy.linalg.solve_triangular(L, eye_p, lower=True)
         gain = (L_inv @ H @ P_pred).T @ L_inv  # K = P H^T S^{-1}
-        I_KH = eye_d - gain @ H
-        P_filt = symmetrize(I_KH @ P_pred @ I_KH.T + gain @ R @ gain.T)
+        P_filt = joseph(P_pred, gain, H, R)
         P_next = symmetrize(A @ P_filt @ A.T + Sigma)
-        smoother_gain = jax.scipy.linalg.cho_solve(
-            (jnp.linalg.cholesky(P_next), True), A @ P_filt
-        ).T  # G = P_filt A^T P_next^{-1}
         log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L)))
-        return P_next, (P_pred, P_filt, gain, L_inv, log_det, smoother_gain, P_next)
+        G = smoother_gain(P_filt, P_next, A)
+        return P_next, (P_pred, P_filt, gain, L_inv, log_det, G, P_next)
 
     _, head = jax.lax.scan(forward, params.P1, None, length=STEADY_STEPS)
     P_pred, P_filt, gain, L_inv, log_det, G, P_next = head
