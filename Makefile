@@ -21,7 +21,7 @@ demo: $(VENV)/.installed
 	$(BIN)/sdessm demo --out demo-output
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests models benchmarks
 
 test: $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest -n auto

@@ -1,0 +1,59 @@
+"""The model zoo: NumPyro model files for LTI-SDE state-space models.
+
+Each file defines `model(times, y=None)` (priors on named parameters, ending with
+`numpyro.sample("y", LTISDE(...), obs=y)`), `TRUE_PARAMS` (defaults for simulation), `to_sde`
+(named parameters -> `SDEParams`) and a docstring whose first line is its summary and which says
+what the data identify. Load one by name or from a file of your own:
+
+    >>> from sdessm.models import load, available
+    >>> sorted(available())
+    ['damped_oscillator', 'local_level', 'multivariate_ou', 'ou']
+    >>> load("ou").TRUE_PARAMS["theta"]
+    0.5
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+from pathlib import Path
+from types import ModuleType
+
+_REQUIRED = ("model", "TRUE_PARAMS", "to_sde")
+
+
+def available() -> dict[str, str]:
+    """Name -> one-line summary of every model shipped with sdessm."""
+    out = {}
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            doc = importlib.import_module(f"{__name__}.{info.name}").__doc__ or ""
+            out[info.name] = doc.strip().splitlines()[0] if doc.strip() else ""
+    return out
+
+
+def load(name_or_path: str | Path) -> ModuleType:
+    """A zoo model by name (`"damped_oscillator"`) or a model file of your own (`"my_model.py"`).
+
+    Raises:
+        ValueError: an unknown name (the message lists the zoo), a missing file, or a module
+            without `model`, `TRUE_PARAMS` and `to_sde`.
+    """
+    text = str(name_or_path)
+    if text.endswith(".py") or "/" in text or "\\" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"model file {path} does not exist.")
+        spec = importlib.util.spec_from_file_location(f"sdessm_user_model_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        names = available()
+        if text not in names:
+            raise ValueError(f"unknown model {text!r}; the zoo has {sorted(names)}.")
+        module = importlib.import_module(f"{__name__}.{text}")
+    missing = [attr for attr in _REQUIRED if not hasattr(module, attr)]
+    if missing:
+        raise ValueError(f"model {text!r} does not define {missing}.")
+    return module
