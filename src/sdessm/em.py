@@ -202,9 +202,12 @@ def _discrete_iteration(state: LGSSMParams, y, config):
     return new, jnp.sum(logliks), jnp.zeros(())
 
 
-def _continuous_discrete(state: SDEParams, reps, groups):
-    """The discrete model of a continuous state on the grouped steps, per transition."""
-    A_g, Sigma_g = _discretize(state.F, state.L @ state.L.T, reps)
+def _continuous_discrete(state: SDEParams, reps, groups, Q=None):
+    """The discrete model of a continuous state on the grouped steps, per transition.
+
+    `Q` overrides `state.L @ state.L.T` (standard errors work with Q itself).
+    """
+    A_g, Sigma_g = _discretize(state.F, state.L @ state.L.T if Q is None else Q, reps)
     return A_g, Sigma_g, LGSSMParams(A_g[groups], Sigma_g[groups], *state[2:])
 
 
@@ -540,12 +543,16 @@ _SYMMETRIC = ("Q", "Sigma", "R", "P1")
 
 
 def _coordinates(result: EMResult):
-    """Free coordinates of the estimate: (labels, vector, rebuild(vector) -> parameters)."""
+    """Free coordinates of the estimate: `(labels, vector, rebuild, unravel)`.
+
+    `rebuild(vector)` gives `(parameters, Q)`, Q None where the parameters hold it as L L^T or
+    have none (discrete fits); `unravel` maps a vector back to theta for structured fits.
+    """
     ctx = result._context
     if ctx["structure"] is not None and not isinstance(result.params, SDEParams):
         flat, unravel = jax.flatten_util.ravel_pytree(result.params)
         labels = [f"theta[{i}]" for i in range(flat.size)]
-        return labels, flat, lambda v: ctx["structure"](unravel(v)), unravel
+        return labels, flat, lambda v: (ctx["structure"](unravel(v)), None), unravel
     if isinstance(result.params, SDEParams):
         base = result.params._asdict()
         base["Q"] = result.params.Q
@@ -589,9 +596,8 @@ def _coordinates(result: EMResult):
                     x = jnp.tril(x) + jnp.tril(x, -1).T
             fields[name] = x
         if isinstance(result.params, SDEParams):
-            Q = fields.pop("Q")
-            return SDEParams(L=Q, **{k: fields[k] for k in SDEParams._fields if k != "L"}), True
-        return LGSSMParams(**fields), False
+            return SDEParams(**{k: fields[k] for k in SDEParams._fields}), fields["Q"]
+        return LGSSMParams(**fields), None
 
     return labels, vector, rebuild, None
 
@@ -605,24 +611,15 @@ def _covariance(result: EMResult):
     labels, v0, rebuild, unravel = _coordinates(result)
 
     def loglik(v):
-        built = rebuild(v)
-        if unravel is not None:  # structured: rebuild gives the SDEParams
-            sde, q_given = built, False
+        params, Q = rebuild(v)
+        if isinstance(params, SDEParams):
+            _, _, lg = _continuous_discrete(params, ctx["reps"], ctx["groups"], Q)
+            batched = ctx["groups"].ndim == 2
         else:
-            sde, q_given = built
-        if isinstance(sde, SDEParams):
-            Q = sde.L if q_given else sde.L @ sde.L.T
-            A_g, Sigma_g = _discretize(sde.F, Q, ctx["reps"])
-            groups = ctx["groups"]
-            lg = LGSSMParams(A_g[groups], Sigma_g[groups], *sde[2:])
-            batched = groups.ndim == 2
-        else:
-            lg, batched = sde, False
+            lg, batched = params, False
         total = jnp.sum(_map_sequences(_filter_one, lg, yb, batched).log_likelihood)
-        if ctx["log_prior"] is not None:
-            theta = unravel(v) if unravel is not None else None
-            if theta is not None:
-                total = total + ctx["log_prior"](theta)
+        if ctx["log_prior"] is not None and unravel is not None:
+            total = total + ctx["log_prior"](unravel(v))
         return total
 
     if ctx["log_prior"] is not None and unravel is None:

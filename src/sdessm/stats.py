@@ -92,14 +92,13 @@ def _sequence_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: b
     def psum(w, P):  # sum_k w_k P_k
         return jnp.einsum("t,tij->ij", w, P)
 
-    first = P[0] + jnp.outer(m[0], m[0])
+    Exx = P + m[:, :, None] * m[:, None, :]  # E[x_k x_k^T]; XLA drops it where unused
     if num_groups == 1:
         S00 = (psum(w_trans, P[:-1]) + weighted(w_trans, m[:-1]))[None]
         S11 = (psum(w_trans, P[1:]) + weighted(w_trans, m[1:]))[None]
         S10 = (psum(w_trans, C) + weighted(w_trans, m[1:], m[:-1]))[None]
         n_trans = jnp.sum(w_trans)[None]
     else:
-        Exx = P + m[:, :, None] * m[:, None, :]
         E10 = C + m[1:, :, None] * m[:-1, None, :]
         seg = lambda v: jax.ops.segment_sum(v * _bcast(w_trans, v), groups, num_groups)  # noqa: E731
         S00, S10, S11 = seg(Exx[:-1]), seg(E10), seg(Exx[1:])
@@ -109,10 +108,15 @@ def _sequence_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: b
         xhat = jnp.concatenate([m, jnp.ones((T, 1), dtype=y.dtype)], axis=1)
         xx = weighted(w_emit, xhat) + jnp.pad(psum(w_emit, P), ((0, 1), (0, 1)))
         emit = [weighted(w_emit, y), weighted(w_emit, y, xhat), xx, jnp.sum(w_emit)]
-        stats = SufficientStats(m[0], first, jnp.ones((), y.dtype), S00, S10, S11, n_trans, *emit)
-        return stats, sm.log_likelihood
-    Exx = P + m[:, :, None] * m[:, None, :]
+    else:
+        emit = _missing_emission_stats(params, y, m, Exx, w_emit, per_step)
+    stats = SufficientStats(m[0], Exx[0], jnp.ones((), y.dtype), S00, S10, S11, n_trans, *emit)
+    return stats, sm.log_likelihood
 
+
+def _missing_emission_stats(params: LGSSMParams, y, m, Exx, w_emit, per_step: bool):
+    """Emission sums with missing entries of y completed by their conditional moments."""
+    T = y.shape[0]
     tv = params.time_varying()
     H = params.H if tv["H"] else jnp.broadcast_to(params.H, (T,) + params.H.shape)
     u = params.u if tv["u"] else jnp.broadcast_to(params.u, (T,) + params.u.shape)
@@ -132,10 +136,7 @@ def _sequence_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: b
     xx = jnp.concatenate([top, bottom], axis=1)  # E[xhat xhat^T], xhat = [x; 1]
     yx = jnp.concatenate([Eyx, Ey[:, :, None]], axis=2)
     emit = [Eyy * _bcast(w_emit, Eyy), yx * _bcast(w_emit, yx), xx * _bcast(w_emit, xx), w_emit]
-    if not per_step:
-        emit = [jnp.sum(e, axis=0) for e in emit]
-    stats = SufficientStats(m[0], first, jnp.ones((), y.dtype), S00, S10, S11, n_trans, *emit)
-    return stats, sm.log_likelihood
+    return emit if per_step else [jnp.sum(e, axis=0) for e in emit]
 
 
 def _bcast(w, v):
