@@ -25,6 +25,7 @@ TRUE_PARAMS = {"omega": 2.0, "zeta": 0.1, "sigma": 0.6, "noise": 0.15}
 
 
 def to_sde(omega, zeta, sigma, noise):
+    """The named parameters as `SDEParams`."""
     return SDEParams(
         F=jnp.array([[0.0, 1.0], [-(omega**2), -2.0 * zeta * omega]]),
         L=jnp.stack([jnp.zeros(1), jnp.reshape(sigma, (1,))]),
@@ -37,6 +38,7 @@ def to_sde(omega, zeta, sigma, noise):
 
 
 def model(times, y=None):
+    """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`."""
     omega = numpyro.sample("omega", dist.LogNormal(jnp.log(2.0), 0.7))
     zeta = numpyro.sample("zeta", dist.Beta(2.0, 8.0))
     sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))

@@ -20,6 +20,7 @@ TRUE_PARAMS = {"sigma": 0.3, "noise": 0.5, "level0": 0.0}
 
 
 def to_sde(sigma, noise, level0):
+    """The named parameters as `SDEParams`."""
     return SDEParams(
         F=jnp.zeros((1, 1)),
         L=sigma * jnp.eye(1),
@@ -32,6 +33,7 @@ def to_sde(sigma, noise, level0):
 
 
 def model(times, y=None):
+    """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`."""
     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
     noise = numpyro.sample("noise", dist.HalfNormal(1.0))
     level0 = numpyro.sample("level0", dist.Normal(0.0, 10.0))

@@ -31,6 +31,7 @@ TRUE_PARAMS = {
 
 
 def to_sde(a1, a2, b12, b21, L_diag, L_off, noise):
+    """The named parameters as `SDEParams`."""
     F = jnp.array([[-a1, b12], [b21, -a2]])
     L = jnp.diag(jnp.asarray(L_diag)) + jnp.array([[0.0, 0.0], [1.0, 0.0]]) * L_off
     return SDEParams(
@@ -45,6 +46,7 @@ def to_sde(a1, a2, b12, b21, L_diag, L_off, noise):
 
 
 def model(times, y=None):
+    """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`."""
     a1 = numpyro.sample("a1", dist.LogNormal(0.0, 1.0))
     a2 = numpyro.sample("a2", dist.LogNormal(0.0, 1.0))
     b12 = numpyro.sample("b12", dist.Normal(0.0, 1.0))

@@ -23,6 +23,7 @@ TRUE_PARAMS = {"theta": 0.5, "sigma": 0.8, "u": 1.0, "noise": 0.2}
 
 
 def to_sde(theta, sigma, u, noise):
+    """The named parameters as `SDEParams`."""
     return SDEParams(
         F=-theta * jnp.eye(1),
         L=sigma * jnp.eye(1),
@@ -35,6 +36,7 @@ def to_sde(theta, sigma, u, noise):
 
 
 def model(times, y=None):
+    """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`."""
     theta = numpyro.sample("theta", dist.LogNormal(jnp.log(0.5), 1.0))
     sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
     u = numpyro.sample("u", dist.Normal(0.0, 10.0))
