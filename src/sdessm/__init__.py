@@ -17,6 +17,7 @@ from .em import sde_from_discrete as sde_from_discrete
 from .kalman import FilterResult as FilterResult
 from .kalman import SmootherResult as SmootherResult
 from .kalman import kalman_filter as kalman_filter
+from .kalman import log_likelihood as log_likelihood
 from .kalman import rts_smoother as rts_smoother
 from .params import LGSSMParams as LGSSMParams
 from .params import SDEParams as SDEParams
@@ -48,6 +49,7 @@ __all__ = [
     "discretize",
     "discretize_params",
     "kalman_filter",
+    "log_likelihood",
     "rts_smoother",
     "simulate",
 ]

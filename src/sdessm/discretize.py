@@ -95,6 +95,15 @@ def group_steps(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return steps.ravel()[first], inverse.reshape(steps.shape).astype(np.int32)
 
 
+def time_steps(times):
+    """`diff(times)` along the last axis: a NumPy array when `times` is concrete (also inside a
+    trace, where `jnp.diff` would be traced and every step get its own matrix exponential)."""
+    v = concrete(times)
+    if v is not None and np.issubdtype(v.dtype, np.number):
+        return np.diff(np.asarray(v, dtype=float), axis=-1)
+    return jnp.diff(as_float_array(times, "times"), axis=-1)
+
+
 def _discretize_grouped(F, Q, steps):
     """As `_discretize`, with one matrix exponential per distinct step when `steps` is concrete."""
     v = concrete(steps)
@@ -168,12 +177,13 @@ def discretize_params(
         check_dt("dt", dt)
         A, Sigma = _discretize(params.F, params.Q, dt)
     else:
+        steps = time_steps(times)
         times = as_float_array(times, "times")
         if times.ndim != 1:
             raise ValueError(f"`times` must have shape (T,); got {times.shape}.")
         check_times("times", times)
-        A, Sigma = _discretize_grouped(params.F, params.Q, jnp.diff(times))
-        A, Sigma = _shared_if_uniform(A, Sigma, jnp.diff(times))
+        A, Sigma = _discretize_grouped(params.F, params.Q, steps)
+        A, Sigma = _shared_if_uniform(A, Sigma, steps)
     return LGSSMParams(A, Sigma, params.H, params.u, params.R, params.mu1, params.P1)
 
 
@@ -183,3 +193,39 @@ def _shared_if_uniform(A, Sigma, steps):
     if v is None or v.size == 0 or len(group_steps(v)[0]) > 1:
         return A, Sigma
     return A[0], Sigma[0]
+
+
+def stationary_covariance(F: Float[ArrayLike, "d d"], Q: Float[ArrayLike, "d d"]) -> Array:
+    r"""The $P$ with $F P + P F^\top + Q = 0$: the stationary covariance of $dx = F x\,dt + L\,dW$.
+
+    One linear system in $\mathrm{vec}(P)$ with the Kronecker sum $F \otimes I + I \otimes F$,
+    so `jax.jit`, `jax.grad` and `jax.vmap` go through `jnp.linalg.solve`. The system is
+    $d^2 \times d^2$ (cost $O(d^6)$): meant for small state dimensions (d up to ~10). The solution
+    is unique when no two eigenvalues of F sum to zero, and it is the stationary covariance only
+    when F is stable (every eigenvalue with negative real part).
+
+    Args:
+        F: drift, `(d, d)`.
+        Q: diffusion covariance $L L^\top$, `(d, d)`, symmetric.
+
+    Returns:
+        `P`, `(d, d)`, symmetrised.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from sdessm.discretize import stationary_covariance
+        >>> P = stationary_covariance(-0.5 * jnp.eye(1), 0.64 * jnp.eye(1))  # sigma^2 / (2 theta)
+        >>> bool(jnp.allclose(P, 0.64))
+        True
+    """
+    F, Q = jnp.asarray(F), jnp.asarray(Q)
+    d = F.shape[-1]
+    if F.shape != (d, d) or Q.shape != (d, d):
+        raise ValueError(f"`F` and `Q` must both be square (d, d); got {F.shape} and {Q.shape}.")
+    dtype = jnp.result_type(F, Q)
+    F, Q = F.astype(dtype), Q.astype(dtype)
+    eye = jnp.eye(d, dtype=dtype)
+    # row-major vec: vec(F P) = (F kron I) vec(P), vec(P F^T) = (I kron F) vec(P)
+    kron_sum = jnp.kron(F, eye) + jnp.kron(eye, F)
+    P = jnp.linalg.solve(kron_sum, -jnp.reshape(Q, (d * d,))).reshape(d, d)
+    return symmetrize(P)

@@ -21,7 +21,13 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import check_observations, check_times, concrete, float64
-from .discretize import _discretize_grouped, discretize_params, symmetrize
+from .discretize import (
+    _discretize_grouped,
+    _shared_if_uniform,
+    discretize_params,
+    symmetrize,
+    time_steps,
+)
 from .params import LGSSMParams, SDEParams, as_arrays, as_float_array
 
 
@@ -170,6 +176,72 @@ def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherRes
     )
 
 
+def _loglik_one(params: LGSSMParams, y, complete: bool = False):
+    r"""$\log p(y_{1:T})$ alone: the fast path for autodiff (NUTS, observed information).
+
+    The observations are whitened by the Cholesky factor $C$ of $R$ ($C^{-1}(y - u)$,
+    $C^{-1} H$, unit noise) and their components are absorbed one at a time by scalar updates,
+    $P \leftarrow P - P h\, h^\top P / s$: no matrix factorisation inside the recursion (for
+    complete data $C$ is computed once) and no moments kept. Emissions that vary per step fall
+    back to the Joseph-form filter.
+    """
+    tv = params.time_varying()
+    if tv["H"] or tv["u"] or tv["R"]:
+        return _filter_one(params, y, complete).log_likelihood
+    H, u, R = params.H, params.u, params.R
+    p = H.shape[0]
+    log_2pi = jnp.log(2.0 * jnp.pi)
+
+    def whiten(y_k):
+        """(C^{-1} H, C^{-1} (y_k - u), log|C| + n_obs log(2 pi) / 2) on the observed entries."""
+        if complete:
+            obs, H_k, R_k, e = None, H, R, y_k - u
+        else:
+            obs = ~jnp.isnan(y_k)
+            H_k = jnp.where(obs[:, None], H, 0.0)
+            R_k = jnp.where(obs[:, None] & obs[None, :], R, jnp.eye(p, dtype=R.dtype))
+            e = jnp.where(obs, y_k - u, 0.0)
+        C = jnp.linalg.cholesky(R_k)
+        n_obs = p if obs is None else jnp.sum(obs).astype(y_k.dtype)
+        const = jnp.sum(jnp.log(jnp.diagonal(C))) + 0.5 * n_obs * log_2pi
+        W = solve_triangular(C, jnp.concatenate([H_k, e[:, None]], axis=1), lower=True)
+        return W[:, :-1], W[:, -1], const
+
+    if complete:  # one factorisation for all steps
+        C = jnp.linalg.cholesky(R)
+        H_w = solve_triangular(C, H, lower=True)
+        y_w = solve_triangular(C, (y - u[None]).T, lower=True).T
+        const = jnp.sum(jnp.log(jnp.diagonal(C))) + 0.5 * p * log_2pi
+
+    def update(m, P, y_k):
+        H_k, e_w, c = (H_w, y_k, const) if complete else whiten(y_k)
+        ll = -c
+        for i in range(p):  # scalar updates, unit noise
+            h = H_k[i]
+            Ph = P @ h
+            s = h @ Ph + 1.0
+            e = e_w[i] - h @ m
+            m = m + Ph * (e / s)
+            P = P - jnp.outer(Ph, Ph / s)
+            ll = ll - 0.5 * (jnp.log(s) + e * e / s)
+        return m, P, ll
+
+    y_in = y_w if complete else y
+    shared, per_step, _ = _steps(params)
+    m, P, ll = update(params.mu1, params.P1, y_in[0])
+
+    def step(carry, xs):
+        m, P, total = carry
+        k, y_k = xs
+        f = shared | k
+        m, P = _predict(m, P, f["A"], f["Sigma"])
+        m, P, ll = update(m, P, y_k)
+        return (m, P, total + ll), None
+
+    (_, _, total), _ = jax.lax.scan(step, (m, P, ll), (per_step, y_in[1:]))
+    return total
+
+
 # --------------------------------------------------------------------------- public boundary
 
 
@@ -191,16 +263,19 @@ def prepare(params, y, times=None, dt=None):
             raise ValueError("an `SDEParams` needs the observation `times` (or a uniform `dt`).")
         if dt is not None:
             return discretize_params(params, dt=dt), y, False
+        steps = time_steps(times)
         times = as_float_array(times, "times")
         check_times("times", times, T)
         if times.ndim == 1:
-            return discretize_params(params, times), y, False
+            A, Sigma = _discretize_grouped(params.F, params.Q, steps)
+            A, Sigma = _shared_if_uniform(A, Sigma, steps)
+            return LGSSMParams(A, Sigma, *params[2:]), y, False
         if y.ndim != 3 or y.shape[0] != times.shape[0]:
             raise ValueError(
                 f"`times` of shape {times.shape} gives one time grid per sequence, so `y` must be "
                 f"({times.shape[0]}, {T}, p); got {y.shape}."
             )
-        A, Sigma = _discretize_grouped(params.F, params.Q, jnp.diff(times, axis=-1))
+        A, Sigma = _discretize_grouped(params.F, params.Q, steps)
         return LGSSMParams(A, Sigma, *params[2:]), y, True
     if isinstance(params, LGSSMParams):
         if times is not None or dt is not None:
@@ -215,13 +290,22 @@ def prepare(params, y, times=None, dt=None):
     raise TypeError(f"`params` must be SDEParams or LGSSMParams; got {type(params).__name__}.")
 
 
-def _map_sequences(fn, params, y, params_batched):
-    """Apply a single-sequence `fn(params, y, complete)` to `(T, p)` or `(B, T, p)` data.
+def is_complete(y) -> bool:
+    """Whether `y` is concrete and holds no NaN (a faster update without masks applies).
 
-    `complete` is True when `y` is concrete and holds no NaN (a faster update without masks).
+    Test the caller's `y` before it is converted: inside a trace even a NumPy array becomes a
+    tracer once it passes through `jnp.asarray`.
     """
     v = concrete(y)
-    complete = v is not None and not np.isnan(v).any()
+    return v is not None and np.issubdtype(v.dtype, np.number) and not np.isnan(v).any()
+
+
+def _map_sequences(fn, params, y, params_batched, complete: bool | None = None):
+    """Apply a single-sequence `fn(params, y, complete)` to `(T, p)` or `(B, T, p)` data.
+
+    `complete` defaults to `is_complete(y)`.
+    """
+    complete = is_complete(y) if complete is None else complete
     one = functools.partial(fn, complete=complete)
     if y.ndim == 2:
         return one(params, y)
@@ -257,8 +341,35 @@ def kalman_filter(
         >>> float(res.log_likelihood), res.filtered_covs.tolist()
         (0.0, [[[1.0]]])
     """
+    complete = is_complete(y)
     lgssm, y, batched = prepare(params, y, times, dt)
-    return _map_sequences(_filter_one, lgssm, y, batched)
+    return _map_sequences(_filter_one, lgssm, y, batched, complete)
+
+
+@float64
+def log_likelihood(
+    params: LGSSMParams | SDEParams,
+    y: Float[ArrayLike, "*B T p"],
+    times: Float[ArrayLike, "*B T"] | None = None,
+    *,
+    dt: float | None = None,
+) -> Float[Array, "*B"]:
+    r"""$\log p(y_{1:T})$ of each sequence, the states marginalised: `kalman_filter`'s value,
+    computed without the moments (sequential scalar updates of whitened observations), about ten
+    times cheaper to differentiate. Arguments as for `kalman_filter`.
+
+    Examples:
+        >>> import jax.numpy as jnp, sdessm
+        >>> rw = sdessm.SDEParams(F=jnp.zeros((1, 1)), L=jnp.eye(1), H=jnp.eye(1), u=jnp.zeros(1),
+        ...                       R=jnp.eye(1), mu1=jnp.zeros(1), P1=jnp.eye(1))
+        >>> y = jnp.array([[0.5], [jnp.nan], [1.0]])
+        >>> bool(jnp.isclose(sdessm.log_likelihood(rw, y, dt=1.0),
+        ...                  sdessm.kalman_filter(rw, y, dt=1.0).log_likelihood))
+        True
+    """
+    complete = is_complete(y)
+    lgssm, y, batched = prepare(params, y, times, dt)
+    return _map_sequences(_loglik_one, lgssm, y, batched, complete)
 
 
 @float64
@@ -287,5 +398,6 @@ def rts_smoother(
         >>> bool(jnp.isclose(res.smoothed_means[1, 0], 11 / 7))   # E[x_2 | y_1, y_3] by hand
         True
     """
+    complete = is_complete(y)
     lgssm, y, batched = prepare(params, y, times, dt)
-    return _map_sequences(_smoother_one, lgssm, y, batched)
+    return _map_sequences(_smoother_one, lgssm, y, batched, complete)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Distribution, constraints
 
-from .kalman import kalman_filter
+from .kalman import log_likelihood
 from .params import SDEParams
 from .simulate import simulate
 
@@ -52,11 +52,11 @@ class LTISDE(Distribution):
         super().__init__(batch_shape=(), event_shape=(T, p), validate_args=validate_args)
 
     def log_prob(self, value):
-        value = jnp.asarray(value)
         T, p = self.event_shape
-        lead = value.shape[:-2]
-        flat = value.reshape((math.prod(lead), T, p)) if lead else value
-        ll = kalman_filter(self.params, flat, self.times).log_likelihood
+        lead = tuple(np.shape(value)[:-2])
+        # a concrete (NumPy) value stays concrete, so that complete data skip the masking
+        flat = value if len(lead) <= 1 else jnp.reshape(value, (math.prod(lead), T, p))
+        ll = log_likelihood(self.params, flat, self.times)
         return ll.reshape(lead)
 
     def sample(self, key, sample_shape=()):
