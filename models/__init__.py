@@ -7,7 +7,7 @@ what the data identify. Load one by name or from a file of your own:
 
     >>> from sdessm.models import load, available
     >>> sorted(available())
-    ['damped_oscillator', 'local_level', 'multivariate_ou', 'ou']
+    ['carma', 'damped_oscillator', 'local_level', 'multivariate_ou', 'ou', 'unconstrained']
     >>> load("ou").TRUE_PARAMS["theta"]
     0.5
 """

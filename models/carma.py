@@ -1,0 +1,165 @@
+r"""CARMA(p, q) in companion form, with stationarity built in through the autoregressive roots.
+
+The state x = (z, z', ..., z^(p-1)) of a p-th order linear SDE a(D) z = sigma dW/dt is observed
+through the moving-average polynomial b: y = b_0 z + b_1 z' + ... + b_q z^(q) + mu + e, b_0 = 1.
+F is the companion matrix of a(s) = s^p + a_{p-1} s^{p-1} + ... + a_0 (ones on the
+superdiagonal, last row -a_0 .. -a_{p-1}), L = sigma e_p, H = [1, b_1, ..., b_q, 0, ..., 0],
+q < p. The spectral density of the noise-free part is sigma^2 |b(i w)|^2 / |a(i w)|^2 / (2 pi).
+
+a(s) is not sampled coefficient by coefficient: it is the product of floor(p/2) quadratic
+factors s^2 + 2 zeta_j omega_j s + omega_j^2 and, for odd p, one linear factor s + lam, so every
+root has a negative real part and every prior draw is stationary.
+
+Parameters and units (time in the units of `times`, y in its own units):
+- omega (radians / time), shape (floor(p/2),): natural frequencies of the quadratic factors,
+  increasing. omega_1 ~ LogNormal(0, 1) and each log-ratio log(omega_{j+1} / omega_j) ~
+  LogNormal(log 0.7, 0.7) (median ratio 2): positive increments of log omega.
+- zeta (dimensionless), shape (floor(p/2),): damping ratios; LogNormal(log 0.3, 1) each
+  (median 0.3; about 11% prior mass above 1, so overdamped factors, two real roots, are allowed).
+- lam (1 / time), odd p only: the real root -lam; LogNormal(0, 1).
+- sigma (y / time^(p - 1/2)): diffusion of z^(p-1); HalfNormal(2).
+- b (time^j for b_j), shape (q,): moving-average coefficients b_1 .. b_q; Normal(0, 1) each.
+- mu (y): the mean of y; Normal(0, 10).
+- noise (y): observation noise sd; HalfNormal(1).
+
+Orders: `P` and `Q` (module constants) are the defaults of `model(times, y, p=P, q=Q)`;
+`to_sde` reads p and q from the shapes of `omega`, `lam` and `b`. The initial state is the
+stationary law N(0, P_inf), F P_inf + P_inf F^T + L L^T = 0. `TRUE_PARAMS` (p = 2, q = 1) is a
+lightly damped oscillation (period about 4.2, decay time about 6.7) with an MA term, recoverable
+from T = 1000 steps of dt = 0.1.
+
+Identified: the data fix the spectral density and mu and noise, hence
+- the AR roots, as a set, given steps short enough that the oscillations are not aliased
+  (omega_j sqrt(1 - zeta_j^2) < pi / dt) and a record long against 1 / (zeta_j omega_j). Which
+  quadratic factor is "first" is a label-switching symmetry, broken here by the increasing omega.
+  With overdamped factors the real roots can still be grouped into factors in several ways (p = 3
+  with three real roots: which one is lam), so such posteriors may stay multimodal.
+- b only up to reflecting its roots across the imaginary axis (r -> -r, conjugate pairs together):
+  the likelihood depends on b through |b(i w)|^2 alone. For q = 1 only |b_1| is identified, and
+  with the symmetric prior the posterior of b_1 is bimodal (+/- b_1); b is unique in minimum-phase
+  form (every root of b in the left half-plane; for q = 1, b_1 > 0), so compare b after
+  reflecting its roots there.
+- sigma, mu and noise. An MA root equal to an AR root cancels it (a lower-order process): near
+  such a cancellation both are poorly identified.
+"""
+
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints, transforms
+
+from sdessm.discretize import stationary_covariance
+from sdessm.params import SDEParams
+from sdessm.ppl import LTISDE
+
+P = 2
+Q = 1
+
+TRUE_PARAMS = {"omega": [1.5], "zeta": [0.1], "sigma": 1.0, "b": [0.5], "mu": 0.5, "noise": 0.2}
+
+
+def ar_coefficients(omega, zeta, lam=None):
+    r"""Coefficients $[1, a_{p-1}, \dots, a_0]$ of $a(s)$, highest power first, from its factors.
+
+    Args:
+        omega, zeta: `(k,)` natural frequencies and damping ratios of the quadratic factors
+            $s^2 + 2 \zeta_j \omega_j s + \omega_j^2$.
+        lam: the root $-\lambda$ of the linear factor $s + \lambda$ (odd p), or None.
+
+    Returns:
+        `(p + 1,)`, p = 2k (+ 1 with `lam`).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> ar_coefficients(jnp.array([2.0]), jnp.array([0.25]), lam=1.0).tolist()  # (s^2+s+4)(s+1)
+        [1.0, 2.0, 5.0, 4.0]
+    """
+    omega, zeta = jnp.asarray(omega, dtype=float), jnp.asarray(zeta, dtype=float)
+    if omega.ndim != 1 or omega.shape != zeta.shape:
+        raise ValueError(
+            f"`omega` and `zeta` must be vectors of one length; got {omega.shape}, {zeta.shape}."
+        )
+    poly = jnp.ones(1, dtype=omega.dtype)
+    for j in range(omega.shape[0]):
+        factor = jnp.stack([jnp.ones_like(omega[j]), 2.0 * zeta[j] * omega[j], omega[j] ** 2])
+        poly = jnp.convolve(poly, factor)
+    if lam is not None:
+        lam = jnp.asarray(lam, dtype=float)
+        if lam.ndim != 0:
+            raise ValueError(f"`lam` must be a scalar; got shape {lam.shape}.")
+        poly = jnp.convolve(poly, jnp.stack([jnp.ones_like(lam), lam]))
+    return poly
+
+
+def to_sde(sigma, mu, noise, omega=(), zeta=(), lam=None, b=()):
+    r"""The named parameters as `SDEParams`; p = 2 len(omega) (+ 1 with `lam`), q = len(b).
+
+    Raises:
+        ValueError: p = 0, q >= p, or `omega` and `zeta` of different lengths.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> sde = to_sde(**TRUE_PARAMS)  # a(s) = s^2 + 2 (0.1)(1.5) s + 1.5^2, b(s) = 1 + 0.5 s
+        >>> [round(float(v), 6) for v in sde.F[-1]], sde.H.tolist()
+        ([-2.25, -0.3], [[1.0, 0.5]])
+        >>> bool(jnp.all(jnp.linalg.eigvals(to_sde(1.0, 0.0, 0.1, lam=2.0).F).real < 0))
+        True
+    """
+    poly = ar_coefficients(omega, zeta, lam)
+    p = poly.shape[0] - 1
+    b = jnp.asarray(b, dtype=float)
+    if p == 0:
+        raise ValueError("CARMA needs p >= 1: give `omega` and `zeta`, or `lam`.")
+    if b.ndim != 1 or b.shape[0] >= p:
+        raise ValueError(f"`b` must be a vector of length q < p = {p}; got shape {b.shape}.")
+    q = b.shape[0]
+    dtype = poly.dtype
+    F = jnp.eye(p, k=1, dtype=dtype).at[-1].set(-poly[:0:-1])  # last row -a_0 .. -a_{p-1}
+    L = jnp.zeros((p, 1), dtype=dtype).at[-1, 0].set(jnp.asarray(sigma, dtype=dtype))
+    H = jnp.concatenate([jnp.ones(1, dtype=dtype), b.astype(dtype), jnp.zeros(p - 1 - q, dtype)])
+    return SDEParams(
+        F=F,
+        L=L,
+        H=H[None, :],
+        u=jnp.reshape(jnp.asarray(mu, dtype=dtype), (1,)),
+        R=jnp.asarray(noise, dtype=dtype) ** 2 * jnp.eye(1, dtype=dtype),
+        mu1=jnp.zeros(p, dtype=dtype),
+        P1=stationary_covariance(F, L @ L.T),
+    )
+
+
+def _ordered_frequencies(k):
+    """Prior of k increasing positive frequencies: log omega_1 and log log-ratios are Normal."""
+    loc = jnp.concatenate([jnp.zeros(1), jnp.full(k - 1, jnp.log(0.7))])
+    scale = jnp.concatenate([jnp.ones(1), jnp.full(k - 1, 0.7)])
+    base = dist.Normal(loc, scale).to_event(1)
+    ordered = [transforms.OrderedTransform(), transforms.ExpTransform(constraints.ordered_vector)]
+    return dist.TransformedDistribution(base, ordered)
+
+
+def model(times, y=None, *, p=P, q=Q):
+    """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`.
+
+    Args:
+        times: observation times `(T,)`.
+        y: observations `(T, 1)` (or `(B, T, 1)`), NaN = missing; None to simulate.
+        p, q: AR and MA orders, 0 <= q < p.
+    """
+    p, q = int(p), int(q)
+    if p < 1 or not 0 <= q < p:
+        raise ValueError(f"CARMA(p, q) needs p >= 1 and 0 <= q < p; got p = {p}, q = {q}.")
+    k = p // 2
+    named = {}
+    if k:
+        named["omega"] = numpyro.sample("omega", _ordered_frequencies(k))
+        named["zeta"] = numpyro.sample(
+            "zeta", dist.LogNormal(jnp.full(k, jnp.log(0.3)), jnp.ones(k)).to_event(1)
+        )
+    if p % 2:
+        named["lam"] = numpyro.sample("lam", dist.LogNormal(0.0, 1.0))
+    named["sigma"] = numpyro.sample("sigma", dist.HalfNormal(2.0))
+    if q:
+        named["b"] = numpyro.sample("b", dist.Normal(jnp.zeros(q), jnp.ones(q)).to_event(1))
+    named["mu"] = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    named["noise"] = numpyro.sample("noise", dist.HalfNormal(1.0))
+    numpyro.sample("y", LTISDE(*to_sde(**named), times=times), obs=y)
