@@ -276,7 +276,9 @@ def test_closed_form_and_numerical_mstep_agree(rng, key):
     kw = dict(dt=0.3, fixed=("H", "R", "mu1", "P1"), num_iters=20, tol=0.0, progress=False)
     closed = sdessm.fit_em(init, y, **kw)
     # a zero log-prior sends F, L and u through the numerical (L-BFGS) M-step
-    numerical = sdessm.fit_em(init, y, log_prior=lambda p: 0.0, mstep_iters=60, **kw)
+    numerical = sdessm.fit_em(
+        init, y, log_prior=lambda p: 0.0, mstep_iters=60, accelerate=False, **kw
+    )
     assert closed.report["path"] == "closed form" and "numerical" in numerical.report["path"]
     np.testing.assert_allclose(numerical.log_likelihoods, closed.log_likelihoods, rtol=1e-10)
     for name in ("F", "Q", "u"):
@@ -525,6 +527,20 @@ def test_structured_em_recovers_named_parameters(key):
     se = res.standard_errors()["log"] * est  # delta method
     assert np.all(np.abs(est - [2.0, 0.1, 0.6, 0.15]) < 4 * se), (est, se)
     assert isinstance(res.sde, sdessm.SDEParams)
+
+
+def test_squarem_reaches_the_plain_em_fixed_point_in_fewer_steps(key):
+    truth = {"log": jnp.log(jnp.array([2.0, 0.1, 0.6, 0.15]))}
+    _, y = sdessm.simulate(key, _oscillator(truth), dt=0.1, num_timesteps=150)
+    init = {"log": jnp.log(jnp.array([1.5, 0.3, 1.0, 0.3]))}
+    kw = dict(dt=0.1, structure=_oscillator, num_iters=1500, tol=1e-11, progress=False)
+    plain = sdessm.fit_em(init, y, accelerate=False, **kw)
+    fast = sdessm.fit_em(init, y, **kw)
+    assert plain.converged and fast.converged
+    _assert_monotone(fast.log_likelihoods)
+    np.testing.assert_allclose(fast.log_likelihood, plain.log_likelihood, rtol=1e-8)
+    np.testing.assert_allclose(fast.params["log"], plain.params["log"], rtol=1e-3, atol=1e-4)
+    assert 3 * fast.num_iters < plain.num_iters  # three E-steps per accelerated iteration
 
 
 def test_map_adds_the_log_prior_and_is_monotone(key):

@@ -1,0 +1,373 @@
+r"""One NumPyro model, two inferences: EM over the model's sample sites, and NUTS.
+
+A model is a NumPyro function `model(times, y=None, **kwargs)` that samples its parameter sites
+from priors and observes `y` through exactly one `LTISDE` site. `trace_model` reads the model
+once and gives the maps that both inferences need: unconstrained <-> constrained site values,
+site values -> `SDEParams` (by running the model with the values substituted), and the log-prior.
+
+- `fit_em_model` (what `sdessm.fit_em(model, ...)` calls): generalized EM whose E-step runs
+  through the LTISDE site and whose M-step maximises over the unconstrained sites; MAP adds the
+  log-prior of the sites in their own (constrained) coordinates, so the answer is the mode of
+  the posterior density of the named parameters, not of their transforms. A model that marks
+  itself closed form (`EM_CLOSED_FORM` and `from_sde` in its module, the unconstrained zoo model)
+  gets the derivation's closed-form EM for `objective="mle"` on uniform steps.
+- `fit_nuts`: NumPyro NUTS on the same model (states marginalised), returned as ArviZ data with
+  the EM estimate and the truth attached as JSON attributes of the posterior group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import json
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+from numpyro.distributions.transforms import biject_to
+
+from ._checks import float64
+from .params import SDEParams
+
+#: Attribute names under which `fit_nuts` stores the EM estimate and the truth (JSON).
+EM_ATTR, TRUTH_ATTR = "sdessm_em", "sdessm_truth"
+
+
+@contextlib.contextmanager
+def _numpyro_config():
+    """NumPyro's internals mix dtypes and ranks: run them under JAX's permissive defaults even
+    when the caller has made promotion strict."""
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        yield
+
+
+def _is_ltisde(fn) -> bool:
+    from .ppl import LTISDE
+
+    while fn is not None:
+        if isinstance(fn, LTISDE):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
+
+
+def _unwrap_ltisde(fn):
+    from .ppl import LTISDE
+
+    while not isinstance(fn, LTISDE):
+        fn = fn.base_dist
+    return fn
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (a jit static argument)
+class TracedModel:
+    """A NumPyro model read once at given data: its parameter sites and its LTISDE site.
+
+    Attributes:
+        model: the model function.
+        times, y: the data it was traced at; `kwargs` its other keyword arguments.
+        site: the name of the observed `LTISDE` site.
+        supports: parameter site name -> its support (a NumPyro constraint).
+        shapes: parameter site name -> the shape of its value.
+    """
+
+    model: Callable
+    times: np.ndarray
+    y: np.ndarray
+    kwargs: dict
+    site: str
+    supports: dict
+    shapes: dict
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.supports)
+
+    def _run(self, values: dict):
+        seeded = handlers.seed(handlers.substitute(self.model, data=values), rng_seed=0)
+        with _numpyro_config():
+            return handlers.trace(seeded).get_trace(self.times, y=self.y, **self.kwargs)
+
+    def constrain(self, z: dict) -> dict:
+        return {k: biject_to(self.supports[k])(z[k]) for k in self.supports}
+
+    def unconstrain(self, values: dict) -> dict:
+        return {k: biject_to(self.supports[k]).inv(jnp.asarray(values[k])) for k in self.supports}
+
+    def sde(self, values: dict) -> SDEParams:
+        """The `SDEParams` the model builds from the given (constrained) site values."""
+        return _unwrap_ltisde(self._run(values)[self.site]["fn"]).params
+
+    def log_prior(self, values: dict):
+        """Sum of the sites' prior log-densities at the (constrained) values; no Jacobian."""
+        trace = self._run(values)
+        return sum(jnp.sum(trace[k]["fn"].log_prob(trace[k]["value"])) for k in self.supports)
+
+    def check_values(self, values: dict, what: str) -> dict:
+        """`values` as float arrays, or a ValueError naming missing/unknown sites and shapes."""
+        if not isinstance(values, dict):
+            raise TypeError(f"`{what}` must be a dict of site values; got {type(values).__name__}.")
+        missing, unknown = set(self.names) - set(values), set(values) - set(self.names)
+        if missing or unknown:
+            raise ValueError(
+                f"`{what}` does not fit this model: its parameter sites are {self.names}"
+                + (f"; missing {sorted(missing)}" if missing else "")
+                + (f"; not in the model {sorted(unknown)}" if unknown else "")
+                + "."
+            )
+        out = {}
+        for k in self.names:
+            v = jnp.asarray(values[k], dtype=float)
+            if v.shape != self.shapes[k]:
+                raise ValueError(
+                    f"`{what}[{k!r}]` must have shape {self.shapes[k]}; got {v.shape}."
+                )
+            out[k] = v
+        return out
+
+
+def trace_model(model: Callable, y, times, model_kwargs: dict | None = None) -> TracedModel:
+    """Read `model(times, y=y, **model_kwargs)` once and check it is an LTI-SDE model.
+
+    Raises:
+        ValueError: no observed `LTISDE` site or more than one, duplicate site names, a discrete
+            parameter site, or data whose shape disagrees with the model's.
+    """
+    if not callable(model):
+        raise TypeError(f"`model` must be a NumPyro model function; got {type(model).__name__}.")
+    kwargs = dict(model_kwargs or {})
+    if "y" in kwargs:
+        raise ValueError("pass the data as `y`, not inside `model_kwargs`.")
+    y = np.asarray(y, dtype=float)
+    times = np.asarray(times, dtype=float)
+    try:
+        with _numpyro_config():
+            trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(times, y=y, **kwargs)
+    except AssertionError as err:  # NumPyro asserts unique site names
+        if "unique" in str(err):
+            raise ValueError(f"the model's sample sites clash: {err}") from None
+        raise
+    sites = {n: s for n, s in trace.items() if s["type"] == "sample"}
+    lti = [n for n, s in sites.items() if _is_ltisde(s["fn"])]
+    if len(lti) != 1:
+        raise ValueError(
+            "the model must observe its data through exactly one `LTISDE` sample site; "
+            + (f"it has {len(lti)}: {lti}." if lti else f"it has none (its sites: {list(sites)}).")
+        )
+    site = lti[0]
+    if not sites[site]["is_observed"]:
+        raise ValueError(f"the LTISDE site {site!r} is not observed: pass `y` to it as `obs=y`.")
+    event = tuple(_unwrap_ltisde(sites[site]["fn"]).event_shape)
+    if y.shape[-2:] != event or y.ndim not in (2, 3):
+        raise ValueError(
+            f"`y` has shape {y.shape}, but the model's LTISDE site {site!r} expects (T, p) = "
+            f"{event} (or (B, T, p)) at these `times`."
+        )
+    supports, shapes = {}, {}
+    for n, s in sites.items():
+        if n == site or s["is_observed"]:
+            continue
+        if s["fn"].is_discrete:
+            raise ValueError(f"site {n!r} is discrete; EM and NUTS need continuous parameters.")
+        supports[n] = s["fn"].support
+        shapes[n] = tuple(jnp.shape(s["value"]))
+    if not supports:
+        raise ValueError("the model has no parameter sites to fit.")
+    return TracedModel(model, times, y, kwargs, site, supports, shapes)
+
+
+def _initial_values(tm: TracedModel, init, key) -> dict:
+    """Site values to start from: given (a dict, or an EMResult of this model) or prior medians."""
+    from .em import EMResult
+
+    if isinstance(init, EMResult):
+        if not isinstance(init.params, dict):
+            raise ValueError(
+                "`init` is an EMResult of an `SDEParams` fit, not of a NumPyro model; fit the "
+                "model with `fit_em(model, ...)` first."
+            )
+        return tm.check_values(init.params, "init")
+    if init is not None:
+        return tm.check_values(init, "init")
+    from numpyro.infer import init_to_median
+
+    seeded = handlers.substitute(handlers.seed(tm.model, key), substitute_fn=init_to_median)
+    with _numpyro_config():
+        trace = handlers.trace(seeded).get_trace(tm.times, y=tm.y, **tm.kwargs)
+    return {k: jnp.asarray(trace[k]["value"], dtype=float) for k in tm.names}
+
+
+def _closed_form_marker(model):
+    module = inspect.getmodule(model)
+    marker = getattr(module, "EM_CLOSED_FORM", None)
+    from_sde = getattr(module, "from_sde", None)
+    return (marker, from_sde) if marker is not None and from_sde is not None else None
+
+
+def _uniform(times) -> bool:
+    steps = np.diff(np.asarray(times, dtype=float), axis=-1)
+    return bool(np.allclose(steps, steps.flat[0], rtol=1e-12, atol=0.0))
+
+
+def _as_numpy(values: dict) -> dict:
+    return {k: np.asarray(v) for k, v in values.items()}
+
+
+@float64
+def fit_em_model(
+    model: Callable,
+    y,
+    times,
+    *,
+    objective: str = "mle",
+    init=None,
+    model_kwargs: dict | None = None,
+    seed: int = 0,
+    **em_kwargs,
+):
+    """EM on a NumPyro model; see `sdessm.fit_em`. `params` of the result is a dict of site values.
+
+    Args:
+        model: a NumPyro model `model(times, y=None, **model_kwargs)` with one LTISDE site.
+        y: `(T, p)` or `(B, T, p)` observations, NaN = missing.
+        times: `(T,)` observation times.
+        objective: `"mle"` (maximum likelihood) or `"map"` (posterior mode of the named sites).
+        init: starting site values (dict, constrained) or None for the prior medians.
+        model_kwargs: further keyword arguments of the model.
+        seed: seeds the prior medians (Monte Carlo) when `init` is None.
+        **em_kwargs: `num_iters`, `tol`, `mstep_iters`, `progress`, `psd`.
+    """
+    from .em import fit_em
+
+    if objective not in ("mle", "map"):
+        raise ValueError(f"`objective` must be 'mle' or 'map'; got {objective!r}.")
+    not_here = {"fixed", "structure", "log_prior", "R_structure", "emissions", "dt"} & set(
+        em_kwargs
+    )
+    if not_here:
+        raise ValueError(
+            f"{sorted(not_here)} do not apply to a NumPyro model: express constants and "
+            "structure in the model itself."
+        )
+    if times is None:
+        raise ValueError("`times` is required to fit a NumPyro model.")
+    tm = trace_model(model, y, times, model_kwargs)
+    values = _initial_values(tm, init, jax.random.key(seed))
+    closed = _closed_form_marker(model)
+    if objective == "mle" and closed is not None and _uniform(times):
+        marker, from_sde = closed
+        result = fit_em(tm.sde(values), y, times, **marker, **em_kwargs)
+        params = _as_numpy(from_sde(result.sde))
+        report = dict(result.report, model_sites=tm.names)
+        return dataclasses.replace(result, params=params, report=report)
+
+    def structure(z):
+        return tm.sde(tm.constrain(z))
+
+    log_prior = None
+    if objective == "map":
+
+        def log_prior(z):
+            return tm.log_prior(tm.constrain(z))
+
+    with _numpyro_config():
+        result = fit_em(
+            tm.unconstrain(values), y, times, structure=structure, log_prior=log_prior, **em_kwargs
+        )
+        params = _as_numpy(tm.constrain(result.params))
+    # standard errors and later calls work in the named (constrained) coordinates
+    context = dict(
+        result._context,
+        structure=tm.sde,
+        log_prior=tm.log_prior if objective == "map" else None,
+    )
+    report = dict(result.report, model_sites=tm.names, objective=objective)
+    return dataclasses.replace(result, params=params, report=report, _context=context)
+
+
+def _jsonable(values: dict) -> str:
+    return json.dumps({k: np.asarray(v, dtype=float).tolist() for k, v in values.items()})
+
+
+@float64
+def fit_nuts(
+    model: Callable,
+    y,
+    times,
+    *,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    num_chains: int = 4,
+    init=None,
+    truth: dict | None = None,
+    seed: int = 0,
+    chain_method: str | None = None,
+    target_accept_prob: float = 0.8,
+    model_kwargs: dict | None = None,
+    progress: bool = True,
+):
+    """NUTS on a NumPyro LTI-SDE model, the states marginalised by the Kalman filter.
+
+    Args:
+        model: a NumPyro model `model(times, y=None, **model_kwargs)` with one LTISDE site.
+        y: `(T, p)` or `(B, T, p)` observations, NaN = missing.
+        times: `(T,)` observation times.
+        num_warmup, num_samples, num_chains: NUTS settings (per chain).
+        init: None (chains start at the prior medians), site values (dict), or the `EMResult`
+            of `fit_em(model, ...)`: every chain starts there and the estimate is attached.
+        truth: the true site values of simulated data, attached for `recovery_table`.
+        seed: the random seed.
+        chain_method: NumPyro's `"parallel"`, `"sequential"` or `"vectorized"`; by default
+            parallel when there are as many devices as chains, else vectorized.
+        target_accept_prob: the NUTS step-size adaptation target.
+        progress: show NumPyro's progress bar.
+
+    Returns:
+        ArviZ data (`InferenceData` with ArviZ 0.x, `DataTree` with ArviZ 1.x) with posterior,
+        sample_stats, observed_data and log_likelihood groups; the posterior's attributes
+        `sdessm_em` and `sdessm_truth` hold the EM estimate and the truth as JSON.
+    """
+    import arviz as az
+    from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
+
+    from .em import EMResult
+
+    for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
+        if int(value) < 1:
+            raise ValueError(f"`{name}` must be >= 1; got {value}.")
+    if int(num_warmup) < 0:
+        raise ValueError(f"`num_warmup` must be >= 0; got {num_warmup}.")
+    tm = trace_model(model, y, times, model_kwargs)
+    em_values = None
+    if init is None:
+        strategy = init_to_median(num_samples=15)
+    else:
+        start = _initial_values(tm, init, jax.random.key(seed))
+        strategy = init_to_value(values=start)
+        if isinstance(init, EMResult):
+            em_values = start
+    if truth is not None:
+        truth = tm.check_values(truth, "truth")
+    if chain_method is None:
+        chain_method = "parallel" if jax.local_device_count() >= num_chains else "vectorized"
+    kernel = NUTS(model, init_strategy=strategy, target_accept_prob=target_accept_prob)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=int(num_warmup),
+        num_samples=int(num_samples),
+        num_chains=int(num_chains),
+        chain_method=chain_method,
+        progress_bar=progress,
+    )
+    with _numpyro_config():
+        mcmc.run(jax.random.key(seed), tm.times, y=tm.y, **tm.kwargs)
+        idata = az.from_numpyro(mcmc, log_likelihood=True)
+    attrs = idata["posterior"].attrs
+    if em_values is not None:
+        attrs[EM_ATTR] = _jsonable(em_values)
+    if truth is not None:
+        attrs[TRUTH_ATTR] = _jsonable(truth)
+    return idata
