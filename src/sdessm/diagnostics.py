@@ -1,11 +1,31 @@
-"""Pictures of what the model sees: data, true states and smoothed states with bands."""
+r"""Diagnostics of parameter recovery: truth vs EM vs posterior, in tables and pictures.
+
+`recovery_table` compares, per quantity, the truth, the EM estimate and the NUTS posterior (mean,
+sd, HDI, R-hat, bulk and tail ESS). For a structured model the quantities are its named sites;
+for a model identified only up to a change of state coordinates (F, L, H all free) pass
+`functional=lambda v: identifiable(to_sde(**v))`, which compares what the data identify:
+the eigenvalues of F, the observation autocovariance $C(\tau) = H e^{F\tau} P_\infty H^\top$,
+u and R. Works with ArviZ 0.x (`InferenceData`) and 1.x (`DataTree`).
+
+Every plot returns a matplotlib `Figure` that is not attached to pyplot (save it with
+`fig.savefig`).
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
+from ._checks import float64
+from .discretize import stationary_covariance
 from .kalman import SmootherResult
+from .params import SDEParams
 
 
 def plot_smoothed_states(
@@ -76,4 +96,234 @@ def plot_smoothed_states(
         ax.set_ylabel(names[i])
         ax.legend(loc="upper right", fontsize="small", ncols=4)
     axes[-1].set_xlabel("time")
+    return fig
+
+
+# --------------------------------------------------------------------------- quantities
+
+
+def identifiable(sde: SDEParams, lags: Sequence[float] = (0.0, 1.0)) -> dict:
+    r"""Functionals of an `SDEParams` that do not change under $x \to T x$.
+
+    Returns a dict of arrays: `"Re eig F"` (real parts, ascending), `"|Im eig F|"` (descending),
+    `"C(tau=...)"` the stationary observation autocovariance $H e^{F\tau} P_\infty H^\top$
+    (without R) at each lag (a stable F is assumed), `"u"`, and `"R"`. A complex pair shows its
+    real part and frequency twice. Jittable and vmappable.
+    """
+    F, Q = sde.F, sde.L @ sde.L.T
+    eig = jnp.linalg.eigvals(F)
+    out = {"Re eig F": jnp.sort(eig.real), "|Im eig F|": -jnp.sort(-jnp.abs(eig.imag))}
+    P_inf = stationary_covariance(F, Q)
+    for lag in lags:
+        C = sde.H @ jax.scipy.linalg.expm(F * lag) @ P_inf @ sde.H.T
+        out[f"C(tau={lag:g})"] = C
+    out["u"], out["R"] = sde.u, sde.R
+    return out
+
+
+def _flatten(values: dict, trailing: int = 0) -> dict[str, np.ndarray]:
+    """name -> its scalar entries `name[i,j]`; the last `trailing` axes (draws) are kept."""
+    out = {}
+    for name, v in values.items():
+        v = np.asarray(v)
+        shape = v.shape[: v.ndim - trailing]
+        if not shape:
+            out[name] = v
+        for ix in np.ndindex(shape) if shape else ():
+            out[f"{name}[{','.join(map(str, ix))}]"] = v[ix]
+    return out
+
+
+def _posterior(idata) -> dict[str, np.ndarray]:
+    """Site name -> draws `(chain, draw, *shape)`, from ArviZ 0.x or 1.x data."""
+    post = idata["posterior"]
+    names = list(post.data_vars) if hasattr(post, "data_vars") else list(post.variables)
+    return {k: np.asarray(post[k].values) for k in names if k not in ("chain", "draw")}
+
+
+def _attached(idata, attr: str):
+    text = idata["posterior"].attrs.get(attr)
+    return None if text is None else json.loads(text)
+
+
+def _site_values(x) -> dict | None:
+    from .em import EMResult
+
+    if x is None or isinstance(x, dict):
+        return x
+    if isinstance(x, EMResult):
+        if not isinstance(x.params, dict):
+            raise ValueError("`em` must be the EMResult of `fit_em(model, ...)` (site values).")
+        return x.params
+    raise TypeError(f"expected a dict of site values or an EMResult; got {type(x).__name__}.")
+
+
+def _hdi(flat: np.ndarray, prob: float) -> tuple[float, float]:
+    import arviz as az
+
+    key = "prob" if "prob" in inspect.signature(az.hdi).parameters else "hdi_prob"
+    low, high = np.asarray(az.hdi(flat, **{key: prob})).reshape(2)
+    return float(low), float(high)
+
+
+def _draw_quantities(draws: dict, functional: Callable | None) -> dict[str, np.ndarray]:
+    """Flattened quantities, each `(chain, draw)`."""
+    chains, n = next(iter(draws.values())).shape[:2]
+    if functional is not None:
+        stacked = {k: jnp.asarray(v.reshape((chains * n,) + v.shape[2:])) for k, v in draws.items()}
+        with jax.numpy_dtype_promotion("standard"):
+            values = jax.jit(jax.vmap(functional))(stacked)
+        draws = {k: np.reshape(v, (chains, n) + np.shape(v)[1:]) for k, v in values.items()}
+    moved = {k: np.moveaxis(np.asarray(v), (0, 1), (-2, -1)) for k, v in draws.items()}
+    return _flatten(moved, trailing=2)
+
+
+def _point_quantities(values: dict | None, functional: Callable | None) -> dict:
+    if values is None:
+        return {}
+    if functional is not None:
+        with jax.numpy_dtype_promotion("standard"):
+            values = functional({k: jnp.asarray(v, dtype=float) for k, v in values.items()})
+    return {k: float(v) for k, v in _flatten(values).items()}
+
+
+@float64
+def recovery_table(
+    idata,
+    em=None,
+    truth: dict | None = None,
+    *,
+    functional: Callable | None = None,
+    hdi_prob: float = 0.94,
+):
+    """Per quantity: truth, EM estimate, posterior mean, sd, HDI, R-hat, ESS, and coverage.
+
+    Args:
+        idata: the ArviZ data of `fit_nuts` (or any with a posterior group of the model's sites).
+        em: the EM estimate (an `EMResult` of `fit_em(model, ...)` or a dict of site values);
+            by default the one `fit_nuts` attached.
+        truth: the true site values of simulated data; by default the ones attached.
+        functional: maps a dict of site values to a dict of quantities to compare (e.g.
+            `lambda v: identifiable(module.to_sde(**v))`); by default the sites themselves.
+        hdi_prob: the probability of the highest-density interval.
+
+    Returns:
+        A pandas DataFrame indexed by quantity with columns `truth`, `em`, `mean`, `sd`,
+        `hdi_low`, `hdi_high`, `r_hat`, `ess_bulk`, `ess_tail`, `truth_in_hdi`, `em_in_hdi`
+        (NaN / None where there is no truth or no EM estimate).
+    """
+    import arviz as az
+    import pandas as pd
+
+    if not 0.0 < hdi_prob < 1.0:
+        raise ValueError(f"`hdi_prob` must lie in (0, 1); got {hdi_prob}.")
+    em = _site_values(em) if em is not None else _attached(idata, "sdessm_em")
+    truth = _site_values(truth) if truth is not None else _attached(idata, "sdessm_truth")
+    draws = _posterior(idata)
+    for what, values in (("em", em), ("truth", truth)):
+        if values is not None and set(values) - set(draws):
+            raise ValueError(
+                f"`{what}` names sites {sorted(set(values) - set(draws))} that the posterior "
+                f"does not have (it has {sorted(draws)})."
+            )
+    if functional is not None:
+        draws = {k: v for k, v in draws.items() if k in (em or truth or draws)}
+    quantities = _draw_quantities(draws, functional)
+    em_q, truth_q = _point_quantities(em, functional), _point_quantities(truth, functional)
+    rows = []
+    for name, x in quantities.items():
+        x = np.asarray(x, dtype=float)
+        if np.ptp(x) == 0.0:  # a constant of the model (e.g. u = 0): nothing to diagnose
+            continue
+        low, high = _hdi(x.ravel(), hdi_prob)
+        t, e = truth_q.get(name, np.nan), em_q.get(name, np.nan)
+        rows.append(
+            dict(
+                quantity=name,
+                truth=t,
+                em=e,
+                mean=float(x.mean()),
+                sd=float(x.std(ddof=1)),
+                hdi_low=low,
+                hdi_high=high,
+                r_hat=float(az.rhat(x)),
+                ess_bulk=float(az.ess(x, method="bulk")),
+                ess_tail=float(az.ess(x, method="tail", prob=(0.05, 0.95))),
+                truth_in_hdi=None if np.isnan(t) else bool(low <= t <= high),
+                em_in_hdi=None if np.isnan(e) else bool(low <= e <= high),
+            )
+        )
+    return pd.DataFrame(rows).set_index("quantity")
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_em_history(result) -> Figure:
+    """The EM log-likelihood per iteration (and the log-posterior for MAP): it never falls."""
+    lls = np.asarray(result.log_likelihoods)
+    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(np.arange(lls.size), lls, ".-", color="tab:blue", label="log-likelihood")
+    posts = result.report.get("log_posteriors")
+    if posts is not None:
+        ax.plot(np.arange(len(posts)), posts, ".-", color="tab:orange", label="log-posterior")
+    ax.set_xlabel("EM iteration")
+    ax.set_ylabel("objective")
+    ax.set_title(f"EM ({result.report.get('stopped', '')})", fontsize="medium")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_recovery(table) -> Figure:
+    """Forest plot of a `recovery_table`: posterior mean and HDI per quantity, truth and EM marked.
+
+    One row per quantity, each on its own scale (quantities differ in units).
+    """
+    n = len(table)
+    fig = Figure(figsize=(7, 0.55 * n + 0.8), layout="constrained")
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    for ax, (name, row) in zip(axes, table.iterrows(), strict=True):
+        ax.hlines(0, row["hdi_low"], row["hdi_high"], color="tab:blue", lw=3, label="HDI")
+        ax.plot(row["mean"], 0, "o", color="tab:blue", label="posterior mean")
+        if not np.isnan(row["truth"]):
+            ax.plot(row["truth"], 0, "x", color="k", ms=9, mew=2, label="truth")
+        if not np.isnan(row["em"]):
+            ax.plot(row["em"], 0, "D", color="tab:orange", ms=6, mfc="none", mew=1.5, label="EM")
+        ax.set_yticks([0], [name])
+        ax.tick_params(axis="x", labelsize="small")
+        ax.spines[["top", "right", "left"]].set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=4, fontsize="small")
+    return fig
+
+
+def plot_trace_rank(idata, var_names: Sequence[str] | None = None, bins: int = 20) -> Figure:
+    """Per scalar quantity: the trace of each chain (left) and its rank histogram (right).
+
+    Rank histograms of well-mixed chains are flat (Vehtari et al. 2021); a chain that sits in
+    one region shows as a sloped or humped histogram.
+    """
+    draws = _posterior(idata)
+    if var_names is not None:
+        draws = {k: draws[k] for k in var_names}
+    quantities = _draw_quantities(draws, None)
+    n = len(quantities)
+    fig = Figure(figsize=(10, 1.8 * n + 0.5), layout="constrained")
+    axes = fig.subplots(n, 2, squeeze=False, width_ratios=[3, 1])
+    for (name, x), (ax_t, ax_r) in zip(quantities.items(), axes, strict=True):
+        x = np.asarray(x)
+        chains, m = x.shape
+        ranks = np.argsort(np.argsort(x.ravel())).reshape(x.shape)
+        edges = np.linspace(0, x.size, bins + 1)
+        for c in range(chains):
+            ax_t.plot(x[c], lw=0.5, alpha=0.8)
+            ax_r.stairs(np.histogram(ranks[c], edges)[0], edges, lw=1.2, baseline=None)
+        ax_r.axhline(m / bins, color="k", ls=":", lw=1)
+        ax_t.set_ylabel(name)
+        ax_r.set_yticks([])
+    axes[0, 0].set_title("trace per chain", fontsize="medium")
+    axes[0, 1].set_title("rank histogram per chain", fontsize="medium")
+    axes[-1, 0].set_xlabel("draw")
+    axes[-1, 1].set_xlabel("rank (all chains)")
     return fig
