@@ -194,6 +194,46 @@ def test_log_likelihood_alone_sde_form_sequences_and_gradient(rng):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)  # against finite differences
 
 
+@pytest.mark.parametrize("slow_mode", [False, True])
+def test_log_likelihood_steady_state_form(rng, slow_mode):
+    """Long complete uniform data: the steady-state form (or, where the Riccati recursion has not
+    converged in LOGLIK_STEADY_STEPS, the fallback) equals the full filter, values and gradients."""
+    from sdessm.kalman import LOGLIK_STEADY_STEPS, _loglik_steady
+
+    F = np.array([[-0.05, 1.0], [-1.0, -0.3]])
+    if slow_mode:  # a mode that relaxes over ~1e4 steps and a vague start: no steady state yet
+        F = np.array([[-1e-4, 0.0], [0.0, -0.5]])
+    params = sdessm.SDEParams(
+        F=jnp.asarray(F),
+        L=jnp.array([[0.0], [0.5]]) if not slow_mode else 0.01 * jnp.eye(2),
+        H=jnp.array([[1.0, 0.0], [0.3, 1.0]]),
+        u=jnp.array([0.2, -0.1]),
+        R=jnp.array([[0.04, 0.01], [0.01, 0.09]]),
+        mu1=jnp.zeros(2),
+        P1=jnp.eye(2) * (1e4 if slow_mode else 1.0),
+    )
+    T = 3 * LOGLIK_STEADY_STEPS
+    _, y = sdessm.simulate(jax.random.key(5), params, dt=0.1, num_timesteps=T)
+    y = np.asarray(y)
+    lg = sdessm.discretize_params(params, dt=0.1)
+    C = np.linalg.cholesky(np.asarray(lg.R))
+    H_w, y_w = np.linalg.solve(C, lg.H), np.linalg.solve(C, (y - np.asarray(lg.u)).T).T
+    _, converged = _loglik_steady(lg.A, lg.Sigma, H_w, y_w, lg.mu1, lg.P1, LOGLIK_STEADY_STEPS)
+    assert bool(converged) != slow_mode  # both branches are exercised
+
+    def both(R):
+        p = params._replace(R=R)
+        return sdessm.log_likelihood(p, y, dt=0.1), sdessm.kalman_filter(
+            p, y, dt=0.1
+        ).log_likelihood
+
+    fast, full = both(params.R)
+    np.testing.assert_allclose(fast, full, rtol=1e-11)
+    g_fast = jax.grad(lambda R: both(R)[0])(params.R)
+    g_full = jax.grad(lambda R: both(R)[1])(params.R)
+    np.testing.assert_allclose(g_fast, g_full, rtol=1e-8, atol=1e-8)
+
+
 def _params(**overrides):
     base = dict(
         F=-np.eye(2),

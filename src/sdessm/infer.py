@@ -288,6 +288,18 @@ def fit_em_model(
     return dataclasses.replace(result, params=params, report=report, _context=context)
 
 
+def _default_chain_method(tm: TracedModel, num_chains: int) -> str:
+    """Parallel with a device per chain; else sequential where the log-likelihood takes its
+    steady-state form (vectorised chains would evaluate both branches of its convergence check),
+    vectorised otherwise (one batched gradient costs about as much as a single one on a CPU)."""
+    from .kalman import LOGLIK_STEADY_STEPS, is_complete
+
+    if jax.local_device_count() >= num_chains:
+        return "parallel"
+    steady = is_complete(tm.y) and _uniform(tm.times) and tm.y.shape[-2] > 2 * LOGLIK_STEADY_STEPS
+    return "sequential" if steady else "vectorized"
+
+
 def _jsonable(values: dict) -> str:
     return json.dumps({k: np.asarray(v, dtype=float).tolist() for k, v in values.items()})
 
@@ -321,7 +333,10 @@ def fit_nuts(
         truth: the true site values of simulated data, attached for `recovery_table`.
         seed: the random seed.
         chain_method: NumPyro's `"parallel"`, `"sequential"` or `"vectorized"`; by default
-            parallel when there are as many devices as chains, else vectorized.
+            parallel when there are as many devices as chains, else sequential for long
+            complete data on uniform steps (where the log-likelihood takes its steady-state
+            form, whose run-time check vectorised chains would evaluate both ways) and
+            vectorised otherwise.
         target_accept_prob: the NUTS step-size adaptation target.
         progress: show NumPyro's progress bar.
 
@@ -352,7 +367,7 @@ def fit_nuts(
     if truth is not None:
         truth = tm.check_values(truth, "truth")
     if chain_method is None:
-        chain_method = "parallel" if jax.local_device_count() >= num_chains else "vectorized"
+        chain_method = _default_chain_method(tm, int(num_chains))
     kernel = NUTS(model, init_strategy=strategy, target_accept_prob=target_accept_prob)
     mcmc = MCMC(
         kernel,

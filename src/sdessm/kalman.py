@@ -176,14 +176,66 @@ def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherRes
     )
 
 
+#: Steady-state log-likelihood: the covariance recursion runs this many steps alone; if its
+#: predicted covariance then changes by at most `LOGLIK_STEADY_RTOL` (relative, max norm) from one
+#: step to the next, the remaining steps reuse the last gains and only the means are recursed.
+LOGLIK_STEADY_STEPS = 128
+LOGLIK_STEADY_RTOL = 1e-13
+
+
+def _absorb(P, H_w):
+    """Scalar updates of P by the rows of whitened H: (P after, gains P h / s (p, d), s (p,))."""
+    gains, ss = [], []
+    for i in range(H_w.shape[0]):
+        h = H_w[i]
+        Ph = P @ h
+        s = h @ Ph + 1.0
+        gains.append(Ph / s)
+        ss.append(s)
+        P = P - jnp.outer(Ph, Ph / s)
+    return P, jnp.stack(gains), jnp.stack(ss)
+
+
+def _loglik_steady(A, Sigma, H_w, y_w, mu1, P1, num_steps: int):
+    """Log-likelihood of complete whitened data (without the constant), the covariance recursion
+    cut after `num_steps`; returns `(value, converged)`."""
+
+    def cov_step(P, _):
+        P_f, g, s = _absorb(P, H_w)
+        return symmetrize(A @ P_f @ A.T + Sigma), (g, s, P)
+
+    P_n, (gains, ss, Ps) = jax.lax.scan(cov_step, P1, None, length=num_steps)
+    change = jnp.max(jnp.abs(P_n - Ps[-1]))
+    converged = change <= LOGLIK_STEADY_RTOL * jnp.max(jnp.abs(P_n))
+    _, g_inf, s_inf = _absorb(P_n, H_w)
+    rest = y_w.shape[0] - num_steps
+    gains = jnp.concatenate([gains, jnp.broadcast_to(g_inf, (rest,) + g_inf.shape)])
+    inv_s = jnp.concatenate([1.0 / ss, jnp.broadcast_to(1.0 / s_inf, (rest,) + s_inf.shape)])
+    log_det = jnp.sum(jnp.log(ss)) + rest * jnp.sum(jnp.log(s_inf))
+
+    def mean_step(carry, xs):
+        m, quad = carry
+        g_k, inv_s_k, y_k = xs
+        for i in range(H_w.shape[0]):
+            e = y_k[i] - H_w[i] @ m
+            m = m + g_k[i] * e
+            quad = quad + e * e * inv_s_k[i]
+        return (A @ m, quad), None
+
+    (_, quad), _ = jax.lax.scan(mean_step, (mu1, jnp.zeros((), y_w.dtype)), (gains, inv_s, y_w))
+    return -0.5 * (log_det + quad), converged
+
+
 def _loglik_one(params: LGSSMParams, y, complete: bool = False):
     r"""$\log p(y_{1:T})$ alone: the fast path for autodiff (NUTS, observed information).
 
     The observations are whitened by the Cholesky factor $C$ of $R$ ($C^{-1}(y - u)$,
     $C^{-1} H$, unit noise) and their components are absorbed one at a time by scalar updates,
     $P \leftarrow P - P h\, h^\top P / s$: no matrix factorisation inside the recursion (for
-    complete data $C$ is computed once) and no moments kept. Emissions that vary per step fall
-    back to the Joseph-form filter.
+    complete data $C$ is computed once) and no moments kept. Complete data on uniform steps
+    longer than `2 * LOGLIK_STEADY_STEPS` take the steady-state form when the Riccati recursion
+    has converged (checked at run time; otherwise the full recursion runs). Emissions that vary
+    per step fall back to the Joseph-form filter.
     """
     tv = params.time_varying()
     if tv["H"] or tv["u"] or tv["R"]:
@@ -228,18 +280,28 @@ def _loglik_one(params: LGSSMParams, y, complete: bool = False):
 
     y_in = y_w if complete else y
     shared, per_step, _ = _steps(params)
-    m, P, ll = update(params.mu1, params.P1, y_in[0])
 
-    def step(carry, xs):
-        m, P, total = carry
-        k, y_k = xs
-        f = shared | k
-        m, P = _predict(m, P, f["A"], f["Sigma"])
-        m, P, ll = update(m, P, y_k)
-        return (m, P, total + ll), None
+    def full():
+        m, P, ll = update(params.mu1, params.P1, y_in[0])
 
-    (_, _, total), _ = jax.lax.scan(step, (m, P, ll), (per_step, y_in[1:]))
-    return total
+        def step(carry, xs):
+            m, P, total = carry
+            k, y_k = xs
+            f = shared | k
+            m, P = _predict(m, P, f["A"], f["Sigma"])
+            m, P, ll = update(m, P, y_k)
+            return (m, P, total + ll), None
+
+        (_, _, total), _ = jax.lax.scan(step, (m, P, ll), (per_step, y_in[1:]))
+        return total
+
+    T = y.shape[0]
+    if not complete or tv["A"] or tv["Sigma"] or T <= 2 * LOGLIK_STEADY_STEPS:
+        return full()
+    steady, converged = _loglik_steady(
+        params.A, params.Sigma, H_w, y_w, params.mu1, params.P1, LOGLIK_STEADY_STEPS
+    )
+    return jax.lax.cond(converged, lambda: steady - T * const, full)
 
 
 # --------------------------------------------------------------------------- public boundary
