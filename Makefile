@@ -24,7 +24,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests models benchmarks
 
 test: $(VENV)/.installed-test lint
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --durations=10
 
 clean:
 	rm -rf $(VENV) .venv-* demo-output .pytest_cache
