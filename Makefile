@@ -27,4 +27,4 @@ test: $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest -n auto --durations=10
 
 clean:
-	rm -rf $(VENV) .venv-* demo-output .pytest_cache
+	rm -rf $(VENV) .venv-* demo-output fit-output sample-output .pytest_cache

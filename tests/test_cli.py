@@ -1,36 +1,79 @@
 """The command line and atomic output, end to end in a temporary folder."""
 
+import json
 import os
 
+import arviz as az
 import numpy as np
 import pytest
+from sdessm.models import available
 
 from sdessm import cli
-from sdessm.io import atomic_path
+from sdessm.io import atomic_path, read_csv, write_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_writes_a_png(tmp_path, capsys):
+QUICK = ["--num-timesteps", "60", "--chains", "1", "--warmup", "30", "--draws", "30"]
+
+
+def test_demo_writes_results_plots_and_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--num-timesteps", "60", "--seed", "3"]) == 0
-    png = out / "smoothed_states.png"
-    data = png.read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) > 20_000
-    assert [p.name for p in out.iterdir()] == ["smoothed_states.png"]  # no temporary left over
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")  # replaced as a whole
+    assert cli.main(["demo", "--out", str(out), "--seed", "3", *QUICK]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [
+            "params.json",
+            "em_history.csv",
+            "posterior.nc",
+            "report.html",
+            "smoothed_states.png",
+            "em_history.png",
+            "recovery.png",
+            "trace_rank.png",
+        ]
+    )
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+    results = json.loads((out / "params.json").read_text())
+    assert results["truth"]["omega"] == 2.0 and set(results["em"]["params"]) == set(
+        results["truth"]
+    )
+    assert set(results["recovery"]) == {"noise", "omega", "sigma", "zeta"}
+    history = np.loadtxt(out / "em_history.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(history[-1, 1], results["em"]["log_likelihood"])
+    assert np.all(np.diff(history[:, 2]) >= -1e-9 * abs(history[-1, 2]))  # MAP: log-posterior
+    for png in out.glob("*.png"):
+        data = png.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, png
     mask = os.umask(0)
     os.umask(mask)
-    assert png.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
+    assert (out / "recovery.png").stat().st_mode & 0o777 == 0o666 & ~mask
+    page = (out / "report.html").read_text()
+    assert "<table" in page and "omega" in page and page.count("data:image/png;base64,") == 4
+    idata = az.from_netcdf(out / "posterior.nc")
+    assert json.loads(idata["posterior"].attrs["sdessm_truth"])["omega"] == 2.0
     printed = capsys.readouterr().out
-    assert "log-likelihood" in printed and str(png) in printed
+    assert "r_hat" in printed and "omega" in printed and "report.html" in printed
 
 
-def test_demo_unusable_output_folder_is_one_line(tmp_path, capsys):
+def test_models_lists_the_zoo(capsys):
+    assert cli.main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == sorted(available())
+
+
+def test_demo_user_errors_are_one_line(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert cli.main(["demo", "--out", str(blocker / "sub"), "--num-timesteps", "10"]) == 2
+    assert cli.main(["demo", "--out", str(blocker / "sub"), *QUICK]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("sdessm: error: cannot create output folder")
+    assert len(err) == 1 and err[0].startswith("sdessm: error: cannot write the output folder")
+    assert blocker.read_text() == "not a folder"
+    assert cli.main(["demo", "--model", "oscilator", *QUICK]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model 'oscilator'" in err[0]
 
 
 def test_demo_rejects_bad_arguments(capsys):
@@ -48,3 +91,83 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
         raise RuntimeError("interrupted")
     np.testing.assert_array_equal(np.load(target), np.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["result.npy"]
+
+
+def test_csv_round_trip_and_missing_cells(tmp_path):
+    times = np.array([0.0, 0.1, 0.35, 0.4])  # irregular steps
+    y = np.array([[1.0, np.nan], [2.5, 3.0], [np.nan, np.nan], [-1e-300, 7.0]])
+    write_csv(tmp_path / "d.csv", times, y, ["a", "b"])
+    t, got, names = read_csv(tmp_path / "d.csv")
+    np.testing.assert_array_equal(t, times)
+    np.testing.assert_array_equal(got, y)  # exact: repr round-trips floats
+    assert names == ["a", "b"]
+    (tmp_path / "e.csv").write_text("time, b ,a\n1, NA,2\n2,3,\n")
+    t, got, names = read_csv(tmp_path / "e.csv", "time", ["a"])
+    assert names == ["a"] and np.isnan(got[1, 0]) and got[0, 0] == 2.0
+
+
+CSV_ERRORS = {
+    "missing file": (None, "does not exist"),
+    "unknown column": ("t,y\n0,1\n1,2\n", "has no column(s) ['z']"),
+    "no time column": ("time,y\n0,1\n", "has no time column 't'"),
+    "non-numeric cell": ("t,y\n0,1\n1,abc\n", "row 3, column 'y': 'abc' is not a number"),
+    "non-increasing times": ("t,y\n0,1\n2,2\n2,3\n", "row 4: time 2 does not increase"),
+    "empty time": ("t,y\n0,1\n,2\n", "row 3: the time column 't' is empty"),
+    "infinite value": ("t,y\n0,1\n1,inf\n", "infinite value"),
+    "binary": (b"\xff\xfe\x00\x81", "cannot read"),
+    "header only": ("t,y\n", "has a header but no rows"),
+}
+
+
+@pytest.mark.parametrize("case", CSV_ERRORS)
+def test_fit_user_errors_are_one_line(case, tmp_path, capsys):
+    content, message = CSV_ERRORS[case]
+    path = tmp_path / "data.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    extra = ["--columns", "z"] if case == "unknown column" else []
+    code = cli.main(["fit", str(path), "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("sdessm: error: "), err
+    assert message in err[0], err
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_simulate_fit_sample_end_to_end(tmp_path, capsys):
+    data = tmp_path / "ou.csv"
+    args = ["--model", "ou", "--n", "150", "--dt", "0.25", "--missing", "0.1", "--out", str(data)]
+    assert cli.main(["simulate", *args]) == 0
+    t, y, _ = read_csv(data)
+    assert y.shape == (150, 1) and np.isnan(y).any() and np.allclose(np.diff(t), 0.25)
+    out = tmp_path / "fit"
+    assert (
+        cli.main(["fit", str(data), "--model", "ou", "--objective", "map", "--out", str(out)]) == 0
+    )
+    results = json.loads((out / "params.json").read_text())
+    assert set(results["params"]) == {"theta", "sigma", "u", "noise"}
+    assert "<table" in (out / "report.html").read_text()
+    out = tmp_path / "sample"
+    quick = ["--chains", "1", "--warmup", "40", "--draws", "40"]
+    assert cli.main(["sample", str(data), "--model", "ou", "--out", str(out), *quick]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["posterior.nc", "summary.csv", "report.html", "posterior.png", "trace_rank.png"]
+    )
+    idata = az.from_netcdf(out / "posterior.nc")
+    assert np.asarray(idata["posterior"]["theta"].values).shape == (1, 40)
+    capsys.readouterr()
+    bad = ["fit", str(data), "--model", "multivariate_ou", "--out", str(tmp_path / "no")]
+    assert cli.main(bad) == 2  # two observed coordinates, one column
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "expects (T, p) = (150, 2)" in err[0], err
+
+
+def test_console_script_runs():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "sdessm.cli", "models"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "damped_oscillator" in out

@@ -3,94 +3,347 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 
-def _damped_oscillator(omega: float, zeta: float, sigma: float, noise: float):
+def _start_values(truth: dict) -> dict:
+    """A wrong start for the demo: every true value scaled by 0.7 (signs kept)."""
     import numpy as np
 
-    from .params import SDEParams
+    return {k: 0.7 * np.asarray(v, dtype=float) for k, v in truth.items()}
 
-    return SDEParams(
-        F=np.array([[0.0, 1.0], [-(omega**2), -2.0 * zeta * omega]]),
-        L=np.array([[0.0], [sigma]]),
-        H=np.array([[1.0, 0.0]]),
-        u=np.zeros(1),
-        R=np.array([[noise**2]]),
-        mu1=np.zeros(2),
-        P1=np.eye(2),
-    )
+
+def _load_model(name: str):
+    from .models import load
+
+    try:
+        return load(name), None
+    except ValueError as err:
+        return None, str(err)
 
 
 def demo(args: argparse.Namespace) -> int:
+    """Simulate a zoo model with known truth, fit by EM (MAP) and NUTS, compare, report."""
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
-    from .diagnostics import plot_smoothed_states
+    from . import report
+    from .diagnostics import (
+        identifiable,
+        plot_em_history,
+        plot_recovery,
+        plot_smoothed_states,
+        plot_trace_rank,
+        recovery_table,
+    )
     from .em import fit_em
-    from .io import atomic_path
+    from .infer import fit_nuts
+    from .io import atomic_folder
     from .kalman import rts_smoother
     from .simulate import simulate
 
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        return _fail(f"cannot create output folder {out}: {err.strerror}")
-    params = _damped_oscillator(omega=2.0, zeta=0.1, sigma=0.6, noise=0.15)
+    module, problem = _load_model(args.model)
+    if problem:
+        return _fail(problem)
+    problem = _writable_parent(args.out)
+    if problem:
+        return _fail(problem)
+    clock = time.perf_counter()
+    truth = {k: np.asarray(v, dtype=float) for k, v in module.TRUE_PARAMS.items()}
+    sde = module.to_sde(**{k: jnp.asarray(v) for k, v in truth.items()})
     times = np.arange(args.num_timesteps) * args.dt
-    start = time.perf_counter()
+    print(f"[1/5] simulating {args.model}: T = {args.num_timesteps}, dt = {args.dt}", flush=True)
+    x, y = simulate(jax.random.key(args.seed), sde, times)
+    x, y = np.asarray(x), np.array(y)
+    y[np.random.default_rng(args.seed).uniform(size=y.shape) < args.missing] = np.nan
+    print(f"      {int(np.isnan(y).sum())} of {y.size} values removed (missing)", flush=True)
+
+    print("[2/5] EM (MAP) from a wrong start", flush=True)
+    em = fit_em(module.model, y, times, init=_start_values(truth), objective="map")
     print(
-        f"[1/4] simulating a damped oscillator: T = {args.num_timesteps}, dt = {args.dt}",
+        f"      {em.num_iters} iterations ({em.report['stopped']}); log-likelihood "
+        f"{em.log_likelihoods[0]:.2f} -> {em.log_likelihood:.2f}",
         flush=True,
     )
-    x, y = simulate(jax.random.key(args.seed), params, times)
-    y = np.array(y)
-    y[np.random.default_rng(args.seed).uniform(size=len(y)) < args.missing] = np.nan
-    print(f"      {np.isnan(y).sum()} of {len(y)} observations removed (missing)", flush=True)
-    print("[2/4] Kalman filter + RTS smoother under the true parameters", flush=True)
-    smoothed = rts_smoother(params, y, times)
-    inside = np.abs(np.asarray(smoothed.smoothed_means) - np.asarray(x)) <= 1.96 * np.sqrt(
-        np.diagonal(np.asarray(smoothed.smoothed_covs), axis1=-2, axis2=-1)
-    )
     print(
-        f"      log-likelihood {float(smoothed.log_likelihood):.3f}; true states inside the 95% "
-        f"band: {inside.mean(0).round(3).tolist()} (position, velocity)",
+        f"[3/5] NUTS: {args.chains} chains x ({args.warmup} warmup + {args.draws} draws)",
         flush=True,
     )
-    print("[3/4] EM from a wrong start (H, u, mu1, P1 known; F, Q, R estimated)", flush=True)
-    start_params = params._replace(
-        F=np.array([[0.0, 1.0], [-1.0, -1.0]]), L=0.3 * np.eye(2), R=np.array([[0.1]])
+    idata = fit_nuts(
+        module.model,
+        y,
+        times,
+        num_warmup=args.warmup,
+        num_samples=args.draws,
+        num_chains=args.chains,
+        init=em,
+        truth=truth,
+        seed=args.seed,
     )
-    fit = fit_em(start_params, y, times, fixed=("H", "u", "mu1", "P1"), num_iters=args.em_iters)
-    true_eig = np.sort_complex(np.linalg.eigvals(np.asarray(params.F)))
-    em_eig = np.sort_complex(np.linalg.eigvals(np.asarray(fit.params.F)))
-    print(
-        f"      {fit.num_iters} iterations ({fit.report['stopped']}); log-likelihood "
-        f"{fit.log_likelihoods[0]:.2f} -> {fit.log_likelihood:.2f}"
+    print("[4/5] recovery: truth vs EM vs posterior", flush=True)
+    functional = None
+    if getattr(module, "EM_CLOSED_FORM", None) is not None:  # only functionals are identified
+        functional = lambda v: identifiable(module.to_sde(**v))  # noqa: E731
+    table = recovery_table(idata, functional=functional)
+    shown = table[["truth", "em", "mean", "sd", "hdi_low", "hdi_high", "r_hat", "ess_bulk"]]
+    print(shown.to_string(float_format=lambda v: f"{v:.4g}"), flush=True)
+
+    print(f"[5/5] writing {args.out}", flush=True)
+    smoothed = rts_smoother(em.sde, y, times)
+    figures = {
+        "smoothed_states.png": plot_smoothed_states(times, smoothed, y, x, H=em.sde.H),
+        "em_history.png": plot_em_history(em),
+        "recovery.png": plot_recovery(table),
+        "trace_rank.png": plot_trace_rank(idata),
+    }
+    results = {
+        "model": args.model,
+        "truth": {k: v.tolist() for k, v in truth.items()},
+        "em": {
+            "objective": "map",
+            "params": {k: np.asarray(v).tolist() for k, v in em.params.items()},
+            "log_likelihood": em.log_likelihood,
+            "converged": em.converged,
+            "iterations": em.num_iters,
+        },
+        "recovery": json.loads(table.to_json(orient="index")),
+    }
+    history = "iteration,log_likelihood,log_posterior\n" + "".join(
+        f"{i},{float(ll)!r},{float(lp)!r}\n"
+        for i, (ll, lp) in enumerate(
+            zip(em.log_likelihoods, em.report["log_posteriors"], strict=True)
+        )
     )
-    print(
-        f"      eigenvalues of F: true {np.round(true_eig, 3).tolist()}, "
-        f"EM {np.round(em_eig, 3).tolist()}"
-    )
-    print(
-        f"      observation noise sd: true {np.sqrt(float(params.R[0, 0])):.3f}, "
-        f"EM {np.sqrt(float(fit.params.R[0, 0])):.3f}"
-    )
-    print("[4/4] plotting", flush=True)
-    fig = plot_smoothed_states(
-        times, smoothed, y, x, H=params.H, state_names=["position", "velocity"]
-    )
-    fig.suptitle("Damped oscillator: data, true states and smoothed states")
-    target = out / "smoothed_states.png"
     try:
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
+        with atomic_folder(args.out) as folder:
+            (folder / "params.json").write_text(json.dumps(results, indent=2))
+            (folder / "em_history.csv").write_text(history)
+            idata.to_netcdf(str(folder / "posterior.nc"))
+            for name, fig in figures.items():
+                fig.savefig(folder / name, dpi=110)
+            report.write(
+                folder / "report.html",
+                f"sdessm demo: {args.model}",
+                [
+                    ("Recovery: truth, EM (MAP) and NUTS posterior", table),
+                    ("Parameters", plot_recovery(table)),
+                    ("EM", figures["em_history.png"]),
+                    ("Smoothed states at the EM estimate", figures["smoothed_states.png"]),
+                    ("NUTS chains", figures["trace_rank.png"]),
+                ],
+            )
     except OSError as err:
-        return _fail(f"cannot write {target}: {err.strerror}")
-    print(f"wrote {target} ({time.perf_counter() - start:.1f} s)")
+        return _fail(f"cannot write the output folder {args.out}: {err.strerror or err}")
+    print(
+        f"wrote {args.out}/: params.json, em_history.csv, posterior.nc, report.html and "
+        f"{len(figures)} PNG plots ({time.perf_counter() - clock:.0f} s)"
+    )
+    return 0
+
+
+def _writable_parent(out: str) -> str | None:
+    """Why the output folder `out` could not be written, checked before any work; None if it can."""
+    import tempfile
+
+    parent = Path(out).absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        return f"cannot write the output folder {out}: {err.strerror or err}"
+    return None
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    """Simulate a zoo model at its default parameters and write the observations as CSV."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .io import write_csv
+    from .simulate import simulate
+
+    module, problem = _load_model(args.model)
+    if problem:
+        return _fail(problem)
+    problem = _writable_parent(args.out)
+    if problem:
+        return _fail(problem)
+    sde = module.to_sde(**{k: jnp.asarray(v, dtype=float) for k, v in module.TRUE_PARAMS.items()})
+    times = np.arange(args.n) * args.dt
+    _, y = simulate(jax.random.key(args.seed), sde, times)
+    y = np.array(y)
+    y[np.random.default_rng(args.seed).uniform(size=y.shape) < args.missing] = np.nan
+    names = [f"y{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["y"]
+    write_csv(args.out, times, y, names)
+    print(
+        f"wrote {args.out}: {args.n} rows of t,{','.join(names)} "
+        f"({args.model} at {module.TRUE_PARAMS})"
+    )
+    return 0
+
+
+def _read_data(args: argparse.Namespace):
+    from .io import read_csv
+
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    return read_csv(args.data, args.time_column, columns)
+
+
+def _write_results(out: str, files: dict, title: str, sections: list) -> str | None:
+    """Write `files` (name -> str, Figure or ArviZ data) and report.html into `out` at once."""
+    from . import report
+    from .io import atomic_folder
+
+    try:
+        with atomic_folder(out) as folder:
+            for name, content in files.items():
+                if isinstance(content, str):
+                    (folder / name).write_text(content)
+                elif hasattr(content, "savefig"):
+                    content.savefig(folder / name, dpi=110)
+                else:
+                    content.to_netcdf(str(folder / name))
+            report.write(folder / "report.html", title, sections)
+    except OSError as err:
+        return f"cannot write the output folder {out}: {err.strerror or err}"
+    return None
+
+
+def fit_command(args: argparse.Namespace) -> int:
+    """EM on data from a CSV file."""
+    import numpy as np
+    import pandas as pd
+
+    from .diagnostics import plot_em_history, plot_smoothed_states
+    from .em import fit_em
+    from .kalman import rts_smoother
+
+    module, problem = _load_model(args.model)
+    problem = problem or _writable_parent(args.out)
+    if problem:
+        return _fail(problem)
+    try:
+        times, y, names = _read_data(args)
+        print(f"EM ({args.objective}) of {args.model} on {len(times)} rows of {names}", flush=True)
+        em = fit_em(module.model, y, times, objective=args.objective)
+    except ValueError as err:
+        return _fail(str(err))
+    try:
+        se = em.standard_errors()
+    except ValueError:  # a flat direction: no standard errors, said in the table
+        se = {k: np.full(np.shape(v), np.nan) for k, v in em.params.items()}
+    rows = {}
+    for k, v in em.params.items():
+        for ix in np.ndindex(np.shape(v)):
+            label = k + (f"[{','.join(map(str, ix))}]" if ix else "")
+            rows[label] = {"estimate": float(np.asarray(v)[ix]), "se": float(np.asarray(se[k])[ix])}
+    table = pd.DataFrame(rows).T
+    print(
+        f"{em.num_iters} iterations ({em.report['stopped']}); "
+        f"log-likelihood {em.log_likelihood:.4f}"
+    )
+    print(table.to_string(float_format=lambda v: f"{v:.5g}"))
+    smoothed = rts_smoother(em.sde, y, times)
+    figures = {
+        "smoothed_states.png": plot_smoothed_states(times, smoothed, y, H=em.sde.H),
+        "em_history.png": plot_em_history(em),
+    }
+    results = {
+        "model": args.model,
+        "data": str(args.data),
+        "objective": args.objective,
+        "params": {k: np.asarray(v).tolist() for k, v in em.params.items()},
+        "standard_errors": {k: np.asarray(v).tolist() for k, v in se.items()},
+        "log_likelihood": em.log_likelihood,
+        "converged": em.converged,
+        "iterations": em.num_iters,
+    }
+    history = "iteration,log_likelihood\n" + "".join(
+        f"{i},{float(ll)!r}\n" for i, ll in enumerate(em.log_likelihoods)
+    )
+    problem = _write_results(
+        args.out,
+        {"params.json": json.dumps(results, indent=2), "em_history.csv": history, **figures},
+        f"sdessm fit: {args.model} on {args.data}",
+        [
+            ("Estimates and standard errors", table),
+            ("EM", figures["em_history.png"]),
+            ("Smoothed states", figures["smoothed_states.png"]),
+        ],
+    )
+    if problem:
+        return _fail(problem)
+    print(f"wrote {args.out}/: params.json, em_history.csv, report.html, 2 PNG plots")
+    return 0
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    """NUTS on data from a CSV file."""
+    from .diagnostics import plot_recovery, plot_trace_rank, recovery_table
+    from .em import fit_em
+    from .infer import fit_nuts
+
+    module, problem = _load_model(args.model)
+    problem = problem or _writable_parent(args.out)
+    if problem:
+        return _fail(problem)
+    try:
+        times, y, names = _read_data(args)
+        init = None
+        if args.init_from_em:
+            print(f"EM (MAP) of {args.model} to start the chains", flush=True)
+            init = fit_em(module.model, y, times, objective="map")
+        print(
+            f"NUTS of {args.model} on {len(times)} rows of {names}: {args.chains} chains x "
+            f"({args.warmup} warmup + {args.draws} draws)",
+            flush=True,
+        )
+        idata = fit_nuts(
+            module.model,
+            y,
+            times,
+            num_warmup=args.warmup,
+            num_samples=args.draws,
+            num_chains=args.chains,
+            init=init,
+            seed=args.seed,
+        )
+    except ValueError as err:
+        return _fail(str(err))
+    table = recovery_table(idata)
+    shown = table[["em", "mean", "sd", "hdi_low", "hdi_high", "r_hat", "ess_bulk", "ess_tail"]]
+    print(shown.to_string(float_format=lambda v: f"{v:.4g}"))
+    figures = {"posterior.png": plot_recovery(table), "trace_rank.png": plot_trace_rank(idata)}
+    problem = _write_results(
+        args.out,
+        {"posterior.nc": idata, "summary.csv": table.to_csv(), **figures},
+        f"sdessm sample: {args.model} on {args.data}",
+        [
+            ("Posterior", table),
+            ("Posterior means and HDIs", figures["posterior.png"]),
+            ("Chains", figures["trace_rank.png"]),
+        ],
+    )
+    if problem:
+        return _fail(problem)
+    print(f"wrote {args.out}/: posterior.nc, summary.csv, report.html, 2 PNG plots")
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    """List the zoo, one line each."""
+    from .models import available
+
+    zoo = available()
+    width = max(map(len, zoo))
+    for name, summary in sorted(zoo.items()):
+        print(f"{name:<{width}}  {summary}")
     return 0
 
 
@@ -113,15 +366,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdessm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
-        "demo", help="simulate a damped oscillator, smooth it, fit it by EM, plot the result"
+        "demo",
+        help="simulate a zoo model, fit it by EM and NUTS, print the recovery table, report",
     )
+    p.add_argument("--model", default="damped_oscillator", help="zoo model (see `sdessm models`)")
     p.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--num-timesteps", type=_positive(int), default=400)
-    p.add_argument("--dt", type=_positive(float), default=0.05)
-    p.add_argument("--missing", type=float, default=0.1, help="fraction of observations removed")
+    p.add_argument("--dt", type=_positive(float), default=0.1)
+    p.add_argument("--missing", type=float, default=0.1, help="fraction of values removed")
+    p.add_argument("--chains", type=_positive(int), default=4)
+    p.add_argument("--warmup", type=_positive(int), default=500)
+    p.add_argument("--draws", type=_positive(int), default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--em-iters", type=_positive(int), default=300, help="most EM iterations")
     p.set_defaults(func=demo)
+    p = sub.add_parser("models", help="list the model zoo")
+    p.set_defaults(func=models)
+    p = sub.add_parser("simulate", help="simulate a zoo model and write the data as CSV")
+    p.add_argument("--model", default="damped_oscillator")
+    p.add_argument("--n", type=_positive(int), default=500, help="number of time steps")
+    p.add_argument("--dt", type=_positive(float), default=0.1)
+    p.add_argument("--missing", type=float, default=0.0, help="fraction of values removed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="data.csv")
+    p.set_defaults(func=simulate_command)
+    for name, func, text in (
+        ("fit", fit_command, "EM on a CSV file (empty cells are missing values)"),
+        ("sample", sample_command, "NUTS on a CSV file (empty cells are missing values)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("data", help="CSV file with a header row")
+        p.add_argument("--model", default="damped_oscillator")
+        p.add_argument("--time-column", default="t")
+        p.add_argument("--columns", default=None, help="value columns, comma-separated")
+        p.add_argument("--out", default=f"{name}-output")
+        if name == "fit":
+            p.add_argument("--objective", choices=("mle", "map"), default="mle")
+        else:
+            p.add_argument("--chains", type=_positive(int), default=4)
+            p.add_argument("--warmup", type=_positive(int), default=1000)
+            p.add_argument("--draws", type=_positive(int), default=1000)
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--init-from-em", action="store_true")
+        p.set_defaults(func=func)
     return parser
 
 

@@ -40,3 +40,123 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it becomes `path`.
+
+    An existing `path` is moved aside first and removed only after the new folder is in place, so
+    `path` is at every moment either the old complete folder or the new complete one (between the
+    two renames it is briefly absent). If the body raises, the temporary folder is removed and
+    `path` is left as it was.
+
+    Raises:
+        OSError: the parent folder cannot be created or written.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_MISSING = {"", "nan", "na", "n/a", "null"}
+
+
+def read_csv(path: str | os.PathLike, time_column: str = "t", columns=None):
+    """Observation times and values from a CSV file with a header row.
+
+    Empty cells (and `NaN`, `NA`, `null`) in the value columns are missing observations; the time
+    column must be complete, finite and strictly increasing (irregular steps are fine).
+
+    Args:
+        path: the CSV file.
+        time_column: the name of the time column.
+        columns: the value columns, in order (default: every other column).
+
+    Returns:
+        `(times (T,), y (T, p), names)`.
+
+    Raises:
+        ValueError: a missing or unreadable file, an unknown column, a cell that is not a number
+            (naming its row and column), infinite values, or times that are missing or do not
+            increase.
+    """
+    import numpy as np
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data file {path} does not exist.")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot read {path} as CSV: {reason}") from None
+    names = [str(c) for c in frame.columns]
+    if time_column not in names:
+        raise ValueError(f"{path} has no time column {time_column!r}; its columns are {names}.")
+    if columns is None:
+        columns = [c for c in names if c != time_column]
+    unknown = [c for c in columns if c not in names]
+    if unknown:
+        raise ValueError(f"{path} has no column(s) {unknown}; its columns are {names}.")
+    if not columns:
+        raise ValueError(f"{path} has no value columns besides the time column {time_column!r}.")
+    if len(frame) == 0:
+        raise ValueError(f"{path} has a header but no rows.")
+
+    def numeric(name: str) -> np.ndarray:
+        cells = frame[name].astype(str).str.strip()
+        missing = cells.str.lower().isin(_MISSING)
+        values = pd.to_numeric(cells.where(~missing, "nan"), errors="coerce").to_numpy(float)
+        bad = np.flatnonzero(np.isnan(values) & ~missing.to_numpy())
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(
+                f"{path}, row {row + 2}, column {name!r}: {cells.iloc[row]!r} is not a number."
+            )
+        if np.isinf(values).any():
+            row = int(np.flatnonzero(np.isinf(values))[0])
+            raise ValueError(f"{path}, row {row + 2}, column {name!r}: infinite value.")
+        return values
+
+    times = numeric(time_column)
+    if np.isnan(times).any():
+        row = int(np.flatnonzero(np.isnan(times))[0])
+        raise ValueError(f"{path}, row {row + 2}: the time column {time_column!r} is empty.")
+    steps = np.diff(times)
+    if (steps <= 0).any():
+        row = int(np.flatnonzero(steps <= 0)[0]) + 1
+        raise ValueError(
+            f"{path}, row {row + 2}: time {times[row]:g} does not increase on the previous "
+            f"{times[row - 1]:g}; times must be strictly increasing."
+        )
+    y = np.stack([numeric(c) for c in columns], axis=1)
+    return times, y, list(columns)
+
+
+def write_csv(path: str | os.PathLike, times, y, names, time_column: str = "t") -> None:
+    """Write times and values (NaN as an empty cell) to `path` atomically."""
+    import numpy as np
+
+    y = np.asarray(y, dtype=float)
+    lines = [",".join([time_column, *names])]
+    for t, row in zip(np.asarray(times, dtype=float), y, strict=True):
+        cells = ["" if np.isnan(v) else repr(float(v)) for v in row]
+        lines.append(",".join([repr(float(t)), *cells]))
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
