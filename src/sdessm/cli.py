@@ -16,13 +16,16 @@ def _start_values(truth: dict) -> dict:
     return {k: 0.7 * np.asarray(v, dtype=float) for k, v in truth.items()}
 
 
-def _load_model(name: str):
+def _model_and_output(args: argparse.Namespace):
+    """`(zoo module, None)`, or `(None, why)` for an unknown model or an unwritable `args.out`,
+    checked before any work."""
     from .models import load
 
     try:
-        return load(name), None
+        module = load(args.model)
     except ValueError as err:
         return None, str(err)
+    return module, _writable_parent(args.out)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -31,7 +34,6 @@ def demo(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from . import report
     from .diagnostics import (
         identifiable,
         plot_em_history,
@@ -42,14 +44,10 @@ def demo(args: argparse.Namespace) -> int:
     )
     from .em import fit_em
     from .infer import fit_nuts
-    from .io import atomic_folder
     from .kalman import rts_smoother
     from .simulate import simulate
 
-    module, problem = _load_model(args.model)
-    if problem:
-        return _fail(problem)
-    problem = _writable_parent(args.out)
+    module, problem = _model_and_output(args)
     if problem:
         return _fail(problem)
     clock = time.perf_counter()
@@ -112,32 +110,25 @@ def demo(args: argparse.Namespace) -> int:
         },
         "recovery": json.loads(table.to_json(orient="index")),
     }
-    history = "iteration,log_likelihood,log_posterior\n" + "".join(
-        f"{i},{float(ll)!r},{float(lp)!r}\n"
-        for i, (ll, lp) in enumerate(
-            zip(em.log_likelihoods, em.report["log_posteriors"], strict=True)
-        )
+    problem = _write_results(
+        args.out,
+        {
+            "params.json": json.dumps(results, indent=2),
+            "em_history.csv": _em_history_csv(em),
+            "posterior.nc": idata,
+            **figures,
+        },
+        f"sdessm demo: {args.model}",
+        [
+            ("Recovery: truth, EM (MAP) and NUTS posterior", table),
+            ("Parameters", figures["recovery.png"]),
+            ("EM", figures["em_history.png"]),
+            ("Smoothed states at the EM estimate", figures["smoothed_states.png"]),
+            ("NUTS chains", figures["trace_rank.png"]),
+        ],
     )
-    try:
-        with atomic_folder(args.out) as folder:
-            (folder / "params.json").write_text(json.dumps(results, indent=2))
-            (folder / "em_history.csv").write_text(history)
-            idata.to_netcdf(str(folder / "posterior.nc"))
-            for name, fig in figures.items():
-                fig.savefig(folder / name, dpi=110)
-            report.write(
-                folder / "report.html",
-                f"sdessm demo: {args.model}",
-                [
-                    ("Recovery: truth, EM (MAP) and NUTS posterior", table),
-                    ("Parameters", plot_recovery(table)),
-                    ("EM", figures["em_history.png"]),
-                    ("Smoothed states at the EM estimate", figures["smoothed_states.png"]),
-                    ("NUTS chains", figures["trace_rank.png"]),
-                ],
-            )
-    except OSError as err:
-        return _fail(f"cannot write the output folder {args.out}: {err.strerror or err}")
+    if problem:
+        return _fail(problem)
     print(
         f"wrote {args.out}/: params.json, em_history.csv, posterior.nc, report.html and "
         f"{len(figures)} PNG plots ({time.perf_counter() - clock:.0f} s)"
@@ -168,10 +159,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     from .io import write_csv
     from .simulate import simulate
 
-    module, problem = _load_model(args.model)
-    if problem:
-        return _fail(problem)
-    problem = _writable_parent(args.out)
+    module, problem = _model_and_output(args)
     if problem:
         return _fail(problem)
     sde = module.to_sde(**{k: jnp.asarray(v, dtype=float) for k, v in module.TRUE_PARAMS.items()})
@@ -186,6 +174,17 @@ def simulate_command(args: argparse.Namespace) -> int:
         f"({args.model} at {module.TRUE_PARAMS})"
     )
     return 0
+
+
+def _em_history_csv(em) -> str:
+    """One row per EM iterate: the log-likelihood, and the log-posterior for MAP."""
+    posts = em.report.get("log_posteriors")
+    header = "iteration,log_likelihood" + (",log_posterior" if posts is not None else "")
+    rows = [
+        f"{i},{float(ll)!r}" + (f",{float(posts[i])!r}" if posts is not None else "")
+        for i, ll in enumerate(em.log_likelihoods)
+    ]
+    return "\n".join([header, *rows]) + "\n"
 
 
 def _read_data(args: argparse.Namespace):
@@ -224,8 +223,7 @@ def fit_command(args: argparse.Namespace) -> int:
     from .em import fit_em
     from .kalman import rts_smoother
 
-    module, problem = _load_model(args.model)
-    problem = problem or _writable_parent(args.out)
+    module, problem = _model_and_output(args)
     if problem:
         return _fail(problem)
     try:
@@ -264,12 +262,13 @@ def fit_command(args: argparse.Namespace) -> int:
         "converged": em.converged,
         "iterations": em.num_iters,
     }
-    history = "iteration,log_likelihood\n" + "".join(
-        f"{i},{float(ll)!r}\n" for i, ll in enumerate(em.log_likelihoods)
-    )
     problem = _write_results(
         args.out,
-        {"params.json": json.dumps(results, indent=2), "em_history.csv": history, **figures},
+        {
+            "params.json": json.dumps(results, indent=2),
+            "em_history.csv": _em_history_csv(em),
+            **figures,
+        },
         f"sdessm fit: {args.model} on {args.data}",
         [
             ("Estimates and standard errors", table),
@@ -289,8 +288,7 @@ def sample_command(args: argparse.Namespace) -> int:
     from .em import fit_em
     from .infer import fit_nuts
 
-    module, problem = _load_model(args.model)
-    problem = problem or _writable_parent(args.out)
+    module, problem = _model_and_output(args)
     if problem:
         return _fail(problem)
     try:
