@@ -28,10 +28,24 @@ def _model_and_output(args: argparse.Namespace):
     return module, _writable_parent(args.out)
 
 
-def demo(args: argparse.Namespace) -> int:
-    """Simulate a zoo model with known truth, fit by EM (MAP) and NUTS, compare, report."""
+def _simulate_zoo(module, n: int, dt: float, missing: float, seed: int):
+    """`(times, x, y)`: a zoo model simulated at `TRUE_PARAMS`, a `missing` fraction of y NaN."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
+
+    from .simulate import simulate
+
+    sde = module.to_sde(**{k: jnp.asarray(v, dtype=float) for k, v in module.TRUE_PARAMS.items()})
+    times = np.arange(n) * dt
+    x, y = simulate(jax.random.key(seed), sde, times)
+    x, y = np.asarray(x), np.array(y)
+    y[np.random.default_rng(seed).uniform(size=y.shape) < missing] = np.nan
+    return times, x, y
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Simulate a zoo model with known truth, fit by EM (MAP) and NUTS, compare, report."""
     import numpy as np
 
     from .diagnostics import (
@@ -45,19 +59,14 @@ def demo(args: argparse.Namespace) -> int:
     from .em import fit_em
     from .infer import fit_nuts
     from .kalman import rts_smoother
-    from .simulate import simulate
 
     module, problem = _model_and_output(args)
     if problem:
         return _fail(problem)
     clock = time.perf_counter()
     truth = {k: np.asarray(v, dtype=float) for k, v in module.TRUE_PARAMS.items()}
-    sde = module.to_sde(**{k: jnp.asarray(v) for k, v in truth.items()})
-    times = np.arange(args.num_timesteps) * args.dt
     print(f"[1/5] simulating {args.model}: T = {args.num_timesteps}, dt = {args.dt}", flush=True)
-    x, y = simulate(jax.random.key(args.seed), sde, times)
-    x, y = np.asarray(x), np.array(y)
-    y[np.random.default_rng(args.seed).uniform(size=y.shape) < args.missing] = np.nan
+    times, x, y = _simulate_zoo(module, args.num_timesteps, args.dt, args.missing, args.seed)
     print(f"      {int(np.isnan(y).sum())} of {y.size} values removed (missing)", flush=True)
 
     print("[2/5] EM (MAP) from a wrong start", flush=True)
@@ -152,21 +161,12 @@ def _writable_parent(out: str) -> str | None:
 
 def simulate_command(args: argparse.Namespace) -> int:
     """Simulate a zoo model at its default parameters and write the observations as CSV."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
     from .io import write_csv
-    from .simulate import simulate
 
     module, problem = _model_and_output(args)
     if problem:
         return _fail(problem)
-    sde = module.to_sde(**{k: jnp.asarray(v, dtype=float) for k, v in module.TRUE_PARAMS.items()})
-    times = np.arange(args.n) * args.dt
-    _, y = simulate(jax.random.key(args.seed), sde, times)
-    y = np.array(y)
-    y[np.random.default_rng(args.seed).uniform(size=y.shape) < args.missing] = np.nan
+    times, _, y = _simulate_zoo(module, args.n, args.dt, args.missing, args.seed)
     names = [f"y{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["y"]
     write_csv(args.out, times, y, names)
     print(
