@@ -4,16 +4,20 @@ import json
 import os
 
 import arviz as az
+import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
-from sdessm.models import available
+from sdessm.models import available, load
 
+import sdessm
 from sdessm import cli
 from sdessm.io import atomic_path, read_csv, write_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+OU = load("ou")
 QUICK = ["--num-timesteps", "60", "--chains", "1", "--warmup", "30", "--draws", "30"]
 
 
@@ -135,32 +139,70 @@ def test_fit_user_errors_are_one_line(case, tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
-def test_simulate_fit_sample_end_to_end(tmp_path, capsys):
+def _sdessm(*args, cwd=None):
+    """Run the `sdessm` command line in a fresh interpreter, as a user would."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "sdessm.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
+
+
+def test_simulate_fit_sample_end_to_end(tmp_path):
     data = tmp_path / "ou.csv"
-    args = ["--model", "ou", "--n", "150", "--dt", "0.25", "--missing", "0.1", "--out", str(data)]
-    assert cli.main(["simulate", *args]) == 0
+    args = ["--model", "ou", "--n", "150", "--dt", "0.25", "--missing", "0.1", "--out", data]
+    assert _sdessm("simulate", *args).returncode == 0
     t, y, _ = read_csv(data)
     assert y.shape == (150, 1) and np.isnan(y).any() and np.allclose(np.diff(t), 0.25)
     out = tmp_path / "fit"
-    assert (
-        cli.main(["fit", str(data), "--model", "ou", "--objective", "map", "--out", str(out)]) == 0
-    )
+    run = _sdessm("fit", data, "--model", "ou", "--objective", "map", "--forecast", 8, "--out", out)
+    assert run.returncode == 0, run.stderr
     results = json.loads((out / "params.json").read_text())
     assert set(results["params"]) == {"theta", "sigma", "u", "noise"}
     assert "<table" in (out / "report.html").read_text()
+    assert (out / "forecast.png").read_bytes()[:8] == PNG_MAGIC
+    # the forecast written is the forecast at the written estimate
+    table = pd.read_csv(out / "forecast.csv")
+    assert list(table.columns) == ["t", "y_mean", "y_sd", "y_lower", "y_upper"]
+    np.testing.assert_allclose(table["t"], t[-1] + 0.25 * np.arange(1, 9))
+    sde = OU.to_sde(**{k: jnp.asarray(v) for k, v in results["params"].items()})
+    fc = sdessm.forecast(sde, y, t, table["t"].to_numpy())
+    np.testing.assert_allclose(table["y_mean"], fc.obs_means[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(table["y_sd"] ** 2, fc.obs_covs[:, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(table["y_upper"] - table["y_mean"], 1.959964 * table["y_sd"])
+
     out = tmp_path / "sample"
-    quick = ["--chains", "1", "--warmup", "40", "--draws", "40"]
-    assert cli.main(["sample", str(data), "--model", "ou", "--out", str(out), *quick]) == 0
+    quick = ["--chains", "1", "--warmup", "40", "--draws", "40", "--forecast", "5"]
+    run = _sdessm("sample", data, "--model", "ou", "--out", out, *quick)
+    assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["posterior.nc", "summary.csv", "report.html", "posterior.png", "trace_rank.png"]
+        + ["forecast.csv", "forecast.png"]
     )
     idata = az.from_netcdf(out / "posterior.nc")
     assert np.asarray(idata["posterior"]["theta"].values).shape == (1, 40)
-    capsys.readouterr()
-    bad = ["fit", str(data), "--model", "multivariate_ou", "--out", str(tmp_path / "no")]
-    assert cli.main(bad) == 2  # two observed coordinates, one column
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "expects (T, p) = (150, 2)" in err[0], err
+    table = pd.read_csv(out / "forecast.csv")
+    assert list(table.columns) == ["t", "y_mean", "y_median", "y_lower", "y_upper"]
+    assert (table["y_lower"] < table["y_median"]).all() and (
+        table["y_median"] < table["y_upper"]
+    ).all()
+
+    bad = _sdessm("fit", data, "--model", "multivariate_ou", "--out", tmp_path / "no")
+    err = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(err) == 1 and "expects (T, p) = (150, 2)" in err[0], err
+    for args, message in (
+        (["fit", tmp_path / "nothing.csv"], "does not exist"),
+        (["fit", data, "--forecast", "0"], "argument --forecast: must be > 0, got 0"),
+        (["sample", data, "--model", "nonsense"], "unknown model"),
+    ):
+        bad = _sdessm(*args, "--out", tmp_path / "no")
+        err = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and message in err[-1] and "Traceback" not in bad.stderr, err
+    assert not (tmp_path / "no").exists()
 
 
 def test_console_script_runs():

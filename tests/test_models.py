@@ -91,7 +91,7 @@ def test_prior_predictive(name, key):
 
 
 @pytest.mark.slow
-def test_the_wheel_ships_the_zoo(tmp_path):
+def test_the_wheel_ships_the_zoo_and_the_data(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True,
@@ -100,6 +100,7 @@ def test_the_wheel_ships_the_zoo(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for name in NAMES + ["__init__"]:
         assert f"sdessm/models/{name}.py" in names
+    assert "sdessm/data/sunspots.csv" in names and "sdessm/data/README.md" in names
     # a non-editable install (into its own folder, run from elsewhere) loads every zoo model
     target = tmp_path / "site"
     subprocess.run(
@@ -118,7 +119,9 @@ def test_the_wheel_ships_the_zoo(tmp_path):
     )
     script = (
         "import sdessm, sdessm.models as m; print(sdessm.__file__); "
-        "print(sorted(m.available())); [m.load(n).model for n in m.available()]"
+        "print(sorted(m.available())); [m.load(n).model for n in m.available()]; "
+        "from sdessm import datasets; print(datasets.path('sunspots')); "
+        "print(datasets.load('sunspots').shape)"
     )
     out = subprocess.run(
         [sys.executable, "-c", script],
@@ -130,6 +133,7 @@ def test_the_wheel_ships_the_zoo(tmp_path):
     ).stdout.splitlines()
     assert out[0].startswith(str(target)), out  # the installed copy, not the source tree
     assert out[1] == str(sorted(NAMES))
+    assert out[2].startswith(str(target)) and out[3] == "(309, 2)", out  # the shipped data
 
 
 # --- the stationary-law solver shared by the zoo -----------------------------------------------

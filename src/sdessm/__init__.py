@@ -14,6 +14,10 @@ from .em import NotPSDError as NotPSDError
 from .em import NyquistWarning as NyquistWarning
 from .em import fit_em as fit_em
 from .em import sde_from_discrete as sde_from_discrete
+from .forecast import Forecast as Forecast
+from .forecast import PosteriorForecast as PosteriorForecast
+from .forecast import forecast as forecast
+from .forecast import forecast_posterior as forecast_posterior
 from .kalman import FilterResult as FilterResult
 from .kalman import SmootherResult as SmootherResult
 from .kalman import kalman_filter as kalman_filter
@@ -42,6 +46,10 @@ __all__ = [
     "NyquistWarning",
     "fit_em",
     "sde_from_discrete",
+    "Forecast",
+    "PosteriorForecast",
+    "forecast",
+    "forecast_posterior",
     "FilterResult",
     "LGSSMParams",
     "SDEParams",

@@ -214,6 +214,31 @@ def _write_results(out: str, files: dict, title: str, sections: list) -> str | N
     return None
 
 
+def _future_times(times, n: int):
+    """`n` future times after the data, spaced by the median step of the data."""
+    import numpy as np
+
+    if len(times) < 2:
+        raise ValueError("--forecast needs at least two observation times to set its step.")
+    return times[-1] + float(np.median(np.diff(times))) * np.arange(1, n + 1)
+
+
+def _forecast_outputs(times, y, names, result) -> dict:
+    """forecast.csv (95% bands per column) and forecast.png for a Forecast/PosteriorForecast."""
+    import pandas as pd
+
+    from .diagnostics import plot_forecast
+    from .forecast import bands
+
+    band = bands(result, 0.95)
+    columns = {"t": result.times}
+    for j, name in enumerate(names):
+        for stat, values in band.items():
+            columns[f"{name}_{stat}"] = values[:, j]
+    csv = pd.DataFrame(columns).to_csv(index=False, float_format="%.10g")
+    return {"forecast.csv": csv, "forecast.png": plot_forecast(times, y, result, names=names)}
+
+
 def fit_command(args: argparse.Namespace) -> int:
     """EM on data from a CSV file."""
     import numpy as np
@@ -221,6 +246,7 @@ def fit_command(args: argparse.Namespace) -> int:
 
     from .diagnostics import plot_em_history, plot_smoothed_states
     from .em import fit_em
+    from .forecast import forecast
     from .kalman import rts_smoother
 
     module, problem = _model_and_output(args)
@@ -228,6 +254,7 @@ def fit_command(args: argparse.Namespace) -> int:
         return _fail(problem)
     try:
         times, y, names = _read_data(args)
+        future = _future_times(times, args.forecast) if args.forecast else None
         print(f"EM ({args.objective}) of {args.model} on {len(times)} rows of {names}", flush=True)
         em = fit_em(module.model, y, times, objective=args.objective)
     except ValueError as err:
@@ -252,6 +279,10 @@ def fit_command(args: argparse.Namespace) -> int:
         "smoothed_states.png": plot_smoothed_states(times, smoothed, y, H=em.sde.H),
         "em_history.png": plot_em_history(em),
     }
+    extra, sections = {}, []
+    if future is not None:
+        extra = _forecast_outputs(times, y, names, forecast(em.sde, y, times, future))
+        sections = [("Forecast at the EM estimate (95% band)", extra["forecast.png"])]
     results = {
         "model": args.model,
         "data": str(args.data),
@@ -268,24 +299,32 @@ def fit_command(args: argparse.Namespace) -> int:
             "params.json": json.dumps(results, indent=2),
             "em_history.csv": _em_history_csv(em),
             **figures,
+            **extra,
         },
         f"sdessm fit: {args.model} on {args.data}",
         [
             ("Estimates and standard errors", table),
             ("EM", figures["em_history.png"]),
             ("Smoothed states", figures["smoothed_states.png"]),
+            *sections,
         ],
     )
     if problem:
         return _fail(problem)
-    print(f"wrote {args.out}/: params.json, em_history.csv, report.html, 2 PNG plots")
+    print(f"wrote {args.out}/: {_listing(['params.json', 'em_history.csv', *figures, *extra])}")
     return 0
+
+
+def _listing(names) -> str:
+    """`a, b, report.html`: the files an output folder holds."""
+    return ", ".join([*names, "report.html"])
 
 
 def sample_command(args: argparse.Namespace) -> int:
     """NUTS on data from a CSV file."""
     from .diagnostics import plot_recovery, plot_trace_rank, recovery_table
     from .em import fit_em
+    from .forecast import forecast_posterior
     from .infer import fit_nuts
 
     module, problem = _model_and_output(args)
@@ -293,6 +332,7 @@ def sample_command(args: argparse.Namespace) -> int:
         return _fail(problem)
     try:
         times, y, names = _read_data(args)
+        future = _future_times(times, args.forecast) if args.forecast else None
         init = None
         if args.init_from_em:
             print(f"EM (MAP) of {args.model} to start the chains", flush=True)
@@ -318,19 +358,26 @@ def sample_command(args: argparse.Namespace) -> int:
     shown = table[["em", "mean", "sd", "hdi_low", "hdi_high", "r_hat", "ess_bulk", "ess_tail"]]
     print(shown.to_string(float_format=lambda v: f"{v:.4g}"))
     figures = {"posterior.png": plot_recovery(table), "trace_rank.png": plot_trace_rank(idata)}
+    extra, sections = {}, []
+    if future is not None:
+        print(f"posterior predictive forecast of {args.forecast} steps", flush=True)
+        paths = forecast_posterior(module.model, idata, y, times, future, seed=args.seed)
+        extra = _forecast_outputs(times, y, names, paths)
+        sections = [("Posterior predictive forecast (95% band)", extra["forecast.png"])]
     problem = _write_results(
         args.out,
-        {"posterior.nc": idata, "summary.csv": table.to_csv(), **figures},
+        {"posterior.nc": idata, "summary.csv": table.to_csv(), **figures, **extra},
         f"sdessm sample: {args.model} on {args.data}",
         [
             ("Posterior", table),
             ("Posterior means and HDIs", figures["posterior.png"]),
             ("Chains", figures["trace_rank.png"]),
+            *sections,
         ],
     )
     if problem:
         return _fail(problem)
-    print(f"wrote {args.out}/: posterior.nc, summary.csv, report.html, 2 PNG plots")
+    print(f"wrote {args.out}/: {_listing(['posterior.nc', 'summary.csv', *figures, *extra])}")
     return 0
 
 
@@ -342,6 +389,34 @@ def models(args: argparse.Namespace) -> int:
     width = max(map(len, zoo))
     for name, summary in sorted(zoo.items()):
         print(f"{name:<{width}}  {summary}")
+    return 0
+
+
+def data_command(args: argparse.Namespace) -> int:
+    """List the shipped data sets, or write one as CSV."""
+    import shutil
+
+    from . import datasets
+    from .io import atomic_path
+
+    if args.name is None:
+        for name in sorted(datasets.available()):
+            info = datasets.info(name)
+            print(f"{name}: {info['summary']}")
+            print(f"  source: {info['source']}")
+            print(f"  licence: {info['licence']}")
+        return 0
+    try:
+        info = datasets.info(args.name)
+    except ValueError as err:
+        return _fail(str(err))
+    out = args.out or f"{args.name}.csv"
+    try:
+        with atomic_path(out) as tmp:
+            shutil.copyfile(info["path"], tmp)
+    except OSError as err:
+        return _fail(f"cannot write {out}: {err.strerror or err}")
+    print(f"wrote {out} ({info['summary']}; time column {info['time_column']!r})")
     return 0
 
 
@@ -379,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo)
     p = sub.add_parser("models", help="list the model zoo")
     p.set_defaults(func=models)
+    p = sub.add_parser(
+        "data", help="list the real data sets shipped with sdessm, or write one as CSV"
+    )
+    p.add_argument("name", nargs="?", default=None, help="data set to write (omit to list them)")
+    p.add_argument("--out", default=None, help="CSV file to write (default: NAME.csv)")
+    p.set_defaults(func=data_command)
     p = sub.add_parser("simulate", help="simulate a zoo model and write the data as CSV")
     p.add_argument("--model", default="damped_oscillator")
     p.add_argument("--n", type=_positive(int), default=500, help="number of time steps")
@@ -397,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--time-column", default="t")
         p.add_argument("--columns", default=None, help="value columns, comma-separated")
         p.add_argument("--out", default=f"{name}-output")
+        p.add_argument(
+            "--forecast",
+            type=_positive(int),
+            default=None,
+            metavar="N",
+            help="also forecast N steps (the data's median step) past the last row, with 95%% "
+            + ("bands at the EM estimate" if name == "fit" else "posterior predictive bands"),
+        )
         if name == "fit":
             p.add_argument("--objective", choices=("mle", "map"), default="mle")
         else:

@@ -41,14 +41,15 @@ def plot_smoothed_states(
     """One panel per state: smoothed mean with a `level` band, the true path, and the data.
 
     Args:
-        times: `(T,)` observation times.
+        times (ArrayLike): `(T,)` observation times.
         smoothed: an `rts_smoother` result for one sequence.
-        y: `(T, p)` observations (NaN = missing), drawn on the panel of each state that `H`
-            reads directly (a row of `H` with a single non-zero entry equal to 1).
-        x_true: `(T, d)` true states, for simulated data.
-        H: the observation matrix that says which states the data show.
+        y (ArrayLike | None): `(T, p)` observations (NaN = missing), drawn on the panel of each
+            state that `H` reads directly (a row of `H` with a single non-zero entry equal
+            to 1).
+        x_true (ArrayLike | None): `(T, d)` true states, for simulated data.
+        H (ArrayLike | None): the observation matrix that says which states the data show.
         level: coverage of the band (normal quantiles).
-        state_names: labels of the states.
+        state_names (Sequence[str] | None): labels of the states.
 
     Returns:
         A matplotlib `Figure` (not attached to pyplot; save it with `fig.savefig`).
@@ -199,18 +200,19 @@ def recovery_table(
     """Per quantity: truth, EM estimate, posterior mean, sd, HDI, R-hat, ESS, and coverage.
 
     Args:
-        idata: the ArviZ data of `fit_nuts` (or any with a posterior group of the model's sites).
-        em: the EM estimate (an `EMResult` of `fit_em(model, ...)` or a dict of site values);
-            by default the one `fit_nuts` attached.
+        idata (InferenceData | DataTree): the ArviZ data of `fit_nuts` (or any with a posterior
+            group of the model's sites).
+        em (EMResult | dict | None): the EM estimate (an `EMResult` of `fit_em(model, ...)` or
+            a dict of site values); by default the one `fit_nuts` attached.
         truth: the true site values of simulated data; by default the ones attached.
         functional: maps a dict of site values to a dict of quantities to compare (e.g.
             `lambda v: identifiable(module.to_sde(**v))`); by default the sites themselves.
         hdi_prob: the probability of the highest-density interval.
 
     Returns:
-        A pandas DataFrame indexed by quantity with columns `truth`, `em`, `mean`, `sd`,
-        `hdi_low`, `hdi_high`, `r_hat`, `ess_bulk`, `ess_tail`, `truth_in_hdi`, `em_in_hdi`
-        (NaN / None where there is no truth or no EM estimate).
+        (pandas.DataFrame): indexed by quantity, with columns `truth`, `em`, `mean`, `sd`,
+            `hdi_low`, `hdi_high`, `r_hat`, `ess_bulk`, `ess_tail`, `truth_in_hdi`, `em_in_hdi`
+            (NaN / None where there is no truth or no EM estimate).
     """
     import arviz as az
     import pandas as pd
@@ -257,6 +259,72 @@ def recovery_table(
 
 
 # --------------------------------------------------------------------------- plots
+
+
+def plot_forecast(
+    times,
+    y,
+    result,
+    *,
+    level: float = 0.95,
+    names: Sequence[str] | None = None,
+    last: int | None = None,
+) -> Figure:
+    """One panel per observed series: the data, then the forecast mean and its `level` band.
+
+    Args:
+        times (ArrayLike): `(T,)` observation times.
+        y (ArrayLike): `(T, p)` observations (NaN = missing).
+        result (Forecast | PosteriorForecast): a `Forecast` (exact Gaussian band at fixed
+            parameters) or a `PosteriorForecast`
+            (posterior predictive band and median, with a few of the drawn paths).
+        level: coverage of the band.
+        names: labels of the series.
+        last: show only the last `last` observations (default: all).
+
+    Returns:
+        A matplotlib `Figure` (not attached to pyplot; save it with `fig.savefig`).
+    """
+    from .forecast import PosteriorForecast, bands
+
+    band = bands(result, level)
+    times, y = np.asarray(times), np.asarray(y)
+    if last is not None:
+        times, y = times[-last:], y[-last:]
+    future = np.asarray(result.times)
+    p = band["mean"].shape[1]
+    names = list(names) if names is not None else [f"y[{j}]" for j in range(p)]
+    posterior = isinstance(result, PosteriorForecast)
+    fig = Figure(figsize=(10, 2.6 * p), layout="constrained")
+    axes = fig.subplots(p, 1, sharex=True, squeeze=False)[:, 0]
+    for j, ax in enumerate(axes):
+        ax.plot(times, y[:, j], ".", color="tab:red", ms=3, label="data")
+        what = "posterior predictive" if posterior else "forecast"
+        ax.fill_between(
+            future,
+            band["lower"][:, j],
+            band["upper"][:, j],
+            color="tab:blue",
+            alpha=0.25,
+            lw=0,
+            label=f"{what} {level:.0%} band",
+        )
+        centre = band["median"] if posterior else band["mean"]
+        ax.plot(
+            future,
+            centre[:, j],
+            color="tab:blue",
+            lw=1.5,
+            label=f"{what} {'median' if posterior else 'mean'}",
+        )
+        if posterior:
+            paths = np.asarray(result.obs_draws)[:: max(1, len(result.obs_draws) // 5)][:5]
+            ax.plot(future, paths[:, :, j].T, color="tab:blue", lw=0.5, alpha=0.5)
+        ax.axvline(times[-1], color="k", lw=0.8, ls=":")
+        ax.set_ylabel(names[j])
+        ax.legend(loc="upper left", fontsize="small", ncols=3)
+    axes[-1].set_xlabel("time")
+    return fig
 
 
 def plot_em_history(result) -> Figure:

@@ -102,8 +102,8 @@ class EMResult:
         `LGSSMParams` fit, or the leaves of theta for a structured fit.
 
         Returns:
-            A dict of arrays shaped like the fields (NaN where fixed), or for a structured fit
-            a pytree shaped like theta.
+            (dict | PyTree): a dict of arrays shaped like the fields (NaN where fixed), or for a
+                structured fit a pytree shaped like theta.
 
         Raises:
             ValueError: the Hessian is not negative definite (a boundary estimate, or a
@@ -120,6 +120,18 @@ class EMResult:
         """
         labels, estimate, cov, _ = _covariance(self)
         return labels, estimate, cov
+
+
+def _progress_bar():
+    """tqdm's notebook bar in Jupyter when ipywidgets is there, else the text bar, silently."""
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        from tqdm.auto import tqdm
+    return tqdm
 
 
 def _psd_factor(Q):
@@ -369,22 +381,27 @@ def fit_em(
       through Cholesky factors); `log_prior` receives the `SDEParams`.
 
     Args:
-        model: starting parameters, or a NumPyro model (see above).
-        y: `(T, p)` or `(B, T, p)` observations; NaN = missing (treated as latent in the
-            E-step). Trailing all-NaN rows of a sequence are padding and count for nothing.
-        times: `(T,)` or `(B, T)` observation times (continuous-time paths).
+        model (SDEParams | LGSSMParams | PyTree | Callable): starting parameters, or a NumPyro
+            model (see above).
+        y (ArrayLike): `(T, p)` or `(B, T, p)` observations; NaN = missing (treated as latent
+            in the E-step). Trailing all-NaN rows of a sequence are padding and count for
+            nothing.
+        times (ArrayLike | None): `(T,)` or `(B, T)` observation times (continuous-time
+            paths).
         dt: a uniform step instead of `times`.
         num_iters: most EM iterations.
         tol: stop when the objective changes by less than `tol * max(1, |objective|)`.
-        fixed: field names held at their `init` value, e.g. `("H", "u")`; `"Q"` and `"L"` both
-            name the diffusion. Defaults to `("P1",)` for one sequence (where the M-step would
-            collapse P1 onto the smoothed covariance of a single draw) and `()` for several; an
-            explicit value replaces the default. Not with `structure` (keep constants inside it).
+        fixed (Sequence[str] | None): field names held at their `init` value, e.g. `("H", "u")`;
+            `"Q"` and `"L"` both name the diffusion. Defaults to `("P1",)` for one sequence
+            (where the M-step would collapse P1 onto the smoothed covariance of a single draw)
+            and `()` for several; an explicit value replaces the default. Not with `structure`
+            (keep constants inside it).
         R_structure: `"full"`, `"diagonal"` or `"isotropic"` observation noise (closed form).
         emissions: `"shared"` or `"per_step"` (own H_k, u_k, R_k per time step, learned from B
             i.i.d. sequences).
-        structure: a function theta -> `SDEParams` (jittable).
-        log_prior: a function of theta (or of the `SDEParams`) giving a log-density: MAP.
+        structure (Callable | None): a function theta -> `SDEParams` (jittable).
+        log_prior (Callable | None): a function of theta (or of the `SDEParams`) giving a
+            log-density: MAP.
         psd: when the recovered Q is not PSD: `"report"` raises `NotPSDError` with the fit
             attached; `"nearest"` replaces Q by the nearest PSD matrix, flagged in the report.
         mstep_iters: L-BFGS steps per numerical M-step.
@@ -392,7 +409,7 @@ def fit_em(
             extrapolation with a monotone safeguard: one iteration is then three E-steps, and
             EM's slow crawl along weakly identified directions is cut by orders of magnitude.
         progress: show a progress bar.
-        init: starting site values of a NumPyro model (only with a model).
+        init (dict | None): starting site values of a NumPyro model (only with a model).
         objective: `"mle"` (default) or `"map"`, for a NumPyro model.
         model_kwargs: further keyword arguments of a NumPyro model.
 
@@ -403,7 +420,7 @@ def fit_em(
         NoRealLogarithmError: the fitted A has no real logarithm (SDE recovery).
         NotPSDError: the recovered Q is indefinite and `psd="report"`.
     """
-    from tqdm.auto import tqdm
+    tqdm = _progress_bar()
 
     if callable(model) and not isinstance(model, (SDEParams, LGSSMParams)):
         from .infer import fit_em_model

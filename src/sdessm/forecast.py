@@ -1,0 +1,384 @@
+r"""Forecasting: the predictive law of future states and observations given the data.
+
+At fixed parameters the forecast is exact and Gaussian. The filter gives
+$p(x_T \mid y_{1:T}) = N(m_T, P_T)$ at the last observation time $t_T$; each future time
+$f_n > t_T$ is reached by the exact transition over the step $f_n - f_{n-1}$ (with $f_0 = t_T$),
+
+$$m_n = A_n m_{n-1}, \qquad P_n = A_n P_{n-1} A_n^\top + \Sigma_n,$$
+
+and the future observation is $y(f_n) \mid y_{1:T} \sim N(H m_n + u,\; H P_n H^\top + R)$.
+
+Under a posterior (NUTS draws of a NumPyro model), `forecast_posterior` draws one future path of
+states and observations per posterior draw from that law: the draws form the posterior predictive
+distribution, which carries the parameter uncertainty as well as the process and observation
+noise. Its pointwise quantiles are the usual predictive bands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ._checks import check_finite, check_times, concrete, float64
+from .discretize import _discretize_grouped, symmetrize
+from .kalman import _filter_one, is_complete, prepare
+from .params import LGSSMParams, SDEParams, as_float_array
+from .simulate import psd_sqrt
+
+
+class Forecast(NamedTuple):
+    r"""Output of `forecast`; with `B` sequences every field but `times` gains a leading `B` axis.
+
+    Entry `n` is the law given all the data, $p(\,\cdot\,(f_n) \mid y_{1:T})$, at the future
+    time `times[n]`.
+    """
+
+    times: Float[Array, "*B N"]
+    state_means: Float[Array, "*B N d"]
+    state_covs: Float[Array, "*B N d d"]
+    obs_means: Float[Array, "*B N p"]
+    obs_covs: Float[Array, "*B N p p"]
+
+
+class PosteriorForecast(NamedTuple):
+    """Output of `forecast_posterior`: one future path per posterior draw.
+
+    `obs_draws[s]` and `state_draws[s]` are a path drawn under posterior draw `s`; together they
+    are draws of the posterior predictive distribution. `quantiles` gives pointwise bands.
+    """
+
+    times: Float[Array, "*B N"]
+    state_draws: Float[Array, "S *B N d"]
+    obs_draws: Float[Array, "S *B N p"]
+
+    def quantiles(self, q: ArrayLike) -> np.ndarray:
+        """Pointwise quantiles of the future observations, `(len(q), *B, N, p)`."""
+        return np.quantile(np.asarray(self.obs_draws), np.asarray(q), axis=0)
+
+
+def bands(result: Forecast | PosteriorForecast, level: float = 0.95) -> dict[str, np.ndarray]:
+    """Pointwise predictive bands of the future observations of one sequence.
+
+    Returns a dict of `(N, p)` arrays: `"mean"`, `"lower"` and `"upper"` (the central `level`
+    interval), and `"sd"` for a `Forecast` (normal quantiles) or `"median"` for a
+    `PosteriorForecast` (quantiles of the draws).
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"`level` must be in (0, 1); got {level}.")
+    tail = (1 - level) / 2
+    if isinstance(result, PosteriorForecast):
+        draws = np.asarray(result.obs_draws)
+        if draws.ndim != 3:
+            raise ValueError(f"bands are for one sequence ((S, N, p) draws); got {draws.shape}.")
+        low, med, high = np.quantile(draws, [tail, 0.5, 1 - tail], axis=0)
+        return {"mean": draws.mean(0), "median": med, "lower": low, "upper": high}
+    from scipy.stats import norm
+
+    mean = np.asarray(result.obs_means)
+    if mean.ndim != 2:
+        raise ValueError(f"bands are for one sequence ((N, p) means); got {mean.shape}.")
+    sd = np.sqrt(np.clip(np.diagonal(np.asarray(result.obs_covs), axis1=-2, axis2=-1), 0, None))
+    z = norm.ppf(1 - tail)
+    return {"mean": mean, "sd": sd, "lower": mean - z * sd, "upper": mean + z * sd}
+
+
+# --------------------------------------------------------------------------- the recursion
+
+
+def _propagate(m, P, A, Sigma):
+    """Moments at each future time from `N(m, P)` at the last observation: `(N, d)`, `(N, d, d)`."""
+
+    def step(carry, xs):
+        m, P = carry
+        A_n, Sigma_n = xs
+        m = A_n @ m
+        P = symmetrize(A_n @ P @ A_n.T + Sigma_n)
+        return (m, P), (m, P)
+
+    _, (means, covs) = jax.lax.scan(step, (m, P), (A, Sigma))
+    return means, covs
+
+
+def _forecast_one(past: LGSSMParams, y, A, Sigma, complete: bool = False):
+    """`(state_means, state_covs, obs_means, obs_covs)` of one sequence."""
+    filt = _filter_one(past, y, complete)
+    means, covs = _propagate(filt.filtered_means[-1], filt.filtered_covs[-1], A, Sigma)
+    H, u, R = past.H, past.u, past.R
+    obs_means = means @ H.T + u[None, :]
+    obs_covs = symmetrize(H @ covs @ H.T + R[None])
+    return means, covs, obs_means, obs_covs
+
+
+def _sample_path(key, past: LGSSMParams, y, A, Sigma, complete: bool = False):
+    """One future path `(x (N, d), y (N, p))` drawn from the forecast law of one sequence."""
+    filt = _filter_one(past, y, complete)
+    N, d = A.shape[0], A.shape[-1]
+    p = past.H.shape[0]
+    k0, kx, ky = jax.random.split(key, 3)
+    x0 = filt.filtered_means[-1] + psd_sqrt(filt.filtered_covs[-1]) @ jax.random.normal(
+        k0, (d,), dtype=A.dtype
+    )
+
+    def step(x, xs):
+        A_n, Sigma_n, z = xs
+        x = A_n @ x + psd_sqrt(Sigma_n) @ z
+        return x, x
+
+    z = jax.random.normal(kx, (N, d), dtype=A.dtype)
+    _, xs = jax.lax.scan(step, x0, (A, Sigma, z))
+    e = jax.random.normal(ky, (N, p), dtype=A.dtype) @ psd_sqrt(past.R).T
+    return xs, xs @ past.H.T + past.u[None, :] + e
+
+
+# --------------------------------------------------------------------------- public boundary
+
+
+def _future_steps(params, y, times, future_times, dt, num_steps):
+    """`(future_times, steps)`: absolute future times and the steps from the last observation,
+    each `(N,)`, or `(B, N)` when the sequences end at different times."""
+    T = np.shape(y)[-2]
+    if future_times is not None and num_steps is not None:
+        raise ValueError("give either `future_times` or `num_steps`, not both.")
+    if isinstance(params, LGSSMParams):
+        if future_times is not None:
+            raise ValueError(
+                "an `LGSSMParams` has no time axis: give `num_steps` (steps of its own `A`, "
+                "`Sigma`), or forecast from an `SDEParams` at `future_times`."
+            )
+        if num_steps is None:
+            raise ValueError("give `num_steps`, the number of steps to forecast.")
+        return None, None
+    if future_times is None:
+        if num_steps is None:
+            raise ValueError("give `future_times` (or `num_steps` with a uniform `dt`).")
+        if dt is None:
+            raise ValueError(
+                "`num_steps` needs a uniform `dt`; with observation `times`, give `future_times`."
+            )
+        _check_num_steps(num_steps)
+        future_times = dt * (T - 1 + np.arange(1, num_steps + 1))
+    if concrete(future_times) is None:
+        raise ValueError("`future_times` must be concrete (not traced): they set the shapes.")
+    future_times = np.asarray(future_times, dtype=float)
+    if future_times.ndim not in (1, 2) or future_times.shape[-1] < 1:
+        raise ValueError(
+            f"`future_times` must have shape (N,) or (B, N) with N >= 1; got {future_times.shape}."
+        )
+    check_finite("future_times", future_times)
+    check_times("future_times", future_times)
+    if times is None:
+        last = np.asarray(dt * (T - 1), dtype=float)
+    else:
+        v = concrete(times)
+        if v is None:
+            raise ValueError("`times` must be concrete (not traced) to forecast.")
+        last = np.asarray(v, dtype=float)[..., -1]
+    if future_times.ndim == 2 and (np.ndim(y) != 3 or future_times.shape[0] != np.shape(y)[0]):
+        raise ValueError(
+            f"`future_times` of shape {future_times.shape} gives one grid per sequence, so `y` "
+            f"must be ({future_times.shape[0]}, T, p); got {np.shape(y)}."
+        )
+    first = future_times[..., 0]
+    if np.any(first <= last):
+        raise ValueError(
+            f"`future_times` must start after the last observation time {np.max(last):.6g}; "
+            f"its first entry is {float(np.min(first)):.6g}."
+        )
+    batch = np.broadcast_shapes(last.shape, future_times.shape[:-1])
+    last = np.broadcast_to(last, batch)
+    future_times = np.broadcast_to(future_times, (*batch, future_times.shape[-1]))
+    steps = np.diff(np.concatenate([last[..., None], future_times], axis=-1), axis=-1)
+    return future_times, steps
+
+
+def _check_num_steps(num_steps):
+    if not isinstance(num_steps, int | np.integer) or num_steps < 1:
+        raise ValueError(f"`num_steps` must be an integer >= 1; got {num_steps!r}.")
+
+
+def _setup(params, y, times, future_times, dt, num_steps):
+    """Validate and resolve into `(past LGSSMParams, y, past_batched, A, Sigma, future_batched,
+    future_times)` with `A`, `Sigma` of the future steps."""
+    from .em import EMResult
+
+    if isinstance(params, EMResult):
+        params = params.sde if params.sde is not None else params.params
+    if not isinstance(params, SDEParams | LGSSMParams):
+        raise TypeError(
+            "`params` must be SDEParams, LGSSMParams or an EMResult; got "
+            f"{type(params).__name__} (for a NumPyro model's site values use `model_sde`)."
+        )
+    future_times, steps = _future_steps(params, y, times, future_times, dt, num_steps)
+    past, y, past_batched = prepare(params, y, times, dt)
+    if any(np.ndim(v) != nd for v, nd in zip((past.H, past.u, past.R), (2, 1, 2), strict=True)):
+        raise ValueError(
+            "forecasting needs time-invariant emissions (`H`, `u`, `R` without a time axis): "
+            "the future has no per-step values."
+        )
+    if isinstance(params, LGSSMParams):
+        if past.A.ndim != 2 or past.Sigma.ndim != 2:
+            raise ValueError(
+                "`num_steps` continues a time-invariant `LGSSMParams`; this one has per-step "
+                "`A`/`Sigma`. Forecast from the `SDEParams` at `future_times` instead."
+            )
+        _check_num_steps(num_steps)
+        A = jnp.broadcast_to(past.A, (num_steps, *past.A.shape))
+        Sigma = jnp.broadcast_to(past.Sigma, (num_steps, *past.Sigma.shape))
+        future_times = np.arange(1, num_steps + 1, dtype=float)
+        return past, y, past_batched, A, Sigma, False, future_times
+    A, Sigma = _discretize_grouped(params.F, params.L @ params.L.T, steps)
+    future_batched = steps.ndim == 2
+    if future_batched and y.ndim != 3:
+        raise ValueError(f"per-sequence `times` need `y` of shape (B, T, p); got {y.shape}.")
+    return past, y, past_batched, A, Sigma, future_batched, future_times
+
+
+def _apply(fn, past, y, past_batched, A, Sigma, future_batched, complete, *extra):
+    """Run a one-sequence `fn(*extra, past, y, A, Sigma, complete)` over `(T, p)` or `(B, T, p)`."""
+    if y.ndim == 2:
+        return fn(*extra, past, y, A, Sigma, complete)
+    axes_past = LGSSMParams(0, 0, None, None, None, None, None) if past_batched else None
+    axes_future = 0 if future_batched else None
+    extra_axes = (0,) * len(extra)
+    one = lambda *a: fn(*a, complete)  # noqa: E731
+    return jax.vmap(one, in_axes=(*extra_axes, axes_past, 0, axes_future, axes_future))(
+        *extra, past, y, A, Sigma
+    )
+
+
+@float64
+def forecast(
+    params: SDEParams | LGSSMParams,
+    y: Float[ArrayLike, "*B T p"],
+    times: Float[ArrayLike, "*B T"] | None = None,
+    future_times: Float[ArrayLike, "*B N"] | None = None,
+    *,
+    dt: float | None = None,
+    num_steps: int | None = None,
+) -> Forecast:
+    r"""Predictive means and covariances of future states and observations given `y`.
+
+    Args:
+        params: an `SDEParams` (or the `EMResult` of an SDE fit), or a time-invariant
+            `LGSSMParams` (forecast `num_steps` of its own steps).
+        y: observations `(T, p)` or `(B, T, p)`; NaN marks a missing value.
+        times: observation times `(T,)` or `(B, T)`, as for `kalman_filter`.
+        future_times: the times to forecast, `(N,)` (or `(B, N)`), strictly increasing and after
+            the last observation time of every sequence.
+        dt: a uniform step instead of `times` (observations at `0, dt, ..., (T-1) dt`).
+        num_steps: with `dt` (or an `LGSSMParams`), forecast `N = num_steps` steps of that size
+            instead of giving `future_times`.
+
+    Returns:
+        A `Forecast`: the future `times` and, at each, the means and covariances of the state and
+        of the observation (the latter including `R`).
+
+    Raises:
+        ValueError: future times not after the data, not increasing or not finite; per-step
+            emissions; and every error of `kalman_filter`.
+
+    Examples:
+        >>> import jax.numpy as jnp, sdessm
+        >>> rw = sdessm.SDEParams(F=jnp.zeros((1, 1)), L=jnp.eye(1), H=jnp.eye(1), u=jnp.zeros(1),
+        ...                       R=jnp.eye(1), mu1=jnp.zeros(1), P1=jnp.eye(1))
+        >>> fc = sdessm.forecast(rw, jnp.array([[2.0]]), jnp.array([0.0]), jnp.array([1.0, 3.0]))
+        >>> fc.obs_means[:, 0].round(12).tolist()        # E[x_1 | y_1 = 2] = 1, a random walk
+        [1.0, 1.0]
+        >>> fc.state_covs[:, 0, 0].round(12).tolist()   # Var[x_1 | y_1] = 1/2, plus Q * step
+        [1.5, 3.5]
+    """
+    complete = is_complete(y)
+    past, y, pb, A, Sigma, fb, future_times = _setup(params, y, times, future_times, dt, num_steps)
+    out = _apply(_forecast_one, past, y, pb, A, Sigma, fb, complete)
+    return Forecast(jnp.asarray(future_times), *out)
+
+
+def _draw_values(posterior, names: list[str]) -> dict[str, np.ndarray]:
+    """Site name -> draws `(S, *shape)` from ArviZ data (chains stacked) or a dict of arrays."""
+    if isinstance(posterior, dict):
+        return {k: np.asarray(posterior[k], dtype=float) for k in names}
+    from .diagnostics import _posterior
+
+    draws = _posterior(posterior)
+    missing = set(names) - set(draws)
+    if missing:
+        raise ValueError(f"the posterior has no draws of the model's sites {sorted(missing)}.")
+    return {k: draws[k].reshape((-1, *draws[k].shape[2:])) for k in names}
+
+
+def model_sde(model: Callable, values: dict, y, times, model_kwargs: dict | None = None):
+    """The `SDEParams` that a NumPyro LTI-SDE model builds from the given site values."""
+    from .infer import trace_model
+
+    tm = trace_model(model, y, times, model_kwargs)
+    return tm.sde(tm.check_values(values, "values"))
+
+
+@float64
+def forecast_posterior(
+    model: Callable,
+    posterior,
+    y: Float[ArrayLike, "*B T p"],
+    times: Float[ArrayLike, " T"],
+    future_times: Float[ArrayLike, " N"],
+    *,
+    num_draws: int | None = None,
+    seed: int = 0,
+    model_kwargs: dict | None = None,
+) -> PosteriorForecast:
+    """Posterior predictive draws of future states and observations of a NumPyro model.
+
+    For each posterior draw of the parameters, one future path is drawn from the exact forecast
+    law at those parameters (`forecast`), starting from a draw of the filtered last state.
+
+    Args:
+        model: the NumPyro model `model(times, y=None, **model_kwargs)` that was sampled.
+        posterior (InferenceData | DataTree | dict): the ArviZ data of `fit_nuts` (chains are
+            pooled), or a dict of site draws with a leading draw axis `(S, *shape)`.
+        y: the observations `(T, p)` or `(B, T, p)` the posterior conditions on.
+        times: their times `(T,)`.
+        future_times: `(N,)` times after the last observation, strictly increasing.
+        num_draws: use this many posterior draws, evenly thinned (default: all).
+        seed: the random seed of the paths.
+        model_kwargs: the model's other keyword arguments.
+
+    Returns:
+        A `PosteriorForecast`: `state_draws (S, *B, N, d)` and `obs_draws (S, *B, N, p)`.
+    """
+    from .infer import trace_model
+
+    tm = trace_model(model, y, times, model_kwargs)
+    draws = _draw_values(posterior, tm.names)
+    S = len(next(iter(draws.values())))
+    if num_draws is not None:
+        _check_num_steps(num_draws)
+        keep = np.unique(np.linspace(0, S - 1, min(int(num_draws), S)).round().astype(int))
+        draws = {k: v[keep] for k, v in draws.items()}
+        S = len(keep)
+    for k, v in draws.items():
+        if v.shape[1:] != tm.shapes[k]:
+            raise ValueError(
+                f"draws of site {k!r} have shape {v.shape[1:]}; the model's is {tm.shapes[k]}."
+            )
+        check_finite(f"posterior[{k!r}]", v)
+    complete = is_complete(y)
+    sde0 = tm.sde({k: jnp.asarray(v[0]) for k, v in draws.items()})
+    _setup(sde0, y, times, future_times, None, None)  # validate once, eagerly
+    y_arr = as_float_array(y, "y")
+
+    def one(key, values):
+        sde = tm.sde(values)
+        past, yy, pb, A, Sigma, fb, _ = _setup(sde, y_arr, times, future_times, None, None)
+        B = yy.shape[0] if yy.ndim == 3 else None
+        keys = key if B is None else jax.random.split(key, B)
+        return _apply(_sample_path, past, yy, pb, A, Sigma, fb, complete, keys)
+
+    keys = jax.random.split(jax.random.key(seed), S)
+    values = {k: jnp.asarray(v) for k, v in draws.items()}
+    xs, ys = jax.jit(jax.vmap(one))(keys, values)
+    return PosteriorForecast(jnp.asarray(np.asarray(future_times, dtype=float)), xs, ys)
