@@ -390,3 +390,18 @@ def test_entry_points_compute_in_float64_when_x64_is_off(rng):
     assert res.log_likelihood.dtype == np.float64
     ref = dense_smoother(arrays, y)[3]
     np.testing.assert_allclose(res.log_likelihood, ref, rtol=1e-6)  # inputs were rounded to f32
+
+
+def test_q_of_numpy_parameters_stays_float64_when_x64_is_off(rng):
+    """What `fit_em` returns holds NumPy float64 arrays; reading `.Q` must not round them."""
+    import warnings
+
+    L = rng.normal(size=(2, 2))
+    params = sdessm.SDEParams(
+        -np.eye(2), L, np.eye(2), np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)
+    )
+    with jax.enable_x64(False), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Q = params.Q
+    assert Q.dtype == np.float64
+    np.testing.assert_array_equal(Q, L @ L.T)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -47,8 +48,9 @@ class SDEParams(NamedTuple):
 
     @property
     def Q(self) -> Float[Array, "d d"]:
-        """Diffusion covariance $Q = L L^\\top$."""
-        L = jnp.asarray(self.L)
+        """Diffusion covariance $Q = L L^\\top$ (a NumPy array for a NumPy `L`: no float32
+        round trip when JAX runs without x64)."""
+        L = self.L if isinstance(self.L, np.ndarray | jax.Array) else np.asarray(self.L)
         return L @ L.T
 
     def validate(self, num_timesteps: int | None = None) -> SDEParams:
