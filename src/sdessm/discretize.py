@@ -76,6 +76,7 @@ def _discretize_step(F, Q, dt):
     return A, Sigma
 
 
+@jax.jit  # compiled once per shape: eagerly, the doubling scan would be traced on every call
 def _discretize(F, Q, steps):
     """(A, Sigma), each `steps.shape + (d, d)`, no validation."""
     flat = jnp.reshape(steps, (-1,))

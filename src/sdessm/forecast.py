@@ -16,6 +16,7 @@ noise. Its pointwise quantiles are the usual predictive bands.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -238,6 +239,7 @@ def _setup(params, y, times, future_times, dt, num_steps):
     return past, y, past_batched, A, Sigma, future_batched, future_times
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3, 6, 7))  # compiled once per shape and flags
 def _apply(fn, past, y, past_batched, A, Sigma, future_batched, complete, *extra):
     """Run a one-sequence `fn(*extra, past, y, A, Sigma, complete)` over `(T, p)` or `(B, T, p)`."""
     if y.ndim == 2:

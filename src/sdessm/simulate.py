@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,9 +110,14 @@ def simulate(
     if T < 1:
         raise ValueError(f"`num_timesteps` must be >= 1; got {T}.")
     lgssm = lgssm.validate(num_timesteps=T)
-    if num_sequences is None:
-        return _simulate_one(key, lgssm, T)
-    if int(num_sequences) < 1:
+    if num_sequences is not None and int(num_sequences) < 1:
         raise ValueError(f"`num_sequences` must be >= 1 or None; got {num_sequences}.")
-    keys = jax.random.split(key, int(num_sequences))
-    return jax.vmap(lambda k: _simulate_one(k, lgssm, T))(keys)
+    return _simulate(key, lgssm, T, None if num_sequences is None else int(num_sequences))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))  # compiled once per shape, reused
+def _simulate(key, params: LGSSMParams, T: int, num_sequences: int | None):
+    if num_sequences is None:
+        return _simulate_one(key, params, T)
+    keys = jax.random.split(key, num_sequences)
+    return jax.vmap(lambda k: _simulate_one(k, params, T))(keys)
