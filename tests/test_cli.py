@@ -152,14 +152,23 @@ def _sdessm(*args, cwd=None):
     )
 
 
-def test_simulate_fit_sample_end_to_end(tmp_path):
-    data = tmp_path / "ou.csv"
+@pytest.fixture(scope="module")
+def ou_csv(tmp_path_factory):
+    """150 rows of the OU zoo model with 10% missing, written by `sdessm simulate`."""
+    data = tmp_path_factory.mktemp("data") / "ou.csv"
     args = ["--model", "ou", "--n", "150", "--dt", "0.25", "--missing", "0.1", "--out", data]
-    assert _sdessm("simulate", *args).returncode == 0
-    t, y, _ = read_csv(data)
+    run = _sdessm("simulate", *args)
+    assert run.returncode == 0, run.stderr
+    return data
+
+
+def test_simulate_then_fit_with_forecast(ou_csv, tmp_path):
+    t, y, _ = read_csv(ou_csv)
     assert y.shape == (150, 1) and np.isnan(y).any() and np.allclose(np.diff(t), 0.25)
     out = tmp_path / "fit"
-    run = _sdessm("fit", data, "--model", "ou", "--objective", "map", "--forecast", 8, "--out", out)
+    run = _sdessm(
+        "fit", ou_csv, "--model", "ou", "--objective", "map", "--forecast", 8, "--out", out
+    )
     assert run.returncode == 0, run.stderr
     results = json.loads((out / "params.json").read_text())
     assert set(results["params"]) == {"theta", "sigma", "u", "noise"}
@@ -175,9 +184,11 @@ def test_simulate_fit_sample_end_to_end(tmp_path):
     np.testing.assert_allclose(table["y_sd"] ** 2, fc.obs_covs[:, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(table["y_upper"] - table["y_mean"], 1.959964 * table["y_sd"])
 
+
+def test_sample_with_posterior_predictive_forecast(ou_csv, tmp_path):
     out = tmp_path / "sample"
     quick = ["--chains", "1", "--warmup", "40", "--draws", "40", "--forecast", "5"]
-    run = _sdessm("sample", data, "--model", "ou", "--out", out, *quick)
+    run = _sdessm("sample", ou_csv, "--model", "ou", "--out", out, *quick)
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["posterior.nc", "summary.csv", "report.html", "posterior.png", "trace_rank.png"]
@@ -187,22 +198,46 @@ def test_simulate_fit_sample_end_to_end(tmp_path):
     assert np.asarray(idata["posterior"]["theta"].values).shape == (1, 40)
     table = pd.read_csv(out / "forecast.csv")
     assert list(table.columns) == ["t", "y_mean", "y_median", "y_lower", "y_upper"]
-    assert (table["y_lower"] < table["y_median"]).all() and (
-        table["y_median"] < table["y_upper"]
-    ).all()
+    assert (table["y_lower"] < table["y_median"]).all()
+    assert (table["y_median"] < table["y_upper"]).all()
 
-    bad = _sdessm("fit", data, "--model", "multivariate_ou", "--out", tmp_path / "no")
-    err = bad.stderr.strip().splitlines()
-    assert bad.returncode == 2 and len(err) == 1 and "expects (T, p) = (150, 2)" in err[0], err
-    for args, message in (
-        (["fit", tmp_path / "nothing.csv"], "does not exist"),
-        (["fit", data, "--forecast", "0"], "argument --forecast: must be > 0, got 0"),
-        (["sample", data, "--model", "nonsense"], "unknown model"),
-    ):
-        bad = _sdessm(*args, "--out", tmp_path / "no")
-        err = bad.stderr.strip().splitlines()
-        assert bad.returncode == 2 and message in err[-1] and "Traceback" not in bad.stderr, err
+
+def test_user_errors_from_a_fresh_interpreter(ou_csv, tmp_path):
+    """One line on stderr, exit status 2, no traceback, nothing written."""
+    run = _sdessm("fit", tmp_path / "nothing.csv", "--out", tmp_path / "no")
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(err) == 1 and "does not exist" in err[0], err
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "{data}", "--model", "multivariate_ou"], "expects (T, p) = (150, 2)"),
+        (["fit", "{data}", "--forecast", "0"], "argument --forecast: must be > 0, got 0"),
+        (["sample", "{data}", "--model", "nonsense"], "unknown model"),
+        (["data", "nonsense"], "unknown data set 'nonsense'"),
+    ],
+)
+def test_fit_sample_data_user_errors(ou_csv, tmp_path, capsys, args, message):
+    args = [a.format(data=ou_csv) for a in args]
+    try:
+        code = cli.main([*args, "--out", str(tmp_path / "no")])
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1], err
     assert not (tmp_path / "no").exists()
+
+
+def test_data_writes_the_shipped_csv(tmp_path, capsys):
+    assert cli.main(["data"]) == 0
+    listing = capsys.readouterr().out
+    assert "sunspots" in listing and "public domain" in listing
+    out = tmp_path / "s.csv"
+    assert cli.main(["data", "sunspots", "--out", str(out)]) == 0
+    t, y, names = read_csv(out, "year")
+    assert names == ["sunspots"] and y.shape == (309, 1) and t[0] == 1700 and t[-1] == 2008
 
 
 def test_console_script_runs():
