@@ -1,9 +1,9 @@
-# `make demo` and `make test` each set up the virtual environment they need, then run.
+# `make demo`, `make test` and `make docs` each set up the virtual environment they need, then run.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,18 +13,26 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+$(VENV)/.installed-test-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/sdessm demo --out demo-output
 
-lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests models benchmarks
+lint: $(VENV)/.installed-test-docs
+	$(BIN)/ruff check src tests models benchmarks docs notebooks
 
-test: $(VENV)/.installed-test lint
+# lint, then the tests, then the documentation (executed notebooks included)
+test: $(VENV)/.installed-test-docs lint
 	$(BIN)/python -m pytest -n auto --durations=10
+	$(MAKE) --no-print-directory docs
+
+# executes every notebook into docs/notebooks/, then builds the site into site/ (warnings fail)
+docs: $(VENV)/.installed-test-docs
+	$(BIN)/python notebooks/execute.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) .venv-* demo-output fit-output sample-output .pytest_cache
+	rm -rf $(VENV) .venv-* demo-output fit-output sample-output .pytest_cache site docs/notebooks \
+		.cache/mkdocs-jupyter

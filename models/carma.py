@@ -11,6 +11,7 @@ factors s^2 + 2 zeta_j omega_j s + omega_j^2 and, for odd p, one linear factor s
 root has a negative real part and every prior draw is stationary.
 
 Parameters and units (time in the units of `times`, y in its own units):
+
 - omega (radians / time), shape (floor(p/2),): natural frequencies of the quadratic factors,
   increasing. omega_1 ~ LogNormal(0, 1) and each log-ratio log(omega_{j+1} / omega_j) ~
   LogNormal(log 0.7, 0.7) (median ratio 2): positive increments of log omega.
@@ -29,6 +30,7 @@ lightly damped oscillation (period about 4.2, decay time about 6.7) with an MA t
 from T = 1000 steps of dt = 0.1.
 
 Identified: the data fix the spectral density and mu and noise, hence
+
 - the AR roots, as a set, given steps short enough that the oscillations are not aliased
   (omega_j sqrt(1 - zeta_j^2) < pi / dt) and a record long against 1 / (zeta_j omega_j). Which
   quadratic factor is "first" is a label-switching symmetry, broken here by the increasing omega.
@@ -62,12 +64,14 @@ def ar_coefficients(omega, zeta, lam=None):
     r"""Coefficients $[1, a_{p-1}, \dots, a_0]$ of $a(s)$, highest power first, from its factors.
 
     Args:
-        omega, zeta: `(k,)` natural frequencies and damping ratios of the quadratic factors
+        omega (ArrayLike): `(k,)` natural frequencies $\omega_j$ of the quadratic factors
             $s^2 + 2 \zeta_j \omega_j s + \omega_j^2$.
-        lam: the root $-\lambda$ of the linear factor $s + \lambda$ (odd p), or None.
+        zeta (ArrayLike): `(k,)` their damping ratios $\zeta_j$.
+        lam (float | None): the root $-\lambda$ of the linear factor $s + \lambda$ (odd p),
+            or None.
 
     Returns:
-        `(p + 1,)`, p = 2k (+ 1 with `lam`).
+        (Array): `(p + 1,)`, p = 2k (+ 1 with `lam`).
 
     Examples:
         >>> import jax.numpy as jnp
@@ -141,9 +145,11 @@ def model(times, y=None, *, p=P, q=Q):
     """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`.
 
     Args:
-        times: observation times `(T,)`.
-        y: observations `(T, 1)` (or `(B, T, 1)`), NaN = missing; None to simulate.
-        p, q: AR and MA orders, 0 <= q < p.
+        times (ArrayLike): observation times `(T,)`.
+        y (ArrayLike | None): observations `(T, 1)` (or `(B, T, 1)`), NaN = missing; None to
+            simulate.
+        p (int): the AR order, >= 1.
+        q (int): the MA order, 0 <= q < p.
     """
     p, q = int(p), int(q)
     if p < 1 or not 0 <= q < p:

@@ -3,6 +3,7 @@
 dx = [[0, 1], [-omega^2, -2 zeta omega]] x dt + [0, sigma]^T dW,  y = position + e.
 
 Parameters and units:
+
 - omega (radians / time): undamped angular frequency; LogNormal(log 2, 0.7).
 - zeta (dimensionless): damping ratio, < 1 for oscillation; Beta(2, 8) (mean 0.2).
 - sigma (position / time^1.5): force noise; HalfNormal(2).

@@ -1,6 +1,7 @@
 """Local level (random walk plus noise): dx = sigma dW (F = 0), y = x + e.
 
 Parameters and units:
+
 - sigma (y / sqrt(time)): how fast the level wanders; HalfNormal(1).
 - noise (y): observation noise sd; HalfNormal(1).
 - level0 (y): the level at the first observation; Normal(0, 10) (diffuse against typical data;

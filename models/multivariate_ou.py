@@ -3,6 +3,7 @@
 dx = F x dt + L dW, y = x + e, with F = [[-a1, b12], [b21, -a2]] and L lower-triangular.
 
 Parameters and units (time in the units of `times`):
+
 - a1, a2 (1/time): self-relaxation rates; LogNormal(0, 1).
 - b12, b21 (1/time): couplings; Normal(0, 1). The prior does not force stability: the posterior
   does, through the data.

@@ -1,6 +1,7 @@
 """Scalar Ornstein-Uhlenbeck process with noise: dx = -theta x dt + sigma dW, y = x + u + e.
 
 Parameters and units (time in the units of `times`, y in its own units):
+
 - theta (1/time): mean-reversion rate; LogNormal(log 0.5, 1) puts the correlation time 1/theta
   between about 0.3 and 15 time units.
 - sigma (y / sqrt(time)): diffusion; HalfNormal(2).

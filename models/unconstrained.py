@@ -5,6 +5,7 @@ dimension p, L lower-triangular and x_1 ~ N(0, I). mu1 = 0 and P1 = I are consta
 the state has no units of its own, and they fix its origin and scale.
 
 Parameters and units (time in the units of `times`, y in its own units, the state unitless):
+
 - F (1 / time), (d, d): drift; entries Normal(-I, 1), centred at the stable drift -I (unit
   relaxation rates). This favours but does not force stability (an eigenvalue with positive real
   part in about a third of the draws for d = 2, half for d = 3): the data decide. Centred at a
@@ -31,6 +32,7 @@ held fixed, the exact symmetry left is T orthogonal (rotations and reflections o
 general T changes only the law of the first state, whose weight fades with the record length,
 so the posterior is nearly flat along those directions too. Raw entries of F, L and H are
 therefore not comparable between fits or with the truth. Compare instead
+
 - the eigenvalues of F (rates and frequencies; |Im| < pi / dt to escape aliasing),
 - observation-frame quantities: the observation autocovariance
   C(tau) = H expm(F tau) P_inf H^T (P_inf the stationary covariance, F stable), equivalently the
@@ -153,10 +155,11 @@ def model(times, y=None, *, state_dim=STATE_DIM, obs_dim=None):
     """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`.
 
     Args:
-        times: observation times `(T,)`.
-        y: observations `(T, p)` (or `(B, T, p)`), NaN = missing; None to simulate.
-        state_dim: d.
-        obs_dim: p; read from the last axis of `y` when `y` is given, else `OBS_DIM`.
+        times (ArrayLike): observation times `(T,)`.
+        y (ArrayLike | None): observations `(T, p)` (or `(B, T, p)`), NaN = missing; None to
+            simulate.
+        state_dim (int): d.
+        obs_dim (int | None): p; read from the last axis of `y` when `y` is given, else `OBS_DIM`.
     """
     d = int(state_dim)
     p = OBS_DIM if obs_dim is None else int(obs_dim)

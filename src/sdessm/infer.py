@@ -232,13 +232,16 @@ def fit_em_model(
 
     Args:
         model: a NumPyro model `model(times, y=None, **model_kwargs)` with one LTISDE site.
-        y: `(T, p)` or `(B, T, p)` observations, NaN = missing.
-        times: `(T,)` observation times.
+        y (ArrayLike): `(T, p)` or `(B, T, p)` observations, NaN = missing.
+        times (ArrayLike): `(T,)` observation times.
         objective: `"mle"` (maximum likelihood) or `"map"` (posterior mode of the named sites).
-        init: starting site values (dict, constrained) or None for the prior medians.
+        init (dict | None): starting site values (constrained) or None for the prior medians.
         model_kwargs: further keyword arguments of the model.
         seed: seeds the prior medians (Monte Carlo) when `init` is None.
-        **em_kwargs: `num_iters`, `tol`, `mstep_iters`, `progress`, `psd`.
+        **em_kwargs (Any): `num_iters`, `tol`, `mstep_iters`, `progress`, `psd`.
+
+    Returns:
+        (EMResult): `params` is a dict of site values.
     """
     from .em import fit_em
 
@@ -325,11 +328,14 @@ def fit_nuts(
 
     Args:
         model: a NumPyro model `model(times, y=None, **model_kwargs)` with one LTISDE site.
-        y: `(T, p)` or `(B, T, p)` observations, NaN = missing.
-        times: `(T,)` observation times.
-        num_warmup, num_samples, num_chains: NUTS settings (per chain).
-        init: None (chains start at the prior medians), site values (dict), or the `EMResult`
-            of `fit_em(model, ...)`: every chain starts there and the estimate is attached.
+        y (ArrayLike): `(T, p)` or `(B, T, p)` observations, NaN = missing.
+        times (ArrayLike): `(T,)` observation times.
+        num_warmup: NUTS warm-up (adaptation) iterations per chain.
+        num_samples: NUTS draws kept per chain.
+        num_chains: the number of chains.
+        init (EMResult | dict | None): None (chains start at the prior medians), site values
+            (dict), or the `EMResult` of `fit_em(model, ...)`: every chain starts there and the
+            estimate is attached.
         truth: the true site values of simulated data, attached for `recovery_table`.
         seed: the random seed.
         chain_method: NumPyro's `"parallel"`, `"sequential"` or `"vectorized"`; by default
@@ -341,9 +347,10 @@ def fit_nuts(
         progress: show NumPyro's progress bar.
 
     Returns:
-        ArviZ data (`InferenceData` with ArviZ 0.x, `DataTree` with ArviZ 1.x) with posterior,
-        sample_stats, observed_data and log_likelihood groups; the posterior's attributes
-        `sdessm_em` and `sdessm_truth` hold the EM estimate and the truth as JSON.
+        (InferenceData | DataTree): ArviZ data (`InferenceData` with ArviZ 0.x, `DataTree` with
+            ArviZ 1.x) with posterior, sample_stats, observed_data and log_likelihood groups; the
+            posterior's attributes `sdessm_em` and `sdessm_truth` hold the EM estimate and the
+            truth as JSON.
     """
     import arviz as az
     from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value

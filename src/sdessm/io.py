@@ -85,10 +85,12 @@ def read_csv(path: str | os.PathLike, time_column: str = "t", columns=None):
     Args:
         path: the CSV file.
         time_column: the name of the time column.
-        columns: the value columns, in order (default: every other column).
+        columns (Sequence[str] | None): the value columns, in order (default: every other
+            column).
 
     Returns:
-        `(times (T,), y (T, p), names)`.
+        (tuple[ndarray, ndarray, list[str]]): `(times, y, names)`: times `(T,)`, values
+            `(T, p)` with NaN for missing cells, and the names of the value columns.
 
     Raises:
         ValueError: a missing or unreadable file, an unknown column, a cell that is not a number

@@ -22,10 +22,19 @@ from .simulate import simulate
 class LTISDE(Distribution):
     r"""Observations `(T, p)` of $dx = F x\,dt + L\,dW$, $y_k = H x(t_k) + u + r_k$.
 
+    The parameters are the fields of `SDEParams`, unbatched, and the observation times.
+
     Args:
-        F, L, H, u, R, mu1, P1: the model (see `SDEParams`); unbatched.
-        times: observation times `(T,)`, strictly increasing (concrete, so that equal steps
-            share one matrix exponential).
+        F (ArrayLike): drift `(d, d)`.
+        L (ArrayLike): diffusion `(d, m)`; $Q = L L^\top$.
+        H (ArrayLike): observation matrix `(p, d)`.
+        u (ArrayLike): observation offset `(p,)`.
+        R (ArrayLike): observation noise covariance `(p, p)`.
+        mu1 (ArrayLike): mean of the state at the first observation `(d,)`.
+        P1 (ArrayLike): covariance of the state at the first observation `(d, d)`.
+        times (ArrayLike): observation times `(T,)`, strictly increasing (concrete, so that
+            equal steps share one matrix exponential).
+        validate_args (bool | None): NumPyro's argument validation.
 
     The event shape is `(T, p)`; `log_prob` takes `(..., T, p)` and returns `(...)`, one value
     per sequence. NaN entries of `y` are missing and are marginalised.
