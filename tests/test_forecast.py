@@ -232,7 +232,7 @@ def test_bad_params():
         sdessm.forecast(lgssm, y, num_steps=2)
     with pytest.raises(ValueError, match="has no time axis"):
         sdessm.forecast(lgssm, y, future_times=[4.0])
-    with pytest.raises(ValueError, match="`num_steps` must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"`num_steps` must be >= 1 \(an integer\)"):
         sdessm.forecast(sde, y, dt=1.0, num_steps=0)
     per_step = sde._replace(u=jnp.zeros((3, 1)))
     with pytest.raises(ValueError, match="time-invariant emissions"):

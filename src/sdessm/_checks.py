@@ -1,13 +1,20 @@
 """Input validation shared by the public entry points.
 
-Shape checks always run (shapes are static, even under `jax.jit`). Value checks (finiteness,
-symmetry, positive semi-definiteness, increasing times) run only on concrete arrays: inside a
-trace the values are unknown and NaNs are left to propagate.
+Shape and dtype checks always run (shapes and dtypes are static, even under `jax.jit`). Value
+checks (finiteness, symmetry, positive semi-definiteness, increasing times) run only on concrete
+arrays: inside a trace the values are unknown and NaNs are left to propagate.
+
+Error types: `TypeError` when an argument is not of the expected kind at all (not a numeric
+array, a boolean or complex array, a string where a number is expected, not a random key);
+`ValueError` when it is of the right kind but has the wrong shape or value. Every message names
+the argument in backticks and says what was expected.
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
+import operator
 
 import jax
 import numpy as np
@@ -20,11 +27,20 @@ PSD_RTOL = 1e-8
 
 
 def concrete(x) -> np.ndarray | None:
-    """The value of `x` as a NumPy array, or None when `x` is traced."""
+    """The value of `x` as a NumPy array, or None when `x` is traced.
+
+    Input that is no array at all (ragged nested lists) comes back as an object array, so that
+    the dtype checks report it by name instead of NumPy failing without one.
+    """
     try:
         return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
+    except (TypeError, ValueError):
+        try:
+            return np.asarray(x, dtype=object)
+        except (TypeError, ValueError):
+            return np.array(None, dtype=object)
 
 
 def is_traced(tree) -> bool:
@@ -56,14 +72,28 @@ def check_ndim_shape(name: str, x, expected: tuple, what: str = "") -> None:
         raise ValueError(f"`{name}` must have shape {tuple(expected)}{extra}; got {np.shape(x)}.")
 
 
+def check_real_dtype(name: str, dtype) -> None:
+    """A real number dtype (integer or floating), else a TypeError naming `name`.
+
+    Booleans are not numbers here (a boolean `y` or `times` is a mistake, not data), and complex
+    values have no place in a real SDE.
+    """
+    if jax.dtypes.issubdtype(dtype, np.complexfloating):
+        raise TypeError(f"`{name}` must be real; got dtype {dtype}.")
+    if not (jax.dtypes.issubdtype(dtype, np.integer) or jax.dtypes.issubdtype(dtype, np.floating)):
+        raise TypeError(
+            f"`{name}` must be a numeric array (integer or floating point); got dtype {dtype}."
+        )
+
+
 def check_finite(name: str, x, *, allow_nan: bool = False) -> None:
+    """A real numeric array (dtype checked always) with no NaN or inf (values checked when
+    concrete); `allow_nan` admits NaN, the missing value of `y`."""
     v = concrete(x)
     if v is None:
+        check_real_dtype(name, x.dtype)
         return
-    if not np.issubdtype(v.dtype, np.number) and v.dtype != np.bool_:
-        raise TypeError(f"`{name}` must be a numeric array; got dtype {v.dtype}.")
-    if np.iscomplexobj(v):
-        raise TypeError(f"`{name}` must be real; got a complex array.")
+    check_real_dtype(name, v.dtype)
     if allow_nan:
         if np.isinf(v).any():
             raise ValueError(f"`{name}` contains inf; only NaN (missing) is allowed.")
@@ -72,7 +102,9 @@ def check_finite(name: str, x, *, allow_nan: bool = False) -> None:
 
 
 def check_covariance(name: str, x) -> None:
-    """Square (in the last two axes), finite, symmetric and PSD within the tolerances above."""
+    """Square (in the last two axes), finite, symmetric and PSD within the tolerances above:
+    `max|M - M^T| <= 1e-8 * max(1, max|M|)` and smallest eigenvalue `>= -1e-8 * max(1, max|M|)`
+    (`SYM_RTOL`, `PSD_RTOL`)."""
     shape = np.shape(x)
     if len(shape) < 2 or shape[-1] != shape[-2]:
         raise ValueError(f"`{name}` must be a square covariance matrix; got shape {shape}.")
@@ -83,11 +115,14 @@ def check_covariance(name: str, x) -> None:
     scale = max(1.0, float(np.abs(v).max()))
     asym = float(np.abs(v - np.swapaxes(v, -1, -2)).max())
     if asym > SYM_RTOL * scale:
-        raise ValueError(f"`{name}` must be symmetric; max |M - M^T| = {asym:.3g}.")
+        raise ValueError(
+            f"`{name}` must be symmetric (to {SYM_RTOL:g} relative); max |M - M^T| = {asym:.3g}."
+        )
     lam = float(np.linalg.eigvalsh(0.5 * (v + np.swapaxes(v, -1, -2))).min())
     if lam < -PSD_RTOL * scale:
         raise ValueError(
-            f"`{name}` must be positive semi-definite; its smallest eigenvalue is {lam:.3g}."
+            f"`{name}` must be positive semi-definite (smallest eigenvalue >= -{PSD_RTOL:g} "
+            f"relative); its smallest eigenvalue is {lam:.3g}."
         )
 
 
@@ -132,3 +167,61 @@ def check_observations(y, p: int) -> None:
     if shape[-2] < 1:
         raise ValueError("`y` must hold at least one time step.")
     check_finite("y", y, allow_nan=True)
+
+
+def check_count(name: str, value, minimum: int = 1, *, or_none: bool = False) -> int | None:
+    """`value` as an int, checked to be an integer (Python or NumPy, not bool) `>= minimum`.
+
+    Raises:
+        TypeError: `value` is not a number (a string, a bool, a list).
+        ValueError: a number that is not an integer (2.5, also 2.0) or is below `minimum`.
+    """
+    if value is None and or_none:
+        return None
+    expected = f"`{name}` must be >= {minimum} (an integer){' or None' if or_none else ''}"
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"{expected}; got {value!r}.")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        if isinstance(value, numbers.Real):
+            raise ValueError(f"{expected}; got {value!r}.") from None
+        raise TypeError(f"{expected}; got {type(value).__name__} {value!r}.") from None
+    if n < minimum:
+        raise ValueError(f"{expected}; got {value!r}.")
+    return n
+
+
+def check_nonnegative(name: str, value) -> float:
+    """`value` as a float, checked to be a real number `>= 0` (not NaN).
+
+    Raises:
+        TypeError: `value` is not a real number.
+        ValueError: it is negative or NaN.
+    """
+    expected = f"`{name}` must be >= 0 (a real number)"
+    real = isinstance(value, numbers.Real) or (
+        np.ndim(value) == 0
+        and hasattr(value, "dtype")
+        and (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
+    )
+    if isinstance(value, bool | np.bool_) or not real:
+        raise TypeError(f"{expected}; got {type(value).__name__} {value!r}.")
+    if not float(value) >= 0:
+        raise ValueError(f"{expected}; got {value!r}.")
+    return float(value)
+
+
+def check_key(name: str, key) -> None:
+    """A single JAX random key: a typed key (`jax.random.key`) of shape `()`, or a raw
+    `uint32` key (`jax.random.PRNGKey`) of shape `(2,)` (or `(n,)` for other generators)."""
+    dtype = getattr(key, "dtype", None)
+    shape = np.shape(key) if dtype is not None else None
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return
+        raise ValueError(f"`{name}` must be a single random key (shape ()); got shape {shape}.")
+    if dtype == np.uint32 and len(shape) == 1:
+        return
+    got = f"dtype {dtype}, shape {shape}" if dtype is not None else type(key).__name__
+    raise TypeError(f"`{name}` must be a JAX random key, e.g. `jax.random.key(0)`; got {got}.")

@@ -21,8 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_dt, check_finite, check_ndim_shape, check_times, concrete, float64
-from .params import LGSSMParams, SDEParams, as_arrays, as_float_array
+from ._checks import (
+    check_covariance,
+    check_dt,
+    check_finite,
+    check_ndim_shape,
+    check_times,
+    concrete,
+    float64,
+)
+from .params import LGSSMParams, SDEParams, as_arrays, as_float_array, as_real_array
 
 #: Largest $\max(\|F\|_1, \|F\|_\infty) h$ at which the block exponential is evaluated.
 _THETA = 0.5
@@ -126,12 +134,17 @@ def discretize(
     exactly, so that stiff steps keep their accuracy).
 
     Args:
-        F: drift, `(d, d)`.
-        L: diffusion, `(d, m)`.
-        dt: step length(s), > 0; an array gives one `(A, Sigma)` per entry.
+        F: drift, `(d, d)`, finite.
+        L: diffusion, `(d, m)`, finite.
+        dt: step length(s), finite and > 0; an array gives one `(A, Sigma)` per entry.
 
     Returns:
         `(A, Sigma)`, each `(*dt.shape, d, d)`; `Sigma` symmetric.
+
+    Raises:
+        ValueError: a shape, a non-finite value or a step <= 0 (values checked for concrete
+            arrays only, not inside `jax.jit`).
+        TypeError: an argument that is not a real numeric array.
 
     Examples:
         >>> import jax.numpy as jnp, sdessm
@@ -161,6 +174,11 @@ def discretize_params(
     (to 12 significant digits) share one matrix exponential; when all steps are equal, `A` and
     `Sigma` are `(d, d)`, otherwise `(T-1, d, d)`. The emission fields are copied.
 
+    Raises:
+        ValueError: invalid parameters (see `SDEParams.validate`), `times` not `(T,)`, not finite
+            or not strictly increasing, `dt` not a finite scalar > 0, or both or neither given.
+        TypeError: `params` not an `SDEParams`, or an argument not a real numeric array.
+
     Examples:
         >>> import jax.numpy as jnp, sdessm
         >>> rw = sdessm.SDEParams(F=jnp.zeros((1, 1)), L=jnp.eye(1), H=jnp.eye(1), u=jnp.zeros(1),
@@ -169,6 +187,8 @@ def discretize_params(
         >>> lg.Sigma[:, 0, 0].tolist()
         [0.5, 0.5, 2.0]
     """
+    if not isinstance(params, SDEParams):
+        raise TypeError(f"`params` must be SDEParams; got {type(params).__name__}.")
     params = as_arrays(params.validate())
     if (times is None) == (dt is None):
         raise ValueError("give exactly one of `times` (T,) and `dt` (a uniform step).")
@@ -206,11 +226,18 @@ def stationary_covariance(F: Float[ArrayLike, "d d"], Q: Float[ArrayLike, "d d"]
     when F is stable (every eigenvalue with negative real part).
 
     Args:
-        F: drift, `(d, d)`.
-        Q: diffusion covariance $L L^\top$, `(d, d)`, symmetric.
+        F: drift, `(d, d)`, finite.
+        Q: diffusion covariance $L L^\top$, `(d, d)`: symmetric to `1e-8` and positive
+            semi-definite to `-1e-8` (smallest eigenvalue), both relative to `max(1, max|Q|)`.
+            Values are checked only for concrete arrays, not inside `jax.jit`.
 
     Returns:
         `P`, `(d, d)`, symmetrised.
+
+    Raises:
+        ValueError: `F` or `Q` not square, of different sizes, not finite, or `Q` not a
+            covariance.
+        TypeError: `F` or `Q` not a real numeric array.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -219,10 +246,12 @@ def stationary_covariance(F: Float[ArrayLike, "d d"], Q: Float[ArrayLike, "d d"]
         >>> bool(jnp.allclose(P, 0.64))
         True
     """
-    F, Q = jnp.asarray(F), jnp.asarray(Q)
-    d = F.shape[-1]
+    F, Q = as_real_array(F, "F"), as_real_array(Q, "Q")
+    d = F.shape[-1] if F.ndim else 0
     if F.shape != (d, d) or Q.shape != (d, d):
         raise ValueError(f"`F` and `Q` must both be square (d, d); got {F.shape} and {Q.shape}.")
+    check_finite("F", F)
+    check_covariance("Q", Q)
     dtype = jnp.result_type(F, Q)
     F, Q = F.astype(dtype), Q.astype(dtype)
     eye = jnp.eye(d, dtype=dtype)

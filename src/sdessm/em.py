@@ -352,6 +352,8 @@ def fit_em(
     mstep_iters: int = 30,
     accelerate: bool = True,
     progress: bool = True,
+    checkpoint=None,
+    checkpoint_every: int = 10,
 ) -> EMResult:
     r"""Maximum-likelihood (or MAP) estimates by EM.
 
@@ -409,6 +411,15 @@ def fit_em(
             extrapolation with a monotone safeguard: one iteration is then three E-steps, and
             EM's slow crawl along weakly identified directions is cut by orders of magnitude.
         progress: show a progress bar.
+        checkpoint (str | os.PathLike | None): a file that keeps the run: every
+            `checkpoint_every` iterations and at the end, the iterate and the history are written
+            to it atomically (a temporary file, then one rename). If the file exists when
+            `fit_em` starts, the run resumes from it and ends exactly as an uninterrupted run
+            would (EM is deterministic); a finished run is returned as it was, or continued if
+            `num_iters` is now larger. A checkpoint of another fit (other data, times, start or
+            settings) is refused with a ValueError. For `structure` and `log_prior` the
+            functions themselves cannot be compared: resume with the same ones.
+        checkpoint_every: iterations between checkpoint writes.
         init (dict | None): starting site values of a NumPyro model (only with a model).
         objective: `"mle"` (default) or `"map"`, for a NumPyro model.
         model_kwargs: further keyword arguments of a NumPyro model.
@@ -445,6 +456,8 @@ def fit_em(
             mstep_iters=mstep_iters,
             progress=progress,
             accelerate=accelerate,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
         )
     if init is not None or objective is not None or model_kwargs is not None:
         raise ValueError(
@@ -452,16 +465,38 @@ def fit_em(
             "pass the starting values as the first argument (and `log_prior` for MAP)."
         )
     init = model
+    # argument checks: all of them before the data are read or anything is compiled
+    from ._checks import check_count, check_nonnegative
+
+    if structure is None and log_prior is None and not isinstance(init, SDEParams | LGSSMParams):
+        raise TypeError(
+            "`model` must be SDEParams, LGSSMParams, a NumPyro model function, or theta with "
+            f"`structure`; got {type(init).__name__}."
+        )
     if R_structure not in R_STRUCTURES:
         raise ValueError(f"`R_structure` must be one of {R_STRUCTURES}; got {R_structure!r}.")
     if emissions not in ("shared", "per_step"):
         raise ValueError(f"`emissions` must be 'shared' or 'per_step'; got {emissions!r}.")
     if psd not in ("report", "nearest"):
         raise ValueError(f"`psd` must be 'report' or 'nearest'; got {psd!r}.")
-    if int(num_iters) < 1:
-        raise ValueError(f"`num_iters` must be >= 1; got {num_iters}.")
-    if not tol >= 0:
-        raise ValueError(f"`tol` must be >= 0; got {tol}.")
+    num_iters = check_count("num_iters", num_iters)
+    mstep_iters = check_count("mstep_iters", mstep_iters)
+    tol = check_nonnegative("tol", tol)
+    if fixed is not None and structure is None:
+        names = (fixed,) if isinstance(fixed, str) else fixed
+        try:
+            names = tuple(names)
+        except TypeError:
+            names = None
+        if names is None or not all(isinstance(f, str) for f in names):
+            raise TypeError(
+                "`fixed` must be a field name or a sequence of field names, e.g. ('H', 'u'); "
+                f"got {fixed!r}."
+            )
+        fixed = names
+        _free_fields(init, fixed, 1)  # unknown names
+    if int(checkpoint_every) < 1:
+        raise ValueError(f"`checkpoint_every` must be >= 1; got {checkpoint_every}.")
     numerical = structure is not None or log_prior is not None
     if structure is not None:
         if fixed is not None:
@@ -570,8 +605,42 @@ def fit_em(
     report: dict = {"path": path}
     converged = False
     previous = state
-    with tqdm(total=int(num_iters), desc="EM", disable=not progress, leave=False) as bar:
-        for it in range(int(num_iters) + 1):
+    start, stopped = 0, None
+    if checkpoint is not None:
+        from . import checkpoint as ckpt
+
+        key = ckpt.fingerprint(
+            state,
+            path=path,
+            y=yb,
+            times=None if times is None else np.asarray(times, dtype=float),
+            dt=None if dt is None else float(dt),
+            fixed=tuple(sorted(fixed)),
+            R_structure=R_structure,
+            emissions=emissions,
+            accelerate=bool(accelerate),
+            mstep_iters=int(mstep_iters),
+        )
+        saved = ckpt.load(checkpoint, state, key)
+        if saved is not None:
+            state, previous = saved["state"], saved["previous"]
+            lls, objectives = saved["lls"], saved["objectives"]
+            start, stopped = saved["next_iter"], saved["stopped"]
+            if stopped is not None and stopped["reason"] == "reached num_iters":
+                if int(num_iters) > start:  # continue: iteration `start` is computed again
+                    lls, objectives, stopped = lls[:-1], objectives[:-1], None
+        save = lambda *a, **k: ckpt.save(checkpoint, *a, key=key, **k)  # noqa: E731
+    if stopped is not None:  # a finished run, as it was saved
+        converged = bool(stopped["converged"])
+        report["stopped"] = stopped["reason"]
+    with tqdm(
+        total=int(num_iters),
+        initial=start,
+        desc="EM",
+        disable=not progress or stopped is not None,
+        leave=False,
+    ) as bar:
+        for it in range(start, int(num_iters) + 1 if stopped is None else start):
             new_state, ll, lp = step(state)
             ll, objective = float(ll), float(ll) + float(lp)
             if not np.isfinite(objective):
@@ -588,16 +657,27 @@ def fit_em(
                 )
                 warnings.warn(f"EM stopped: {report['stopped']}.", RuntimeWarning, stacklevel=3)
                 state = previous
+                if checkpoint is not None:
+                    stop = {"reason": report["stopped"], "converged": False}
+                    save(state, state, lls, objectives, it, stopped=stop)
                 break
             lls.append(ll)
             objectives.append(objective)
             change = abs(objectives[-1] - objectives[-2]) if len(objectives) > 1 else np.inf
             if change <= tol * max(1.0, abs(objective)):
                 converged = True
+                if checkpoint is not None:
+                    stop = {"reason": "converged", "converged": True}
+                    save(state, previous, lls, objectives, it + 1, stopped=stop)
                 break
             if it == int(num_iters):
+                if checkpoint is not None:  # resumable with a larger num_iters
+                    stop = {"reason": "reached num_iters", "converged": False}
+                    save(state, previous, lls, objectives, it, stopped=stop)
                 break
             previous, state = state, new_state
+            if checkpoint is not None and (it + 1) % int(checkpoint_every) == 0:
+                save(state, previous, lls, objectives, it + 1)
             bar.update(1)
             bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
     report.setdefault("stopped", "converged" if converged else "reached num_iters")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_finite, check_times, concrete, float64
+from ._checks import check_count, check_finite, check_times, concrete, float64
 from .discretize import _discretize_grouped, symmetrize
 from .kalman import _filter_one, is_complete, prepare
 from .params import LGSSMParams, SDEParams, as_float_array
@@ -161,11 +161,16 @@ def _future_steps(params, y, times, future_times, dt, num_steps):
             raise ValueError(
                 "`num_steps` needs a uniform `dt`; with observation `times`, give `future_times`."
             )
-        _check_num_steps(num_steps)
+        num_steps = check_count("num_steps", num_steps)
         future_times = dt * (T - 1 + np.arange(1, num_steps + 1))
     if concrete(future_times) is None:
         raise ValueError("`future_times` must be concrete (not traced): they set the shapes.")
-    future_times = np.asarray(future_times, dtype=float)
+    try:
+        future_times = np.asarray(future_times, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`future_times` must be a numeric array (N,) or (B, N); got {future_times!r:.80}."
+        ) from None
     if future_times.ndim not in (1, 2) or future_times.shape[-1] < 1:
         raise ValueError(
             f"`future_times` must have shape (N,) or (B, N) with N >= 1; got {future_times.shape}."
@@ -197,9 +202,6 @@ def _future_steps(params, y, times, future_times, dt, num_steps):
     return future_times, steps
 
 
-def _check_num_steps(num_steps):
-    if not isinstance(num_steps, int | np.integer) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be an integer >= 1; got {num_steps!r}.")
 
 
 def _setup(params, y, times, future_times, dt, num_steps):
@@ -227,7 +229,7 @@ def _setup(params, y, times, future_times, dt, num_steps):
                 "`num_steps` continues a time-invariant `LGSSMParams`; this one has per-step "
                 "`A`/`Sigma`. Forecast from the `SDEParams` at `future_times` instead."
             )
-        _check_num_steps(num_steps)
+        num_steps = check_count("num_steps", num_steps)
         A = jnp.broadcast_to(past.A, (num_steps, *past.A.shape))
         Sigma = jnp.broadcast_to(past.Sigma, (num_steps, *past.Sigma.shape))
         future_times = np.arange(1, num_steps + 1, dtype=float)
@@ -358,7 +360,7 @@ def forecast_posterior(
     draws = _draw_values(posterior, tm.names)
     S = len(next(iter(draws.values())))
     if num_draws is not None:
-        _check_num_steps(num_draws)
+        num_draws = check_count("num_draws", num_draws)
         keep = np.unique(np.linspace(0, S - 1, min(int(num_draws), S)).round().astype(int))
         draws = {k: v[keep] for k, v in draws.items()}
         S = len(keep)

@@ -17,8 +17,10 @@ site values -> `SDEParams` (by running the model with the values substituted), a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import json
 from collections.abc import Callable
@@ -97,6 +99,17 @@ class TracedModel:
     def unconstrain(self, values: dict) -> dict:
         return {k: biject_to(self.supports[k]).inv(jnp.asarray(values[k])) for k in self.supports}
 
+    def sde_at(self, z: dict) -> SDEParams:
+        """The `SDEParams` at unconstrained site values `z` (EM's coordinates). A bound method of
+        a cached `TracedModel` is the same jit static argument call after call, so repeated fits
+        of one model to one data set compile once."""
+        return self.sde(self.constrain(z))
+
+    def log_prior_at(self, z: dict):
+        """`log_prior` at unconstrained site values `z` (no Jacobian: MAP in the sites' own
+        coordinates)."""
+        return self.log_prior(self.constrain(z))
+
     def sde(self, values: dict) -> SDEParams:
         """The `SDEParams` the model builds from the given (constrained) site values."""
         return _unwrap_ltisde(self._run(values)[self.site]["fn"]).params
@@ -129,8 +142,16 @@ class TracedModel:
         return out
 
 
+#: The most recent traced models, by model, data, times and keyword arguments.
+_TRACED: collections.OrderedDict = collections.OrderedDict()
+_TRACED_SIZE = 8
+
+
 def trace_model(model: Callable, y, times, model_kwargs: dict | None = None) -> TracedModel:
     """Read `model(times, y=y, **model_kwargs)` once and check it is an LTI-SDE model.
+
+    The same model, data, times and keyword arguments give back the same `TracedModel` (the
+    last few are kept), so that what was compiled for it is reused.
 
     Raises:
         ValueError: no observed `LTISDE` site or more than one, duplicate site names, a discrete
@@ -143,6 +164,34 @@ def trace_model(model: Callable, y, times, model_kwargs: dict | None = None) -> 
         raise ValueError("pass the data as `y`, not inside `model_kwargs`.")
     y = np.asarray(y, dtype=float)
     times = np.asarray(times, dtype=float)
+    key = _trace_key(model, y, times, kwargs)
+    if key is not None and key in _TRACED:
+        _TRACED.move_to_end(key)
+        return _TRACED[key]
+    tm = _trace_model(model, y, times, kwargs)
+    if key is not None:
+        _TRACED[key] = tm
+        while len(_TRACED) > _TRACED_SIZE:
+            _TRACED.popitem(last=False)
+    return tm
+
+
+def _trace_key(model, y, times, kwargs):
+    """A hashable key of the arguments, or None when the keyword arguments have no stable repr."""
+    try:
+        extra = repr(sorted(kwargs.items()))
+    except TypeError:
+        return None
+    if " at 0x" in extra:  # objects compared by identity: do not cache
+        return None
+    digest = hashlib.sha256()
+    for a in (y, times):
+        digest.update(f"{a.shape}".encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return (model, digest.hexdigest(), extra)
+
+
+def _trace_model(model, y, times, kwargs) -> TracedModel:
     try:
         with _numpyro_config():
             trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(times, y=y, **kwargs)
@@ -267,15 +316,8 @@ def fit_em_model(
         report = dict(result.report, model_sites=tm.names)
         return dataclasses.replace(result, params=params, report=report)
 
-    def structure(z):
-        return tm.sde(tm.constrain(z))
-
-    log_prior = None
-    if objective == "map":
-
-        def log_prior(z):
-            return tm.log_prior(tm.constrain(z))
-
+    structure = tm.sde_at
+    log_prior = tm.log_prior_at if objective == "map" else None
     with _numpyro_config():
         result = fit_em(
             tm.unconstrain(values), y, times, structure=structure, log_prior=log_prior, **em_kwargs
@@ -352,16 +394,17 @@ def fit_nuts(
             posterior's attributes `sdessm_em` and `sdessm_truth` hold the EM estimate and the
             truth as JSON.
     """
+    from ._checks import check_count
+
+    num_samples = check_count("num_samples", num_samples)
+    num_chains = check_count("num_chains", num_chains)
+    num_warmup = check_count("num_warmup", num_warmup, minimum=0)
+
     import arviz as az
     from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
 
     from .em import EMResult
 
-    for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
-        if int(value) < 1:
-            raise ValueError(f"`{name}` must be >= 1; got {value}.")
-    if int(num_warmup) < 0:
-        raise ValueError(f"`num_warmup` must be >= 0; got {num_warmup}.")
     tm = trace_model(model, y, times, model_kwargs)
     em_values = None
     if init is None:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import check_covariance, check_finite, check_ndim_shape
+from ._checks import check_covariance, check_finite, check_ndim_shape, check_real_dtype
 
 
 class SDEParams(NamedTuple):
@@ -57,10 +57,14 @@ class SDEParams(NamedTuple):
         """Check shapes and (for concrete arrays) values; return `self` unchanged.
 
         `H`, `u`, `R` may carry a leading axis of length T (per-step emissions), checked against
-        `num_timesteps` when it is given.
+        `num_timesteps` when it is given. Every field must be finite; `R` and `P1` symmetric to
+        `1e-8` and positive semi-definite to `-1e-8` (smallest eigenvalue), both relative to
+        `max(1, max|M|)` (`sdessm._checks.SYM_RTOL`, `PSD_RTOL`). Inside a trace (`jax.jit`)
+        only the shapes and dtypes are checked.
 
         Raises:
             ValueError: naming the field whose shape or value is wrong.
+            TypeError: naming a field that is not a real numeric array (bool, complex, strings).
         """
         if np.ndim(self.mu1) != 1:
             raise ValueError(f"`mu1` must be a vector (d,); got shape {np.shape(self.mu1)}.")
@@ -115,8 +119,12 @@ class LGSSMParams(NamedTuple):
     def validate(self, num_timesteps: int | None = None) -> LGSSMParams:
         """Check shapes (against `num_timesteps` T when given) and concrete values; return `self`.
 
+        As `SDEParams.validate`; `Sigma`, `R` and `P1` are the covariances checked for symmetry
+        and positive semi-definiteness (to `1e-8` relative).
+
         Raises:
             ValueError: naming the field whose shape or value is wrong.
+            TypeError: naming a field that is not a real numeric array (bool, complex, strings).
         """
         if np.ndim(self.mu1) != 1:
             raise ValueError(f"`mu1` must be a vector (d,); got shape {np.shape(self.mu1)}.")
@@ -164,21 +172,29 @@ def check_emissions(H, u, R, d: int, T: int | None) -> int:
     return p
 
 
-def as_float_array(x, name: str = "value") -> Array:
-    """`x` as a JAX array of the default float dtype (float64 inside sdessm's entry points).
+def as_real_array(x, name: str = "value") -> Array:
+    """`x` as a JAX array of its own real dtype (integer or floating point).
 
     Raises:
-        TypeError: naming `name` when `x` is not a real numeric array.
+        TypeError: naming `name` when `x` is not a real numeric array: strings, objects, ragged
+            nested lists, booleans and complex numbers are refused.
     """
     try:
         arr = jnp.asarray(x)
     except (TypeError, ValueError) as err:
         raise TypeError(f"`{name}` must be a numeric array; {err}") from None
-    if not (jnp.issubdtype(arr.dtype, jnp.number) or arr.dtype == jnp.bool_):
-        raise TypeError(f"`{name}` must be a numeric array; got dtype {arr.dtype}.")
-    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
-        raise TypeError(f"`{name}` must be real; got dtype {arr.dtype}.")
-    return arr.astype(jnp.result_type(float))
+    check_real_dtype(name, arr.dtype)
+    return arr
+
+
+def as_float_array(x, name: str = "value") -> Array:
+    """`x` as a JAX array of the default float dtype (float64 inside sdessm's entry points);
+    integer arrays are converted.
+
+    Raises:
+        TypeError: naming `name` when `x` is not a real numeric array (see `as_real_array`).
+    """
+    return as_real_array(x, name).astype(jnp.result_type(float))
 
 
 def as_arrays(params):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import float64
+from ._checks import check_count, check_key, float64
 from .kalman import _steps
 from .params import LGSSMParams, SDEParams, as_arrays
 
@@ -76,6 +76,12 @@ def simulate(
     Returns:
         `(x, y)` of shapes `(*B, T, d)` and `(*B, T, p)`.
 
+    Raises:
+        TypeError: `key` not a JAX random key, `params` of another type, or a count that is not
+            a number.
+        ValueError: `num_timesteps`, `num_sequences` not integers >= 1; `times` not finite and
+            strictly increasing; invalid parameters (see `SDEParams.validate`).
+
     Examples:
         >>> import jax, jax.numpy as jnp, sdessm
         >>> ou = sdessm.SDEParams(F=-jnp.eye(1), L=jnp.eye(1), H=jnp.eye(1), u=jnp.zeros(1),
@@ -84,6 +90,10 @@ def simulate(
         >>> x.shape, y.shape
         ((3, 11, 1), (3, 11, 1))
     """
+    check_key("key", key)
+    if num_timesteps is not None:
+        num_timesteps = check_count("num_timesteps", num_timesteps)
+    num_sequences = check_count("num_sequences", num_sequences, or_none=True)
     if isinstance(params, SDEParams):
         if times is not None:
             if dt is not None or num_timesteps is not None:
@@ -110,9 +120,7 @@ def simulate(
     if T < 1:
         raise ValueError(f"`num_timesteps` must be >= 1; got {T}.")
     lgssm = lgssm.validate(num_timesteps=T)
-    if num_sequences is not None and int(num_sequences) < 1:
-        raise ValueError(f"`num_sequences` must be >= 1 or None; got {num_sequences}.")
-    return _simulate(key, lgssm, T, None if num_sequences is None else int(num_sequences))
+    return _simulate(key, lgssm, T, num_sequences)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))  # compiled once per shape, reused
