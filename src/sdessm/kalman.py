@@ -5,8 +5,10 @@ and decoupling it in $R_k$ (unit variance, zero covariance with the observed com
 innovation is exactly zero and it adds nothing to the gain or, after removing the $\log 2\pi$ term,
 to the log-likelihood. A vector may be partly missing.
 
-The filtered covariance uses the Joseph form and every covariance is symmetrised; all solves use
-Cholesky factors, and the log-determinant of the innovation covariance comes from the same factor.
+The filtered covariance uses the Joseph form, and so do the scalar updates of `log_likelihood`
+(as a rank-one correction) and the smoothed covariance (`smoothed_cov`); every covariance is
+symmetrised; all solves use Cholesky factors, and the log-determinant of the innovation
+covariance comes from the same factor. See "Numerical robustness" in docs/conventions.md.
 """
 
 from __future__ import annotations
@@ -103,6 +105,17 @@ def smoother_gain(P_filt, P_pred_next, A):
     return cho_solve((jnp.linalg.cholesky(P_pred_next), True), A @ P_filt).T
 
 
+def smoothed_cov(P_filt, P_smooth_next, gain, A, Sigma):
+    r"""RTS smoothed covariance $P_f + G (P^s_{k+1} - A P_f A^\top - \Sigma) G^\top$, as a sum
+    of PSD terms (the smoother's Joseph form):
+    $(I - G A) P_f (I - G A)^\top + G (\Sigma + P^s_{k+1}) G^\top$, equal for the optimal $G$.
+    The difference form cancels where $P_f$ is small against $P^s_{k+1}$ and can turn negative
+    (float32 with observation noise of 1e-10 and short steps); this one stays PSD, symmetrised.
+    """
+    I_GA = jnp.eye(A.shape[-1], dtype=A.dtype) - gain @ A
+    return symmetrize(I_GA @ P_filt @ I_GA.T + gain @ (Sigma + P_smooth_next) @ gain.T)
+
+
 def _predict(m, P, A, Sigma):
     return A @ m, symmetrize(A @ P @ A.T + Sigma)
 
@@ -148,14 +161,17 @@ def _filter_one(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
 def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
     filt = _filter_one(params, y, complete)
     tv = params.time_varying()
-    A = params.A if tv["A"] else jnp.broadcast_to(params.A, (y.shape[0] - 1,) + params.A.shape)
+    steps = (y.shape[0] - 1,)
+    A = params.A if tv["A"] else jnp.broadcast_to(params.A, steps + params.A.shape)
+    Sigma = params.Sigma if tv["Sigma"] else jnp.broadcast_to(params.Sigma, steps + params.A.shape)
 
     def step(carry, xs):
         m_next, P_next = carry  # smoothed moments of x_{k+1}
-        m_f, P_f, m_pred, P_pred, A_k = xs  # filtered x_k; predicted x_{k+1}; A_k: x_k -> x_{k+1}
+        # filtered x_k; predicted x_{k+1}; the transition x_k -> x_{k+1}
+        m_f, P_f, m_pred, P_pred, A_k, Sigma_k = xs
         gain = smoother_gain(P_f, P_pred, A_k)
         m = m_f + gain @ (m_next - m_pred)
-        P = symmetrize(P_f + gain @ (P_next - P_pred) @ gain.T)
+        P = smoothed_cov(P_f, P_next, gain, A_k, Sigma_k)
         cross = P_next @ gain.T  # Cov[x_{k+1}, x_k | y_{1:T}]
         return (m, P), (m, P, cross)
 
@@ -166,6 +182,7 @@ def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherRes
         filt.predicted_means[1:],
         filt.predicted_covs[1:],
         A,
+        Sigma,
     )
     _, (ms, Ps, crosses) = jax.lax.scan(step, last, xs, reverse=True)
     return SmootherResult(
@@ -183,16 +200,31 @@ LOGLIK_STEADY_STEPS = 128
 LOGLIK_STEADY_RTOL = 1e-13
 
 
+def _scalar_update(P, h):
+    r"""Condition the covariance P on one whitened scalar observation $h^\top x + \varepsilon$,
+    $\varepsilon \sim N(0, 1)$. Returns `(P after, gain g = P h / s, s = h^T P h + 1)`.
+
+    Joseph form in $O(d^2)$: with $M = (I - g h^\top) P$ (the conventional update),
+    $(I - g h^\top) P (I - g h^\top)^\top + g g^\top = M + (g - M h)\, g^\top$. In exact
+    arithmetic $M h = g$; in floating point $g - M h$ is the residual of the cancellation in $M$,
+    which for small noise ($s \gg 1$) leaves only round-off in the observed direction, possibly
+    negative, and then the next $s$ too. The correction removes it to first order (float32 with
+    $R = 10^{-10}$ and short steps gave a NaN log-likelihood without it).
+    """
+    Ph = P @ h
+    s = h @ Ph + 1.0
+    g = Ph / s
+    M = P - jnp.outer(g, Ph)
+    return symmetrize(M + jnp.outer(g - M @ h, g)), g, s
+
+
 def _absorb(P, H_w):
     """Scalar updates of P by the rows of whitened H: (P after, gains P h / s (p, d), s (p,))."""
     gains, ss = [], []
     for i in range(H_w.shape[0]):
-        h = H_w[i]
-        Ph = P @ h
-        s = h @ Ph + 1.0
-        gains.append(Ph / s)
+        P, g, s = _scalar_update(P, H_w[i])
+        gains.append(g)
         ss.append(s)
-        P = P - jnp.outer(Ph, Ph / s)
     return P, jnp.stack(gains), jnp.stack(ss)
 
 
@@ -213,29 +245,29 @@ def _loglik_steady(A, Sigma, H_w, y_w, mu1, P1, num_steps: int):
     inv_s = jnp.concatenate([1.0 / ss, jnp.broadcast_to(1.0 / s_inf, (rest,) + s_inf.shape)])
     log_det = jnp.sum(jnp.log(ss)) + rest * jnp.sum(jnp.log(s_inf))
 
-    def mean_step(carry, xs):
-        m, quad = carry
+    def mean_step(m, xs):
         g_k, inv_s_k, y_k = xs
+        quad = jnp.zeros((), y_k.dtype)
         for i in range(H_w.shape[0]):
             e = y_k[i] - H_w[i] @ m
             m = m + g_k[i] * e
             quad = quad + e * e * inv_s_k[i]
-        return (A @ m, quad), None
+        return A @ m, quad
 
-    (_, quad), _ = jax.lax.scan(mean_step, (mu1, jnp.zeros((), y_w.dtype)), (gains, inv_s, y_w))
-    return -0.5 * (log_det + quad), converged
+    _, quads = jax.lax.scan(mean_step, mu1, (gains, inv_s, y_w))
+    return -0.5 * (log_det + jnp.sum(quads)), converged  # no running total: see `full` below
 
 
 def _loglik_one(params: LGSSMParams, y, complete: bool = False):
     r"""$\log p(y_{1:T})$ alone: the fast path for autodiff (NUTS, observed information).
 
     The observations are whitened by the Cholesky factor $C$ of $R$ ($C^{-1}(y - u)$,
-    $C^{-1} H$, unit noise) and their components are absorbed one at a time by scalar updates,
-    $P \leftarrow P - P h\, h^\top P / s$: no matrix factorisation inside the recursion (for
-    complete data $C$ is computed once) and no moments kept. Complete data on uniform steps
-    longer than `2 * LOGLIK_STEADY_STEPS` take the steady-state form when the Riccati recursion
-    has converged (checked at run time; otherwise the full recursion runs). Emissions that vary
-    per step fall back to the Joseph-form filter.
+    $C^{-1} H$, unit noise) and their components are absorbed one at a time by scalar updates
+    (`_scalar_update`, Joseph form in rank-one corrections): no matrix factorisation inside the
+    recursion (for complete data $C$ is computed once) and no moments kept. Complete data on
+    uniform steps longer than `2 * LOGLIK_STEADY_STEPS` take the steady-state form when the
+    Riccati recursion has converged (checked at run time; otherwise the full recursion runs).
+    Emissions that vary per step fall back to the Joseph-form filter.
     """
     tv = params.time_varying()
     if tv["H"] or tv["u"] or tv["R"]:
@@ -269,12 +301,9 @@ def _loglik_one(params: LGSSMParams, y, complete: bool = False):
         H_k, e_w, c = (H_w, y_k, const) if complete else whiten(y_k)
         ll = -c
         for i in range(p):  # scalar updates, unit noise
-            h = H_k[i]
-            Ph = P @ h
-            s = h @ Ph + 1.0
-            e = e_w[i] - h @ m
-            m = m + Ph * (e / s)
-            P = P - jnp.outer(Ph, Ph / s)
+            e = e_w[i] - H_k[i] @ m
+            P, g, s = _scalar_update(P, H_k[i])
+            m = m + g * e
             ll = ll - 0.5 * (jnp.log(s) + e * e / s)
         return m, P, ll
 
@@ -285,15 +314,17 @@ def _loglik_one(params: LGSSMParams, y, complete: bool = False):
         m, P, ll = update(params.mu1, params.P1, y_in[0])
 
         def step(carry, xs):
-            m, P, total = carry
+            m, P = carry
             k, y_k = xs
             f = shared | k
             m, P = _predict(m, P, f["A"], f["Sigma"])
             m, P, ll = update(m, P, y_k)
-            return (m, P, total + ll), None
+            return (m, P), ll
 
-        (_, _, total), _ = jax.lax.scan(step, (m, P, ll), (per_step, y_in[1:]))
-        return total
+        # summed by `jnp.sum` at the end, not as a running total in the carry: in float32 such a
+        # total over 1000 steps lost ~1e-6 of its value
+        _, lls = jax.lax.scan(step, (m, P), (per_step, y_in[1:]))
+        return ll + jnp.sum(lls)
 
     T = y.shape[0]
     if not complete or tv["A"] or tv["Sigma"] or T <= 2 * LOGLIK_STEADY_STEPS:

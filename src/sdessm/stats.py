@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from .discretize import symmetrize
-from .kalman import _smoother_one, joseph, smoother_gain
+from .kalman import _smoother_one, joseph, smoothed_cov, smoother_gain
 from .params import LGSSMParams
 
 
@@ -233,10 +233,10 @@ def _steady_covariances(params: LGSSMParams):
     P_pred, P_filt, gain, L_inv, log_det, G, P_next = head
     fwd_ok = _converged(P_next[-1], P_pred[-1]) & _converged(P_pred[-1], P_pred[-2])
 
-    P_filt_inf, G_inf, P_pred_inf = P_filt[-1], G[-1], P_next[-1]
+    P_filt_inf, G_inf = P_filt[-1], G[-1]
 
     def backward_tail(P_s_next, _):
-        P_s = symmetrize(P_filt_inf + G_inf @ (P_s_next - P_pred_inf) @ G_inf.T)
+        P_s = smoothed_cov(P_filt_inf, P_s_next, G_inf, A, Sigma)
         return P_s, P_s
 
     _, tail = jax.lax.scan(backward_tail, P_filt_inf, None, length=STEADY_STEPS - 1)
@@ -245,13 +245,11 @@ def _steady_covariances(params: LGSSMParams):
     bwd_ok = _converged(tail[0], tail[1])
 
     def backward_head(P_s_next, xs):
-        P_f, G_k, P_n = xs
-        P_s = symmetrize(P_f + G_k @ (P_s_next - P_n) @ G_k.T)
+        P_f, G_k = xs
+        P_s = smoothed_cov(P_f, P_s_next, G_k, A, Sigma)
         return P_s, (P_s, P_s_next @ G_k.T)
 
-    _, (head_s, head_cross) = jax.lax.scan(
-        backward_head, P_s_inf, (P_filt, G, P_next), reverse=True
-    )
+    _, (head_s, head_cross) = jax.lax.scan(backward_head, P_s_inf, (P_filt, G), reverse=True)
     return dict(
         ok=fwd_ok & bwd_ok,
         gain=gain,
