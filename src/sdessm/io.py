@@ -80,7 +80,8 @@ def read_csv(path: str | os.PathLike, time_column: str = "t", columns=None):
     """Observation times and values from a CSV file with a header row.
 
     Empty cells (and `NaN`, `NA`, `null`) in the value columns are missing observations; the time
-    column must be complete, finite and strictly increasing (irregular steps are fine).
+    column must be complete, finite and strictly increasing (irregular steps are fine). Spaces
+    around header names and cells are ignored; a row shorter than the header has missing cells.
 
     Args:
         path: the CSV file.
@@ -93,9 +94,10 @@ def read_csv(path: str | os.PathLike, time_column: str = "t", columns=None):
             `(T, p)` with NaN for missing cells, and the names of the value columns.
 
     Raises:
-        ValueError: a missing or unreadable file, an unknown column, a cell that is not a number
-            (naming its row and column), infinite values, or times that are missing or do not
-            increase.
+        ValueError: a missing or unreadable file, a row longer than the header, an unknown
+            column, a selected column named twice or a value column with no name, a cell that
+            is not a number (naming its row and column), infinite values, or times that are
+            missing or do not increase.
     """
     import numpy as np
     import pandas as pd
@@ -104,25 +106,43 @@ def read_csv(path: str | os.PathLike, time_column: str = "t", columns=None):
     if not path.is_file():
         raise ValueError(f"data file {path} does not exist.")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        # header=None: the header is read as a row, so that pandas neither renames repeated or
+        # empty names ("y.1", "Unnamed: 1") nor takes the first column of rows one cell longer
+        # than the header as an index (which would shift every value by one column)
+        frame = pd.read_csv(
+            path, header=None, dtype=str, keep_default_na=False, skipinitialspace=True
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot read {path} as CSV: {reason}") from None
-    names = [str(c) for c in frame.columns]
+    names = [str(c).strip() for c in frame.iloc[0]]
+    frame = frame.iloc[1:]
     if time_column not in names:
         raise ValueError(f"{path} has no time column {time_column!r}; its columns are {names}.")
     if columns is None:
+        unnamed = [j for j, c in enumerate(names) if not c and c != time_column]
+        if unnamed:
+            raise ValueError(
+                f"{path}: column {unnamed[0] + 1} of the header has no name; name it or choose "
+                "the value columns."
+            )
         columns = [c for c in names if c != time_column]
     unknown = [c for c in columns if c not in names]
     if unknown:
         raise ValueError(f"{path} has no column(s) {unknown}; its columns are {names}.")
+    for c in dict.fromkeys([time_column, *columns]):
+        if names.count(c) > 1:
+            raise ValueError(
+                f"{path}: column {c!r} appears {names.count(c)} times in the header; "
+                "which one is meant is ambiguous."
+            )
     if not columns:
         raise ValueError(f"{path} has no value columns besides the time column {time_column!r}.")
     if len(frame) == 0:
         raise ValueError(f"{path} has a header but no rows.")
 
     def numeric(name: str) -> np.ndarray:
-        cells = frame[name].astype(str).str.strip()
+        cells = frame[names.index(name)].astype(str).str.strip()
         missing = cells.str.lower().isin(_MISSING)
         values = pd.to_numeric(cells.where(~missing, "nan"), errors="coerce").to_numpy(float)
         bad = np.flatnonzero(np.isnan(values) & ~missing.to_numpy())
@@ -140,9 +160,9 @@ def read_csv(path: str | os.PathLike, time_column: str = "t", columns=None):
     if np.isnan(times).any():
         row = int(np.flatnonzero(np.isnan(times))[0])
         raise ValueError(f"{path}, row {row + 2}: the time column {time_column!r} is empty.")
-    steps = np.diff(times)
-    if (steps <= 0).any():
-        row = int(np.flatnonzero(steps <= 0)[0]) + 1
+    stalls = np.flatnonzero(times[1:] <= times[:-1])  # not np.diff: its steps may overflow
+    if stalls.size:
+        row = int(stalls[0]) + 1
         raise ValueError(
             f"{path}, row {row + 2}: time {times[row]:g} does not increase on the previous "
             f"{times[row - 1]:g}; times must be strictly increasing."
