@@ -243,3 +243,16 @@ def test_bad_params():
 
 def _idata_without_u():
     return arviz_data({k: np.full((1, 3), 0.5) for k in ("theta", "sigma", "noise")})
+
+
+def test_model_sde_is_the_models_own_construction():
+    from sdessm.forecast import model_sde  # the module; `sdessm.forecast` is the function
+
+    values = {"theta": 0.7, "sigma": 0.9, "u": 1.5, "noise": 0.3}
+    times = np.arange(5) * 0.5
+    got = model_sde(OU.model, values, np.ones((5, 1)), times)
+    want = OU.to_sde(**{k: jnp.asarray(v) for k, v in values.items()})
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="missing"):
+        model_sde(OU.model, {"theta": 0.7}, np.ones((5, 1)), times)
