@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.optimize
 from reference import random_spd, random_stable_drift
 
@@ -362,10 +363,22 @@ def test_sde_from_discrete_round_trip(rng):
 
 
 def test_no_real_logarithm(rng):
-    with pytest.raises(sdessm.NoRealLogarithmError, match=r"eigenvalue\(s\) \[-0.5\]"):
+    with pytest.raises(sdessm.NoRealLogarithmError, match=r"eigenvalue\(s\) \[-0.5\] on the") as e:
         sdessm.sde_from_discrete([[-0.5]], [[1.0]], 0.1)
-    with pytest.raises(sdessm.NoRealLogarithmError, match="non-positive real axis"):
+    assert "No real matrix logarithm exists" in str(e.value)
+    with pytest.raises(sdessm.NoRealLogarithmError, match=r"singular: eigenvalue\(s\) \[0\] "):
         sdessm.sde_from_discrete([[1.0, 0.0], [0.0, 0.0]], np.eye(2), 0.1)
+    # -0.5 I = expm(F) for F = log(0.5) I + pi [[0, -1], [1, 0]]: a real logarithm exists, at
+    # the Nyquist frequency, and the message says so (eigenvalues printed without "+0j")
+    F = np.log(0.5) * np.eye(2) + np.pi * np.array([[0.0, -1.0], [1.0, 0.0]])
+    np.testing.assert_allclose(scipy.linalg.expm(F), -0.5 * np.eye(2), atol=1e-14)
+    with pytest.raises(sdessm.NoRealLogarithmError, match="Nyquist frequency") as e:
+        sdessm.sde_from_discrete(-0.5 * np.eye(2), np.eye(2), 1.0)
+    assert "[-0.5, -0.5]" in str(e.value) and "j" not in str(e.value)
+    with pytest.raises(sdessm.NoRealLogarithmError, match=r"\[0.9\+0.1i, 0.9-0.1i, -0.5\]"):
+        sdessm.sde_from_discrete(
+            scipy.linalg.block_diag([[0.9, -0.1], [0.1, 0.9]], -0.5), np.eye(3), 1
+        )
     # data that flip sign at every step: EM fits A < 0, which no SDE produces at this step
     y = (5.0 * (-1.0) ** np.arange(60) + rng.normal(size=60) * 0.1)[:, None]
     init = sdessm.SDEParams(
@@ -646,3 +659,19 @@ def test_standard_errors_name_the_unidentified_direction(rng, key):
     res = sdessm.fit_em(truth, y, dt=0.3, num_iters=3, progress=False)  # F, L, H all free
     with pytest.raises(ValueError, match="not positive definite.*do not identify"):
         res.standard_errors()
+
+
+def test_safeguard_keeps_a_step_only_if_the_objective_does_not_fall():
+    """`_safeguard` against a concave quadratic with its maximum at 1: a good step is kept, an
+    overshoot is halved until it helps, a step that never helps returns the start."""
+    from sdessm.em import _safeguard
+
+    objective = jax.jit(lambda th: -((th["x"] - 1.0) ** 2))
+    start = {"x": jnp.asarray(0.0)}
+    kept = _safeguard(objective, start, {"x": jnp.asarray(0.8)})
+    assert float(kept["x"]) == 0.8
+    halved = _safeguard(objective, start, {"x": jnp.asarray(3.0)})  # 3 is worse; 1.5 is not
+    assert float(halved["x"]) == 1.5
+    never = _safeguard(objective, start, {"x": jnp.asarray(-1000.0)}, halvings=3)
+    assert float(never["x"]) == 0.0
+    assert float(_safeguard(objective, start, {"x": jnp.asarray(jnp.nan)})["x"]) == 0.0

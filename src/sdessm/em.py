@@ -22,7 +22,7 @@ import scipy.linalg
 
 from ._checks import float64
 from .discretize import _discretize, group_steps
-from .kalman import _filter_one, _map_sequences, prepare
+from .kalman import _filter_one, _loglik_one, _map_sequences, _map_sequences_jit, prepare
 from .mstep import R_STRUCTURES, closed_form_mstep, expected_complete_loglik, maximize
 from .params import LGSSMParams, SDEParams
 from .stats import expected_stats
@@ -32,6 +32,8 @@ LGSSM_FIELDS = LGSSMParams._fields
 
 #: Relative log-likelihood decrease tolerated as round-off.
 DECREASE_RTOL = 1e-9
+#: Backtracking halvings of a numerical M-step that lowered the log-likelihood (`_safeguard`).
+SAFEGUARD_HALVINGS = 6
 #: A recovered eigenvalue of F with |Im lambda| above this fraction of pi / dt is reported.
 NYQUIST_FRACTION = 0.9
 
@@ -151,7 +153,8 @@ def sde_from_discrete(A, Sigma, dt: float) -> tuple[np.ndarray, np.ndarray]:
     the principal branch assumes $|\mathrm{Im}\,\lambda| < \pi / \Delta t$.
 
     Raises:
-        NoRealLogarithmError: `A` is singular or has a real eigenvalue <= 0.
+        NoRealLogarithmError: `A` is singular or has a negative real eigenvalue (the message
+            says whether a non-principal real logarithm can exist).
 
     Examples:
         >>> import numpy as np, sdessm
@@ -168,13 +171,32 @@ def sde_from_discrete(A, Sigma, dt: float) -> tuple[np.ndarray, np.ndarray]:
     d = A.shape[0]
     eig = np.linalg.eigvals(A)
     scale = max(1.0, float(np.abs(eig).max()))
-    bad = (np.abs(eig.imag) <= 1e-10 * scale) & (eig.real <= 1e-12 * scale)
-    if bad.any():
+    real = np.abs(eig.imag) <= 1e-10 * scale
+    zero, negative = real & (np.abs(eig) <= 1e-12 * scale), real & (eig.real < -1e-12 * scale)
+    where = f"(all eigenvalues: {_format_eigenvalues(eig)}) at dt = {dt:g}"
+    advice = (
+        "Sample more densely (a shorter step), or fit a structured model with a constrained drift."
+    )
+    if zero.any():
         raise NoRealLogarithmError(
-            f"the fitted A has eigenvalue(s) {np.round(eig[bad].real, 6).tolist()} on the "
-            f"non-positive real axis (all eigenvalues: {np.round(eig, 6).tolist()}), so no real "
-            f"matrix logarithm and no LTI SDE reproduces it at dt = {dt:g}. Sample more densely "
-            "(a shorter step), or fit a structured model whose drift is constrained."
+            f"the fitted A is singular: eigenvalue(s) {_format_eigenvalues(eig[zero])} {where}. "
+            "A mode that decays completely within one step has no logarithm, so its drift is not "
+            f"identified. {advice}"
+        )
+    if negative.any():
+        values = np.sort(eig[negative].real)
+        clusters = np.split(values, np.flatnonzero(np.diff(values) > 1e-8 * scale) + 1)
+        if all(len(c) % 2 == 0 for c in clusters):
+            reason = (
+                "Each occurs an even number of times, so a real logarithm can exist (when its "
+                "Jordan blocks pair up), but not the principal one: the drift would oscillate at "
+                "exactly the Nyquist frequency pi / dt, which this step cannot identify."
+            )
+        else:
+            reason = "No real matrix logarithm exists, so no LTI SDE reproduces A at this step."
+        raise NoRealLogarithmError(
+            f"the fitted A has eigenvalue(s) {_format_eigenvalues(eig[negative])} on the negative "
+            f"real axis {where}. {reason} {advice}"
         )
     A_inv_T = np.linalg.solve(A, np.eye(d)).T
     block = np.block([[A, Sigma @ A_inv_T], [np.zeros((d, d)), A_inv_T]])
@@ -183,6 +205,18 @@ def sde_from_discrete(A, Sigma, dt: float) -> tuple[np.ndarray, np.ndarray]:
         log = log.real
     log = log / dt
     return log[:d, :d], 0.5 * (log[:d, d:] + log[:d, d:].T)
+
+
+def _format_eigenvalues(eig) -> str:
+    """Eigenvalues as `[-0.5, 0.2+0.3i]`: real ones without an imaginary part, 6 digits."""
+    scale = max(1.0, float(np.abs(eig).max())) if np.size(eig) else 1.0
+
+    def one(z):
+        if abs(z.imag) <= 1e-10 * scale:
+            return f"{z.real:.6g}"
+        return f"{z.real:.6g}{z.imag:+.6g}i"
+
+    return "[" + ", ".join(one(complex(z)) for z in eig) + "]"
 
 
 def _free_fields(init, fixed, B):
@@ -195,6 +229,13 @@ def _free_fields(init, fixed, B):
         raise ValueError(f"`fixed` names unknown field(s) {unknown}; choose from {list(allowed)}.")
     fixed = frozenset("L" if f == "Q" else f for f in fixed)
     return fixed
+
+
+def _observed_transitions(y) -> int:
+    """Transitions within the observed span of each sequence of `y` (B, T, p), summed."""
+    observed = np.any(~np.isnan(np.asarray(y)), axis=-1)
+    last = np.where(observed.any(axis=1), y.shape[1] - 1 - np.argmax(observed[:, ::-1], axis=1), 0)
+    return int(np.sum(last))
 
 
 def _group_steps(y, times, dt):
@@ -245,7 +286,44 @@ def _continuous_iteration(state: SDEParams, y, reps, groups, config):
 
         free = maximize(objective, free, mstep_iters)
     new = SDEParams(free.get("F", state.F), free.get("L", state.L), *emit[2:])
+    if free:  # closed-form emissions with the old (F, L) raise the objective: the fallback
+        loglik = lambda s: _total_loglik(s, y, reps, groups, complete)  # noqa: E731
+        emissions_only = SDEParams(state.F, state.L, *emit[2:])
+        new = _safeguard(loglik, state, _safeguard(loglik, emissions_only, new), halvings=0)
     return new, jnp.sum(logliks), jnp.zeros(())
+
+
+def _total_loglik(sde: SDEParams, y, reps, groups, complete):
+    """Marginal log-likelihood of all sequences `y` (B, T, p) under `sde` on the grouped steps."""
+    _, _, lg = _continuous_discrete(sde, reps, groups)
+    return jnp.sum(_map_sequences_jit(_loglik_one, lg, y, groups.ndim == 2, complete))
+
+
+def _safeguard(objective, old, new, halvings: int = SAFEGUARD_HALVINGS):
+    """`new`, or the first of `old + (new - old) / 2^j` (j = 1..halvings) that does not lower
+    `objective` below its value at `old`; `old` itself if none does. Jittable.
+
+    A numerical M-step only raises the expected complete-data log-likelihood as far as that can
+    be evaluated: with a numerically singular Sigma its transition term is dominated by
+    round-off, and a "better" L-BFGS point can lower the log-likelihood itself. Checking the
+    objective (log-likelihood, plus a log-prior) costs one filter pass per trial point, which
+    keeps generalized EM monotone whatever the conditioning of the expected one.
+    """
+    base = objective(old)
+    blend = lambda t: jax.tree.map(lambda a, b: b + t * (a - b), new, old)  # noqa: E731
+
+    def not_done(carry):
+        j, _, value = carry
+        return (j <= halvings) & ~(jnp.isfinite(value) & (value >= base))
+
+    def body(carry):
+        j, _, _ = carry
+        trial = blend(0.5**j)
+        return j + 1, trial, objective(trial)
+
+    _, trial, value = jax.lax.while_loop(not_done, body, (1, new, objective(new)))
+    ok = jnp.isfinite(value) & (value >= base)
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), trial, old)
 
 
 @functools.partial(jax.jit, static_argnames=("structure", "log_prior", "mstep_iters", "complete"))
@@ -265,7 +343,8 @@ def _structured_iteration(theta, y, reps, groups, structure, log_prior, mstep_it
         return expected_complete_loglik(stats, LGSSMParams(A_g, Sigma_g, *s[2:])) + prior(th)
 
     new = maximize(objective, theta, mstep_iters)
-    return new, jnp.sum(logliks), prior(theta)
+    total = lambda th: _total_loglik(structure(th), y, reps, groups, complete) + prior(th)  # noqa: E731
+    return _safeguard(total, theta, new), jnp.sum(logliks), prior(theta)
 
 
 def _squarem(step):
@@ -520,6 +599,13 @@ def fit_em(
         raise ValueError("`y` must hold at least 2 time steps for EM.")
     is_sde = isinstance(sde0, SDEParams)
     fixed = _free_fields(sde0, fixed, B) if structure is None else frozenset()
+    transitions_free = structure is None and not ({"F", "L"} <= fixed or {"A", "Sigma"} <= fixed)
+    if transitions_free and _observed_transitions(yb) == 0:
+        raise ValueError(
+            "`y` holds no transition between observed time steps: every sequence is observed at "
+            "one time at most (trailing all-NaN rows are padding). EM needs a sequence observed "
+            "at two times at least, or the transition parameters in `fixed`."
+        )
     per_step = emissions == "per_step"
     y_given = yb
     if per_step:
