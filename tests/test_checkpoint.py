@@ -123,9 +123,9 @@ def test_checkpoint_of_another_fit_is_refused(data, tmp_path):
     _fit(times, y, 2, path)
     other = y.copy()
     other[1] += 1.0
-    with pytest.raises(ValueError, match="was written by a different fit"):
+    with pytest.raises(ValueError, match="was written by a different run"):
         _fit(times, other, 2, path)
-    with pytest.raises(ValueError, match="was written by a different fit"):
+    with pytest.raises(ValueError, match="was written by a different run"):
         sdessm.fit_em(OU.model, y, times, init=dict(START, theta=2.0), num_iters=2,
                       progress=False, checkpoint=path)  # fmt: skip
     (tmp_path / "junk.npz").write_bytes(b"not a checkpoint")

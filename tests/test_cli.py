@@ -227,8 +227,12 @@ def test_simulate_then_fit_with_forecast(ou_csv, tmp_path):
 def test_sample_with_posterior_predictive_forecast(ou_csv, tmp_path):
     out = tmp_path / "sample"
     quick = ["--chains", "1", "--warmup", "40", "--draws", "40", "--forecast", "5"]
-    run = _sdessm("sample", ou_csv, "--model", "ou", "--out", out, *quick)
+    saved = tmp_path / "run.npz"
+    run = _sdessm("sample", ou_csv, "--model", "ou", "--out", out, *quick, "--checkpoint", saved)
     assert run.returncode == 0, run.stderr
+    with np.load(saved) as ckpt:  # the sampler's state and the 40 draws, to extend the run
+        meta = json.loads(str(ckpt["meta"]))
+    assert (meta["kind"], meta["num_draws"]) == ("NUTS", 40)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["posterior.nc", "summary.csv", "report.html", "posterior.png", "trace_rank.png"]
         + ["forecast.csv", "forecast.png"]

@@ -256,7 +256,7 @@ def fit_command(args: argparse.Namespace) -> int:
         times, y, names = _read_data(args)
         future = _future_times(times, args.forecast) if args.forecast else None
         print(f"EM ({args.objective}) of {args.model} on {len(times)} rows of {names}", flush=True)
-        em = fit_em(module.model, y, times, objective=args.objective)
+        em = fit_em(module.model, y, times, objective=args.objective, checkpoint=args.checkpoint)
     except ValueError as err:
         return _fail(str(err))
     try:
@@ -351,6 +351,7 @@ def sample_command(args: argparse.Namespace) -> int:
             num_chains=args.chains,
             init=init,
             seed=args.seed,
+            checkpoint=args.checkpoint,
         )
     except ValueError as err:
         return _fail(str(err))
@@ -485,6 +486,17 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help="also forecast N steps (the data's median step) past the last row, with 95%% "
             + ("bands at the EM estimate" if name == "fit" else "posterior predictive bands"),
+        )
+        p.add_argument(
+            "--checkpoint",
+            default=None,
+            metavar="FILE",
+            help="save the run in FILE as it goes; if FILE holds this run, continue from it "
+            + (
+                "(after an interruption)"
+                if name == "fit"
+                else "(after an interruption, or to more --draws without a new warm-up)"
+            ),
         )
         if name == "fit":
             p.add_argument("--objective", choices=("mle", "map"), default="mle")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import inspect
@@ -365,6 +366,8 @@ def fit_nuts(
     target_accept_prob: float = 0.8,
     model_kwargs: dict | None = None,
     progress: bool = True,
+    checkpoint=None,
+    checkpoint_every: int = 100,
 ):
     """NUTS on a NumPyro LTI-SDE model, the states marginalised by the Kalman filter.
 
@@ -387,6 +390,14 @@ def fit_nuts(
             vectorised otherwise.
         target_accept_prob: the NUTS step-size adaptation target.
         progress: show NumPyro's progress bar.
+        checkpoint (str | os.PathLike | None): a file to save the run in (atomically): after
+            warm-up and after every `checkpoint_every` draws per chain, the sampler's state
+            (positions, adapted step size and mass matrix, random keys) and the draws so far.
+            If the file exists and was written by this run (same model, data, settings, seed
+            and start), the run continues from it: an interrupted run resumes where it was
+            saved, and a finished one is extended to a larger `num_samples` without a new
+            warm-up. Resumed or not, the draws are the same.
+        checkpoint_every: draws per chain between checkpoints.
 
     Returns:
         (InferenceData | DataTree): ArviZ data (`InferenceData` with ArviZ 0.x, `DataTree` with
@@ -399,6 +410,7 @@ def fit_nuts(
     num_samples = check_count("num_samples", num_samples)
     num_chains = check_count("num_chains", num_chains)
     num_warmup = check_count("num_warmup", num_warmup, minimum=0)
+    checkpoint_every = check_count("checkpoint_every", checkpoint_every)
 
     import arviz as az
     from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
@@ -427,8 +439,32 @@ def fit_nuts(
         chain_method=chain_method,
         progress_bar=progress,
     )
+    args, kwargs = (tm.times,), dict(y=tm.y, **tm.kwargs)
     with _numpyro_config():
-        mcmc.run(jax.random.key(seed), tm.times, y=tm.y, **tm.kwargs)
+        if checkpoint is None:
+            mcmc.run(jax.random.key(seed), *args, **kwargs)
+        else:
+            from . import checkpoint as ckpt
+
+            traced_kwargs = _trace_key(model, tm.y, tm.times, tm.kwargs)
+            if traced_kwargs is None:
+                raise ValueError(
+                    "`checkpoint` needs `model_kwargs` whose values have a stable repr (numbers, "
+                    "strings, arrays): a resumed run must recognise them."
+                )
+            key = ckpt.fingerprint(
+                {} if init is None else start,
+                model=f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', '')}",
+                y=tm.y,
+                times=tm.times,
+                model_kwargs=traced_kwargs[2],
+                num_warmup=int(num_warmup),
+                num_chains=int(num_chains),
+                chain_method=chain_method,
+                target_accept_prob=float(target_accept_prob),
+                seed=int(seed),
+            )
+            _run_checkpointed(mcmc, checkpoint, checkpoint_every, key, seed, args, kwargs)
         idata = az.from_numpyro(mcmc, log_likelihood=True)
     attrs = idata["posterior"].attrs
     if em_values is not None:
@@ -436,3 +472,40 @@ def fit_nuts(
     if truth is not None:
         attrs[TRUTH_ATTR] = _jsonable(truth)
     return idata
+
+
+def _run_checkpointed(mcmc, path, every: int, key: str, seed: int, args, kwargs) -> None:
+    """Warm-up, then draws in blocks of `every` per chain, each followed by a checkpoint; continue
+    from `path` if it holds this run. Leaves `mcmc` holding every draw, as after one `run`."""
+    from . import checkpoint as ckpt
+
+    total = mcmc.num_samples
+    # one chain's initial state, from a copy of the kernel (`init` sets up the kernel for the
+    # chains it is given): the tree structure of the saved state
+    kernel = copy.copy(mcmc.sampler)
+    template = kernel.init(jax.random.key(0), mcmc.num_warmup, None, args, kwargs)
+    saved = ckpt.load_sampler(path, template, key)
+    if saved is None:
+        mcmc.warmup(jax.random.key(seed), *args, **kwargs)
+        state, draws, done = mcmc.post_warmup_state, None, 0
+        ckpt.save_sampler(path, state, draws, done, key)
+    else:
+        state, draws, done = saved["state"], saved["draws"], saved["num_draws"]
+    while done < total:
+        mcmc.num_samples = min(every, total - done)
+        mcmc.post_warmup_state = state
+        mcmc.run(state.rng_key, *args, **kwargs)
+        block = jax.device_get(mcmc._states)
+        draws = block if draws is None else jax.tree.map(_append_draws, draws, block)
+        state, done = mcmc.last_state, done + mcmc.num_samples
+        ckpt.save_sampler(path, state, draws, done, key)
+    # NumPyro keeps the draws of its last `run` only (none if the checkpoint was finished);
+    # ArviZ's converter reads these attributes
+    mcmc._args, mcmc._kwargs = args, kwargs
+    mcmc.num_samples = total
+    mcmc._states = jax.tree.map(lambda a: np.asarray(a)[:, :total], draws)
+    mcmc._states_flat = None
+
+
+def _append_draws(a, b):
+    return np.concatenate([np.asarray(a), np.asarray(b)], axis=1)
