@@ -231,6 +231,35 @@ def _free_fields(init, fixed, B):
     return fixed
 
 
+def shard_sequences(y, devices="all"):
+    """`y` (B, T, p) as one array whose sequences are split evenly over `devices`.
+
+    `devices` is `"all"` (`jax.devices()`: with `jax.distributed` initialised, the devices of
+    every process) or a sequence of devices. Every process passes the same full `y`; each device
+    receives its block of sequences (`jax.make_array_from_callback`).
+
+    Raises:
+        ValueError: no device given, or B not a multiple of their number.
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.devices() if isinstance(devices, str) and devices == "all" else devices
+    if isinstance(devices, str) or not len(devices):
+        raise ValueError(
+            f"`devices` must be 'all' or a non-empty list of devices; got {devices!r}."
+        )
+    y = np.asarray(y)
+    if y.ndim != 3 or y.shape[0] % len(devices):
+        raise ValueError(
+            f"`devices`: the {y.shape[0] if y.ndim == 3 else 1} sequence(s) of `y` cannot be "
+            f"split evenly over {len(devices)} devices; use a number of sequences that is a "
+            "multiple of the number of devices, or fewer devices."
+        )
+    mesh = Mesh(np.asarray(devices), ("sequences",))
+    sharding = NamedSharding(mesh, PartitionSpec("sequences"))
+    return jax.make_array_from_callback(y.shape, sharding, lambda index: y[index])
+
+
 def _observed_transitions(y) -> int:
     """Transitions within the observed span of each sequence of `y` (B, T, p), summed."""
     observed = np.any(~np.isnan(np.asarray(y)), axis=-1)
@@ -433,6 +462,7 @@ def fit_em(
     progress: bool = True,
     checkpoint=None,
     checkpoint_every: int = 10,
+    devices=None,
 ) -> EMResult:
     r"""Maximum-likelihood (or MAP) estimates by EM.
 
@@ -499,6 +529,12 @@ def fit_em(
             settings) is refused with a ValueError. For `structure` and `log_prior` the
             functions themselves cannot be compared: resume with the same ones.
         checkpoint_every: iterations between checkpoint writes.
+        devices (str | Sequence[jax.Device] | None): spread the sequences of `y` (B, T, p) over
+            devices: `"all"` (every device of every process, `jax.devices()`) or a list of
+            devices; None keeps them on the default device. B must be a multiple of the number
+            of devices. The E-step statistics are sums over sequences, so each device smooths
+            its share and the sums are reduced across devices (XLA inserts the all-reduce); the
+            result equals the one-device fit to round-off.
         init (dict | None): starting site values of a NumPyro model (only with a model).
         objective: `"mle"` (default) or `"map"`, for a NumPyro model.
         model_kwargs: further keyword arguments of a NumPyro model.
@@ -537,6 +573,7 @@ def fit_em(
             accelerate=accelerate,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
+            devices=devices,
         )
     if init is not None or objective is not None or model_kwargs is not None:
         raise ValueError(
@@ -642,6 +679,9 @@ def fit_em(
         )
     continuous = is_sde and not numerical and (len(reps) > 1 or "L" in fixed)
     complete = not bool(np.isnan(np.asarray(yb)).any())  # no NaN: a faster E-step
+    y_host = yb  # the data as given (a sharded array may not be addressable here in full)
+    if devices is not None:
+        yb = shard_sequences(yb, devices)
 
     if numerical:
         if structure is None:
@@ -698,7 +738,7 @@ def fit_em(
         key = ckpt.fingerprint(
             state,
             path=path,
-            y=yb,
+            y=y_host,
             times=None if times is None else np.asarray(times, dtype=float),
             dt=None if dt is None else float(dt),
             fixed=tuple(sorted(fixed)),
