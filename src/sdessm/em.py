@@ -231,6 +231,13 @@ def _free_fields(init, fixed, B):
     return fixed
 
 
+def mask_flags(y) -> tuple[bool, bool]:
+    """(no NaN in `y` (B, T, p), every sequence has the NaN pattern of the first): static flags
+    of the E-step, which shares one covariance recursion among sequences with one pattern."""
+    missing = np.isnan(np.asarray(y))
+    return not bool(missing.any()), bool((missing == missing[:1]).all())
+
+
 def shard_sequences(y, devices="all"):
     """`y` (B, T, p) as one array whose sequences are split evenly over `devices`.
 
@@ -278,8 +285,10 @@ def _group_steps(y, times, dt):
 @functools.partial(jax.jit, static_argnames=("config",))
 def _discrete_iteration(state: LGSSMParams, y, config):
     """E-step + closed-form M-step; returns the next state and the log-likelihood of `state`."""
-    fixed, R_structure, per_step, update_transitions, complete = config
-    stats, logliks = expected_stats(state, y, per_step=per_step, complete=complete)
+    fixed, R_structure, per_step, update_transitions, complete, same_mask = config
+    stats, logliks = expected_stats(
+        state, y, per_step=per_step, complete=complete, same_mask=same_mask
+    )
     new = closed_form_mstep(stats, state, fixed, R_structure, transitions=update_transitions)
     return new, jnp.sum(logliks), jnp.zeros(())
 
@@ -296,12 +305,12 @@ def _continuous_discrete(state: SDEParams, reps, groups, Q=None):
 @functools.partial(jax.jit, static_argnames=("config",))
 def _continuous_iteration(state: SDEParams, y, reps, groups, config):
     """E-step + closed-form emission/initial M-step + numerical (F, L) M-step."""
-    fixed, R_structure, per_step, mstep_iters, complete = config
+    fixed, R_structure, per_step, mstep_iters, complete, same_mask = config
     num_groups = reps.shape[0]
     _, _, lg = _continuous_discrete(state, reps, groups)
     batched = groups.ndim == 2
     stats, logliks = expected_stats(
-        lg, y, groups, num_groups, per_step, params_batched=batched, complete=complete
+        lg, y, groups, num_groups, per_step, batched, complete, same_mask
     )
     emit = closed_form_mstep(stats, lg, fixed, R_structure, transitions=False)
     free = {k: getattr(state, k) for k in ("F", "L") if k not in fixed}
@@ -355,14 +364,18 @@ def _safeguard(objective, old, new, halvings: int = SAFEGUARD_HALVINGS):
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), trial, old)
 
 
-@functools.partial(jax.jit, static_argnames=("structure", "log_prior", "mstep_iters", "complete"))
-def _structured_iteration(theta, y, reps, groups, structure, log_prior, mstep_iters, complete):
+@functools.partial(
+    jax.jit, static_argnames=("structure", "log_prior", "mstep_iters", "complete", "same_mask")
+)
+def _structured_iteration(
+    theta, y, reps, groups, structure, log_prior, mstep_iters, complete, same_mask=False
+):
     """E-step under `structure(theta)`, then a numerical M-step over theta (plus a log-prior)."""
     sde = structure(theta)
     _, _, lg = _continuous_discrete(sde, reps, groups)
     per_step = jnp.ndim(sde.H) == 3
     stats, logliks = expected_stats(
-        lg, y, groups, reps.shape[0], per_step, groups.ndim == 2, complete
+        lg, y, groups, reps.shape[0], per_step, groups.ndim == 2, complete, same_mask
     )
     prior = (lambda th: jnp.zeros(())) if log_prior is None else log_prior  # noqa: E731
 
@@ -678,7 +691,7 @@ def fit_em(
             "for irregular times fit an `SDEParams` with `times`."
         )
     continuous = is_sde and not numerical and (len(reps) > 1 or "L" in fixed)
-    complete = not bool(np.isnan(np.asarray(yb)).any())  # no NaN: a faster E-step
+    complete, same_mask = mask_flags(yb)
     y_host = yb  # the data as given (a sharded array may not be addressable here in full)
     if devices is not None:
         yb = shard_sequences(yb, devices)
@@ -706,12 +719,13 @@ def fit_em(
             log_prior_fn if log_prior is not None else None,
             iters,
             complete,
+            same_mask,
         )
         if accelerate:
             step = _squarem(step)
     elif continuous:
         state = _per_step_emissions(sde0, T) if per_step else sde0
-        config = (fixed, R_structure, per_step, int(mstep_iters), complete)
+        config = (fixed, R_structure, per_step, int(mstep_iters), complete, same_mask)
         step = lambda s: _continuous_iteration(s, yb, reps_j, groups_j, config)  # noqa: E731
         path = "numerical transitions"
     else:
@@ -722,7 +736,7 @@ def fit_em(
         if per_step:
             state = _per_step_emissions(state, T)
         update = not {"A", "Sigma"} <= discrete_fixed
-        config = (frozenset(discrete_fixed), R_structure, per_step, update, complete)
+        config = (frozenset(discrete_fixed), R_structure, per_step, update, complete, same_mask)
         step = lambda s: _discrete_iteration(s, yb, config)  # noqa: E731
         path = "closed form"
 

@@ -15,6 +15,16 @@ $\varepsilon \sim N(0, R_{mm} - R_{mo} R_{oo}^{-1} R_{om})$, all under the curre
 
 Trailing time steps of a sequence that are entirely NaN are padding: they add no emission and no
 transition, so padded and unpadded data give the same statistics.
+
+How they are computed: the covariances, gains and log-determinants of the filter and smoother
+depend on the parameters and the NaN mask, not on the values of y. Sequences that share one mask
+(all of them when the data are complete) therefore share one covariance recursion, and their
+means are propagated together as the rows of a `(B, d)` matrix; a sequence with a mask of its
+own runs its own recursion. The forward (filter) pass also computes the RTS gains; the backward
+pass adds up the covariance parts of the statistics as it goes, so no `(T, d, d)` array of
+smoothed or cross covariances is kept, and the sums of products of the means are one matrix
+product over the smoothed means. Long complete data on uniform steps take the steady-state
+shortcut at the end of this module.
 """
 
 from __future__ import annotations
@@ -23,10 +33,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, Float, Int
 
+from ._checks import concrete
 from .discretize import symmetrize
-from .kalman import _smoother_one, joseph, smoothed_cov, smoother_gain
+from .kalman import _steps, joseph, smoothed_cov, smoother_gain
 from .params import LGSSMParams
 
 
@@ -56,8 +69,15 @@ def conditional_emission(H, u, R, y):
     For a fully observed `y`: `G = 0`, `c = y`, `Cov e = 0`; fully missing: `G = H`, `c = u`,
     `Cov e = R`. No branching: the masked identities below reduce to those blocks.
     """
-    p = y.shape[-1]
     obs = ~jnp.isnan(y)
+    M, G, cov = _emission_given_mask(H, R, obs)
+    return G, u + M @ jnp.where(obs, y - u, 0.0), cov  # observed entries of c: y
+
+
+def _emission_given_mask(H, R, obs):
+    """The parts of `conditional_emission` that depend only on the mask `obs`: `(M, G, Cov e)`,
+    with `M = R[:, o] R_oo^{-1}` on the observed columns and 0 on the missing ones."""
+    p = obs.shape[-1]
     both = obs[:, None] & obs[None, :]
     R_tilde = jnp.where(both, R, jnp.eye(p, dtype=R.dtype))  # blockdiag(R_oo, I)
     chol = jnp.linalg.cholesky(R_tilde)
@@ -65,82 +85,259 @@ def conditional_emission(H, u, R, y):
     M = jax.scipy.linalg.cho_solve((chol, True), jnp.where(obs[None, :], R, 0.0).T).T
     H_o = jnp.where(obs[:, None], H, 0.0)
     G = H - M @ H_o  # rows of observed entries vanish
-    resid = jnp.where(obs, y - u, 0.0)
-    c = u + M @ resid  # observed entries: y
     cov = R - M @ jnp.where(obs[:, None], R, 0.0)
-    return G, c, symmetrize(cov)
+    return M, G, symmetrize(cov)
 
 
-def _sequence_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool, complete):
-    """Statistics of one sequence `y` (T, p) and its log-likelihood.
+#: Missing values with shared `H`, `R`: the emission moments given the mask are tabulated for all
+#: `2^p` masks (instead of computed at each step) when `p` is at most this and `2^p <= T`.
+MASK_TABLE_MAX_DIM = 12
 
-    `complete` (static) promises that `y` has no NaN: the emission sums are then plain matrix
-    products. With one transition group the transition sums are too.
+
+def _emission_tables(params: LGSSMParams, obs, w_emit):
+    """`(M, G, Cov e)` of `_emission_given_mask` as tables, the index of each step's entry `(T,)`,
+    and the summed emission weight `w_emit` of each entry.
+
+    With shared `H`, `R` and `2^p <= T`, one entry per possible mask (bit `i` of the index set
+    when component `i` is observed): `2^p` small factorisations instead of `T`, and no `(T, p, p)`
+    arrays. Otherwise one entry per step.
     """
-    T = y.shape[0]
-    sm = _smoother_one(params, y, complete)
-    m, P, C = sm.smoothed_means, sm.smoothed_covs, sm.cross_covs
-    observed_rows = jnp.any(~jnp.isnan(y), axis=-1)
+    T, p = obs.shape
+    tv = params.time_varying()
+    if not (tv["H"] or tv["R"]) and p <= MASK_TABLE_MAX_DIM and 2**p <= T:
+        bits = jnp.arange(p, dtype=jnp.int32)
+        masks = ((jnp.arange(2**p, dtype=jnp.int32)[:, None] >> bits[None]) & 1) == 1
+        tables = jax.vmap(_emission_given_mask, in_axes=(None, None, 0))(params.H, params.R, masks)
+        ids = jnp.sum(obs.astype(jnp.int32) << bits[None], axis=1)
+        return tables, ids, jax.ops.segment_sum(w_emit, ids, 2**p)
+    axes = (0 if tv["H"] else None, 0 if tv["R"] else None, 0)
+    tables = jax.vmap(_emission_given_mask, in_axes=axes)(params.H, params.R, obs)
+    return tables, jnp.arange(T), w_emit
+
+
+def _padding_weights(obs, dtype):
+    """Weights `(T,)` of the emissions and `(T-1,)` of the transitions of a sequence whose
+    observed entries are `obs` `(T, p)`: 0 on its trailing all-NaN rows (padding), else 1."""
+    T = obs.shape[0]
+    observed_rows = jnp.any(obs, axis=-1)
     length = T - jnp.argmax(observed_rows[::-1])  # 1 + index of the last observed row
     length = jnp.where(jnp.any(observed_rows), length, T)
-    w_emit = (jnp.arange(T) < length).astype(y.dtype)
-    w_trans = (jnp.arange(T - 1) < length - 1).astype(y.dtype)
+    w_emit = (jnp.arange(T) < length).astype(dtype)
+    w_trans = (jnp.arange(T - 1) < length - 1).astype(dtype)
+    return w_emit, w_trans
 
-    def weighted(w, A, B=None):  # sum_k w_k A_k B_k^T for rows A_k, B_k
-        return (A * w[:, None]).T @ (A if B is None else B)
 
-    def psum(w, P):  # sum_k w_k P_k
-        return jnp.einsum("t,tij->ij", w, P)
+def _wsum(w, a, c):
+    """`sum_t w_t a_t^T c_t` over rows `a` `(T, b, i)`, `c` `(T, b, j)`: one matrix product in
+    float64; in lower precision a fused reduction, which stays accurate over 10^6 rows (a product
+    with few columns accumulates them one after another)."""
+    if w is not None:
+        a = a * w[:, None, None]
+    if jnp.finfo(a.dtype).bits < 64:
+        return jnp.sum(a[..., :, None] * c[..., None, :], axis=(0, 1))
+    return a.reshape(-1, a.shape[-1]).T @ c.reshape(-1, c.shape[-1])
 
-    Exx = P + m[:, :, None] * m[:, None, :]  # E[x_k x_k^T]; XLA drops it where unused
-    if num_groups == 1:
-        S00 = (psum(w_trans, P[:-1]) + weighted(w_trans, m[:-1]))[None]
-        S11 = (psum(w_trans, P[1:]) + weighted(w_trans, m[1:]))[None]
-        S10 = (psum(w_trans, C) + weighted(w_trans, m[1:], m[:-1]))[None]
-        n_trans = jnp.sum(w_trans)[None]
+
+def _scaled(w, x):
+    return x if w is None else w * x
+
+
+def _add(acc, x, compensate: bool, index=None):
+    """`acc + x`, or `acc[index] + x` when `index` is given. With `compensate`, `acc` is a pair
+    (sum, compensation) and the addition is Kahan's: a running sum over 10^6 steps in float32
+    then keeps the accuracy of a reduction (a plain one lost ~1e-4 of its value)."""
+    if not compensate:
+        return acc + x if index is None else acc.at[index].add(x)
+    total, comp = acc
+    if index is None:
+        y = x - comp
+        new = total + y
+        return new, (new - total) - y
+    y = x - comp[index]
+    new = total[index] + y
+    return total.at[index].set(new), comp.at[index].set((new - total[index]) - y)
+
+
+def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool, complete):
+    """Statistics of the `b` sequences `y` `(b, T, p)`, which share one NaN mask (that of `y[0]`),
+    summed over them, and the log-likelihood of each `(b,)`.
+
+    The covariances, gains and log-determinants of the filter and smoother depend on the
+    parameters and the mask only, so one recursion on `d x d` matrices serves all `b` sequences;
+    their means travel together as the rows of `(b, d)` matrices. The forward pass also computes
+    the RTS gains (they need covariances only); the backward pass adds up the statistics as it
+    goes, so no `(T, d, d)` array of smoothed or cross covariances is formed. Sums of mean outer
+    products are one matrix product over the `(T, b, d)` smoothed means.
+
+    `complete` (static) promises that `y` has no NaN (no masks, no padding).
+    """
+    b, T, p = y.shape
+    d = params.mu1.shape[-1]
+    dtype = y.dtype
+    yt = jnp.swapaxes(y, 0, 1)  # (T, b, p): time first, for the scans
+    if complete:
+        obs = obs_rest = w_emit = w_trans = w_rest = None
     else:
-        E10 = C + m[1:, :, None] * m[:-1, None, :]
-        seg = lambda v: jax.ops.segment_sum(v * _bcast(w_trans, v), groups, num_groups)  # noqa: E731
-        S00, S10, S11 = seg(Exx[:-1]), seg(E10), seg(Exx[1:])
-        n_trans = jax.ops.segment_sum(w_trans, groups, num_groups)
+        obs = ~jnp.isnan(y[0])
+        obs_rest = obs[1:]
+        w_emit, w_trans = _padding_weights(obs, dtype)
+        w_rest = w_emit[1:]
+    compensate = jnp.finfo(dtype).bits < 64  # Kahan summation of the running sums
+    shared, steps, first = _steps(params)
+    log_2pi = jnp.log(2.0 * jnp.pi)
+    eye_p = jnp.eye(p, dtype=dtype)
 
-    if complete and not per_step:
-        xhat = jnp.concatenate([m, jnp.ones((T, 1), dtype=y.dtype)], axis=1)
-        xx = weighted(w_emit, xhat) + jnp.pad(psum(w_emit, P), ((0, 1), (0, 1)))
-        emit = [weighted(w_emit, y), weighted(w_emit, y, xhat), xx, jnp.sum(w_emit)]
+    def update(m, P, H, u, R, y_k, obs_k):
+        """`kalman._update` for the rows of `m` `(b, d)`, which share `P` and the mask `obs_k`."""
+        if complete:
+            E = y_k - m @ H.T - u[None]
+            n_obs = p
+        else:
+            H = jnp.where(obs_k[:, None], H, 0.0)
+            R = jnp.where(obs_k[:, None] & obs_k[None, :], R, jnp.eye(p, dtype=R.dtype))
+            E = jnp.where(obs_k[None], y_k - m @ H.T - u[None], 0.0)
+            n_obs = jnp.sum(obs_k).astype(dtype)
+        HP = H @ P
+        chol = jnp.linalg.cholesky(symmetrize(HP @ H.T + R))
+        W = solve_triangular(chol, jnp.concatenate([HP, eye_p], axis=1), lower=True)
+        W_P, L_inv = W[:, :d], W[:, d:]  # L^{-1} H P and L^{-1}, with S = L L^T
+        gain = W_P.T @ L_inv  # K = P H^T S^{-1}
+        P = joseph(P, gain, H, R)
+        # the rows only meet matrix products: sharded along the sequences, they need no exchange
+        w = E @ L_inv.T  # whitened innovations
+        m = m + w @ W_P
+        log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+        return m, P, -0.5 * (n_obs * log_2pi + log_det + jnp.sum(w * w, axis=1))
+
+    def forward(carry, xs):
+        m, P = carry  # filtered x_{k-1}
+        k, y_k, obs_k = xs
+        f = shared | k
+        A = f["A"]
+        m_pred = m @ A.T
+        P_pred = symmetrize(A @ P @ A.T + f["Sigma"])
+        gain = smoother_gain(P, P_pred, A)  # RTS gain of x_{k-1} on x_k
+        m_f, P_f, ll = update(m_pred, P_pred, f["H"], f["u"], f["R"], y_k, obs_k)
+        return (m_f, P_f), (m, P, m_pred, gain, ll)
+
+    m0 = jnp.broadcast_to(params.mu1, (b, d))
+    obs0 = None if complete else obs[0]
+    m1, P1, ll1 = update(m0, params.P1, first["H"], first["u"], first["R"], yt[0], obs0)
+    (m_last, P_last), fwd = jax.lax.scan(forward, (m1, P1), (steps, yt[1:], obs_rest))
+    logliks = ll1 + jnp.sum(fwd[-1], axis=0)
+
+    if complete:
+        ids = ids_rest = id0 = None
     else:
-        emit = _missing_emission_stats(params, y, m, Exx, w_emit, per_step)
-    stats = SufficientStats(m[0], Exx[0], jnp.ones((), y.dtype), S00, S10, S11, n_trans, *emit)
-    return stats, sm.log_likelihood
+        tables, ids, w_table = _emission_tables(params, obs, w_emit)
+        ids_rest, id0 = ids[1:], ids[0]
 
+    def emission(m, P, u, y_k, obs_k, i):
+        """E[y_k] of each row `(b, p)`, and the covariance parts of the emission statistics:
+        `P` of E[x x^T], `J P` of E[y x^T], `J P J^T` of E[y y^T] (`J = G` of
+        `conditional_emission`, looked up in the table at `i`)."""
+        if complete:
+            return y_k, (P,)
+        M, J = tables[0][i], tables[1][i]
+        JP = J @ P
+        c = u[None] + jnp.where(obs_k[None], y_k - u[None], 0.0) @ M.T
+        return m @ J.T + c, (P, JP, JP @ J.T)
 
-def _missing_emission_stats(params: LGSSMParams, y, m, Exx, w_emit, per_step: bool):
-    """Emission sums with missing entries of y completed by their conditional moments."""
-    T = y.shape[0]
-    tv = params.time_varying()
-    H = params.H if tv["H"] else jnp.broadcast_to(params.H, (T,) + params.H.shape)
-    u = params.u if tv["u"] else jnp.broadcast_to(params.u, (T,) + params.u.shape)
-    R = params.R if tv["R"] else jnp.broadcast_to(params.R, (T,) + params.R.shape)
-    G, c, cov = jax.vmap(conditional_emission)(H, u, R, y)
-    Ey = jnp.einsum("tpd,td->tp", G, m) + c
-    Eyx = jnp.einsum("tpd,tde->tpe", G, Exx) + c[:, :, None] * m[:, None, :]
-    Eyy = (
-        jnp.einsum("tpd,tde,tqe->tpq", G, Exx, G)
-        + jnp.einsum("tpd,td,tq->tpq", G, m, c)
-        + jnp.einsum("tp,td,tqd->tpq", c, m, G)
-        + c[:, :, None] * c[:, None, :]
-        + cov
+    grouped = num_groups > 1
+
+    def backward(carry, xs):
+        m_next, P_next, acc = carry  # smoothed x_{k+1}
+        (m_f, P_f, m_pred, gain), k, g, w_t, y_next, obs_next, w_next, i_next = xs
+        f = shared | k
+        m = m_f + (m_next - m_pred) @ gain.T
+        P = smoothed_cov(P_f, P_next, gain, f["A"], f["Sigma"])
+        cross = P_next @ gain.T  # Cov[x_{k+1}, x_k | y_{1:T}]
+        if grouped:  # E[x_k x_k^T], E[x_{k+1} x_k^T], E[x_{k+1} x_{k+1}^T] into group g
+            block = [b * P + m.T @ m, b * cross + m_next.T @ m, b * P_next + m_next.T @ m_next]
+            S = _add(acc["S"], _scaled(w_t, jnp.stack(block)), compensate, g)
+        else:  # their covariance parts; the means follow in one matrix product
+            S = _add(acc["S"], _scaled(w_t, jnp.stack([P, cross, P_next])), compensate)
+        Ey, parts = emission(m_next, P_next, f["u"], y_next, obs_next, i_next)  # at k + 1
+        Ey = None if complete else Ey
+        if per_step:
+            return (m, P, {"S": S}), (m, Ey, parts)
+        pairs = zip(acc["emit"], parts, strict=True)
+        emit = [_add(a, _scaled(w_next, x), compensate) for a, x in pairs]
+        return (m, P, {"S": S, "emit": emit}), (m, Ey, None)
+
+    def zeros(*shape):
+        z = jnp.zeros(shape, dtype)
+        return (z, z) if compensate else z
+
+    acc = {"S": zeros(num_groups, 3, d, d) if grouped else zeros(3, d, d)}
+    if not per_step:
+        acc["emit"] = [zeros(d, d)] if complete else [zeros(d, d), zeros(p, d), zeros(p, p)]
+    xs = (fwd[:4], steps, groups, w_trans, yt[1:], obs_rest, w_rest, ids_rest)
+    (m_first, P_first, acc), (ms, Eys, outs) = jax.lax.scan(
+        backward, (m_last, P_last, acc), xs, reverse=True
     )
-    top = jnp.concatenate([Exx, m[:, :, None]], axis=2)
-    bottom = jnp.concatenate([m[:, None, :], jnp.ones((T, 1, 1), dtype=y.dtype)], axis=2)
-    xx = jnp.concatenate([top, bottom], axis=1)  # E[xhat xhat^T], xhat = [x; 1]
-    yx = jnp.concatenate([Eyx, Ey[:, :, None]], axis=2)
-    emit = [Eyy * _bcast(w_emit, Eyy), yx * _bcast(w_emit, yx), xx * _bcast(w_emit, xx), w_emit]
-    return emit if per_step else [jnp.sum(e, axis=0) for e in emit]
+    if compensate:
+        acc = jax.tree.map(lambda a: a[0], acc, is_leaf=lambda a: isinstance(a, tuple))
+
+    m_all = jnp.concatenate([ms, m_last[None]])  # (T, b, d)
+    if grouped:
+        S00, S10, S11 = (acc["S"][:, i] for i in range(3))
+        w_g = jnp.ones((T - 1,), dtype) if complete else w_trans
+        n_trans = b * jax.ops.segment_sum(w_g, groups, num_groups)
+    else:
+        S00 = (b * acc["S"][0] + _wsum(w_trans, ms, ms))[None]
+        S10 = (b * acc["S"][1] + _wsum(w_trans, m_all[1:], ms))[None]
+        S11 = (b * acc["S"][2] + _wsum(w_trans, m_all[1:], m_all[1:]))[None]
+        n_trans = jnp.full((1,), b * (T - 1) if complete else b * jnp.sum(w_trans), dtype)
+
+    # emissions: sums of products of the means [E[y], xhat], plus the covariance parts
+    Ey0, parts0 = emission(m_first, P_first, first["u"], yt[0], obs0, id0)
+    Ey = yt if complete else jnp.concatenate([Ey0[None], Eys])
+    xhat = jnp.concatenate([m_all, jnp.ones((T, b, 1), dtype)], axis=2)
+    if per_step:  # (T, ...) arrays, summed over the b sequences
+        P_e, *J_parts = (jnp.concatenate([a[None], r]) for a, r in zip(parts0, outs, strict=True))
+        yy = jnp.einsum("tbp,tbq->tpq", Ey, Ey)
+        yx = jnp.einsum("tbp,tbj->tpj", Ey, xhat)
+        xx = jnp.einsum("tbi,tbj->tij", xhat, xhat) + jnp.pad(b * P_e, ((0, 0), (0, 1), (0, 1)))
+        if not complete:
+            yy = yy + b * (J_parts[1] + tables[2][ids])
+            yx = yx + jnp.pad(b * J_parts[0], ((0, 0), (0, 0), (0, 1)))
+            yy, yx, xx = (w_emit[:, None, None] * a for a in (yy, yx, xx))
+        n_emit = jnp.full((T,), b, dtype) if complete else b * w_emit
+    else:
+        w0 = None if complete else w_emit[0]
+        P_e, *J_parts = (a + _scaled(w0, x) for a, x in zip(acc["emit"], parts0, strict=True))
+        yy = _wsum(w_emit, Ey, Ey)
+        yx = _wsum(w_emit, Ey, xhat)
+        xx = _wsum(w_emit, xhat, xhat) + jnp.pad(b * P_e, ((0, 1), (0, 1)))
+        if not complete:
+            yy = yy + b * (J_parts[1] + jnp.einsum("k,kpq->pq", w_table, tables[2]))
+            yx = yx + jnp.pad(b * J_parts[0], ((0, 0), (0, 1)))
+        n_emit = jnp.asarray(b * T if complete else b * jnp.sum(w_emit), dtype)
+
+    stats = SufficientStats(
+        x1=jnp.sum(m_first, axis=0),
+        x1x1=b * P_first + m_first.T @ m_first,
+        num_sequences=jnp.asarray(b, dtype),
+        S00=S00,
+        S10=S10,
+        S11=S11,
+        num_transitions=n_trans,
+        yy=yy,
+        yx=yx,
+        xx=xx,
+        num_emissions=n_emit,
+    )
+    return stats, logliks
 
 
-def _bcast(w, v):
-    return jnp.reshape(w, w.shape + (1,) * (v.ndim - w.ndim))
+def _same_mask(y) -> bool:
+    """Whether `y` `(B, T, p)` is concrete and all its sequences have the NaN mask of the first."""
+    v = concrete(y)
+    if v is None or not np.issubdtype(v.dtype, np.floating):
+        return False
+    missing = np.isnan(v)
+    return bool((missing == missing[:1]).all())
 
 
 def expected_stats(
@@ -151,8 +348,13 @@ def expected_stats(
     per_step: bool = False,
     params_batched: bool = False,
     complete: bool = False,
+    same_mask: bool = False,
 ) -> tuple[SufficientStats, Float[Array, " B"]]:
     """E-step: statistics summed over the `B` sequences, and each sequence's log-likelihood.
+
+    With shared parameters and transition groups, sequences with one NaN mask (complete data, a
+    single sequence, or `same_mask`) share one covariance recursion and are smoothed together;
+    otherwise each sequence runs its own.
 
     Args:
         params: validated discrete parameters (per-sequence `A`, `Sigma` when `params_batched`).
@@ -163,17 +365,29 @@ def expected_stats(
         params_batched: `params.A`, `.Sigma` carry a leading sequence axis.
         complete: `y` has no NaN (static; a faster path, and the steady-state shortcut below
             for shared parameters and T >= 4 STEADY_STEPS).
+        same_mask: all sequences have the same NaN entries (static, a promise like `complete`;
+            detected by itself when `y` is concrete).
     """
-    T = y.shape[1]
+    B, T = y.shape[0], y.shape[1]
     if groups is None:
         groups = jnp.zeros((T - 1,), dtype=jnp.int32)
-    g_axis = 0 if groups.ndim == 2 else None
-    p_axes = LGSSMParams(0, 0, None, None, None, None, None) if params_batched else None
-    fn = lambda prm, yy, g: _sequence_stats(prm, yy, g, num_groups, per_step, complete)  # noqa: E731
+    together = (
+        not params_batched
+        and groups.ndim == 1
+        and (complete or B == 1 or same_mask or _same_mask(y))
+    )
 
     def full(_):
-        stats, logliks = jax.vmap(fn, in_axes=(p_axes, 0, g_axis))(params, y, groups)
-        return SufficientStats(*(jnp.sum(s, axis=0) for s in stats)), logliks
+        if together:
+            return _mask_stats(params, y, groups, num_groups, per_step, complete)
+        p_axes = LGSSMParams(0, 0, None, None, None, None, None) if params_batched else None
+        g_axis = 0 if groups.ndim == 2 else None
+
+        def one(prm, yy, g):
+            return _mask_stats(prm, yy[None], g, num_groups, per_step, complete)
+
+        stats, logliks = jax.vmap(one, in_axes=(p_axes, 0, g_axis))(params, y, groups)
+        return SufficientStats(*(jnp.sum(s, axis=0) for s in stats)), logliks[:, 0]
 
     if (
         num_groups == 1
