@@ -1,5 +1,6 @@
 """NUTS runs saved, resumed and extended from a checkpoint: the same draws as one run."""
 
+import json
 import shutil
 
 import jax
@@ -9,18 +10,11 @@ import pytest
 from sdessm.models import load
 
 import sdessm
+from sdessm import checkpoint
 from sdessm.infer import fit_nuts
 
 OSC = load("damped_oscillator")
-RUN = dict(num_warmup=40, num_chains=2, seed=5, progress=False)
-
-
-@pytest.fixture(scope="module")
-def data():
-    sde = OSC.to_sde(**{k: jnp.asarray(v, dtype=float) for k, v in OSC.TRUE_PARAMS.items()})
-    times = np.arange(80) * 0.1
-    _, y = sdessm.simulate(jax.random.key(2), sde, times)
-    return times, np.array(y)
+RUN = dict(num_warmup=30, num_chains=2, seed=5, progress=False)
 
 
 def _values(idata, group="posterior"):
@@ -36,44 +30,36 @@ def _assert_same(a, b):
             np.testing.assert_array_equal(va[k], vb[k], err_msg=f"{group}/{k}")
 
 
-def test_an_interrupted_run_resumes_and_extends_to_the_same_draws(data, tmp_path):
-    times, y = data
-    whole = tmp_path / "whole.npz"
-    full = fit_nuts(
-        OSC.model, y, times, num_samples=30, checkpoint=whole, checkpoint_every=10, **RUN
-    )
-    assert np.asarray(full["posterior"]["omega"].values).shape == (2, 30)
-    # the same run without a checkpoint: one `MCMC.run`, the same draws
-    _assert_same(full, fit_nuts(OSC.model, y, times, num_samples=30, **RUN))
+def test_an_interrupted_run_resumes_and_extends_to_the_same_draws(tmp_path):
+    sde = OSC.to_sde(**{k: jnp.asarray(v, dtype=float) for k, v in OSC.TRUE_PARAMS.items()})
+    times = np.arange(50) * 0.1
+    y = np.array(sdessm.simulate(jax.random.key(2), sde, times)[1])
 
-    # a run that stopped after 10 draws per chain (what a run killed after its first block
-    # leaves on disk), then extended to 30 draws: no new warm-up, the same 30 draws
-    part = tmp_path / "part.npz"
-    first = fit_nuts(
-        OSC.model, y, times, num_samples=10, checkpoint=part, checkpoint_every=10, **RUN
-    )
-    np.testing.assert_array_equal(_values(first)["omega"], _values(full)["omega"][:, :10])
-    killed = tmp_path / "killed.npz"
-    shutil.copy(part, killed)
-    resumed = fit_nuts(
-        OSC.model, y, times, num_samples=30, checkpoint=killed, checkpoint_every=10, **RUN
-    )
-    _assert_same(full, resumed)
-    # asking a finished checkpoint again returns its draws without sampling
-    again = fit_nuts(OSC.model, y, times, num_samples=30, checkpoint=killed, **RUN)
-    _assert_same(full, again)
-
-
-def test_a_checkpoint_of_another_run_is_refused(data, tmp_path):
-    times, y = data
+    # a run that stopped after 8 draws per chain (what a run killed after its first block of 8
+    # leaves on disk: the state after warm-up and after the block, and the block's draws)
     path = tmp_path / "run.npz"
-    fit_nuts(OSC.model, y, times, num_samples=5, checkpoint=path, **RUN)
+    first = fit_nuts(OSC.model, y, times, num_samples=8, checkpoint=path, checkpoint_every=8, **RUN)
+    with np.load(path) as saved:
+        assert json.loads(str(saved["meta"]))["num_draws"] == 8
+    # resumed and extended to 20 draws: no new warm-up, and the draws of one plain run
+    resumed = fit_nuts(
+        OSC.model, y, times, num_samples=20, checkpoint=path, checkpoint_every=8, **RUN
+    )
+    plain = fit_nuts(OSC.model, y, times, num_samples=20, **RUN)
+    _assert_same(resumed, plain)
+    np.testing.assert_array_equal(_values(first)["omega"], _values(plain)["omega"][:, :8])
+    # a finished checkpoint returns its draws without sampling
+    _assert_same(fit_nuts(OSC.model, y, times, num_samples=20, checkpoint=path, **RUN), plain)
+
+    # another run's file is refused before any sampling
+    other = tmp_path / "other.npz"
+    shutil.copy(path, other)
     with pytest.raises(ValueError, match="was written by a different run"):
-        fit_nuts(OSC.model, y[:-1], times[:-1], num_samples=5, checkpoint=path, **RUN)
+        fit_nuts(OSC.model, y[:-1], times[:-1], num_samples=5, checkpoint=other, **RUN)
     with pytest.raises(ValueError, match="was written by a different run"):
-        fit_nuts(OSC.model, y, times, num_samples=5, checkpoint=path, **(RUN | {"seed": 6}))
+        fit_nuts(OSC.model, y, times, num_samples=5, checkpoint=other, **(RUN | {"seed": 6}))
     em = tmp_path / "em.npz"
-    sdessm.fit_em(OSC.model, y, times, num_iters=2, checkpoint=em, progress=False)
+    checkpoint.save(em, {"a": np.zeros(2)}, {"a": np.zeros(2)}, [0.0], [0.0], 1, key="k")
     with pytest.raises(ValueError, match="is not an sdessm NUTS checkpoint"):
         fit_nuts(OSC.model, y, times, num_samples=5, checkpoint=em, **RUN)
     with pytest.raises(ValueError, match="`checkpoint_every` must be >= 1"):
