@@ -56,7 +56,8 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 
 def sdessm_step(lg, y):
-    config = (frozenset({"P1"}), "full", False, True, True)  # fixed, R, per-step, A/Sigma, no NaN
+    # fixed, R, per-step, A/Sigma, no NaN, one NaN pattern
+    config = (frozenset({"P1"}), "full", False, True, True, True)
     return lambda: _discrete_iteration(lg, y[None], config)
 
 
