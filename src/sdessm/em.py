@@ -33,7 +33,7 @@ LGSSM_FIELDS = LGSSMParams._fields
 #: Relative log-likelihood decrease tolerated as round-off.
 DECREASE_RTOL = 1e-9
 #: Backtracking halvings of a numerical M-step that lowered the log-likelihood (`_safeguard`).
-SAFEGUARD_HALVINGS = 6
+SAFEGUARD_HALVINGS = 3
 #: A recovered eigenvalue of F with |Im lambda| above this fraction of pi / dt is reported.
 NYQUIST_FRACTION = 0.9
 
@@ -348,20 +348,17 @@ def _safeguard(objective, old, new, halvings: int = SAFEGUARD_HALVINGS):
     keeps generalized EM monotone whatever the conditioning of the expected one.
     """
     base = objective(old)
-    blend = lambda t: jax.tree.map(lambda a, b: b + t * (a - b), new, old)  # noqa: E731
-
-    def not_done(carry):
-        j, _, value = carry
-        return (j <= halvings) & ~(jnp.isfinite(value) & (value >= base))
-
-    def body(carry):
-        j, _, _ = carry
-        trial = blend(0.5**j)
-        return j + 1, trial, objective(trial)
-
-    _, trial, value = jax.lax.while_loop(not_done, body, (1, new, objective(new)))
-    ok = jnp.isfinite(value) & (value >= base)
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), trial, old)
+    trials = [new] + [
+        jax.tree.map(lambda a, b, t=0.5**j: b + t * (a - b), new, old)
+        for j in range(1, halvings + 1)
+    ]
+    # evaluated one after another, without a loop primitive: inside `lax.while_loop` the
+    # log-prior of a NumPyro model failed to compile (an unregistered LAPACK custom call)
+    values = jnp.stack([objective(trial) for trial in trials])
+    ok = jnp.isfinite(values) & (values >= base)
+    first = jnp.argmax(ok)
+    chosen = jax.tree.map(lambda *leaves: jnp.stack(leaves)[first], *trials)
+    return jax.tree.map(lambda a, b: jnp.where(jnp.any(ok), a, b), chosen, old)
 
 
 @functools.partial(
