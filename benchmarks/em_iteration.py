@@ -62,19 +62,9 @@ def sdessm_step(lg, y):
 
 
 def dynamax_step(lg, y):
-    from dynamax.linear_gaussian_ssm import LinearGaussianSSM
+    from run import dynamax_model  # benchmarks/run.py, beside this script
 
-    d, p = lg.state_dim, lg.obs_dim
-    model = LinearGaussianSSM(d, p, has_dynamics_bias=False, has_emissions_bias=True)
-    params, props = model.initialize(
-        initial_mean=lg.mu1,
-        initial_covariance=lg.P1,
-        dynamics_weights=lg.A,
-        dynamics_covariance=lg.Sigma,
-        emission_weights=lg.H,
-        emission_bias=lg.u,
-        emission_covariance=lg.R,
-    )
+    model, params, props = dynamax_model(lg)
     state = model.initialize_m_step_state(params, props)
 
     @jax.jit
