@@ -18,6 +18,7 @@ from sdessm.stats import (
     _steady_covariances,
     _wsum,
     expected_stats,
+    steady_state_applies,
 )
 
 RTOL, ATOL = 1e-8, 1e-10
@@ -182,7 +183,8 @@ def assert_stats_equal(got, want, rtol=1e-10):
 
 @pytest.mark.parametrize("converges", [True, False])
 def test_steady_state_shortcut_equals_full_recursion(rng, key, converges):
-    T = 4 * STEADY_STEPS + 37
+    # the shortest data that take the shortcut, and longer ones
+    T = 4 * STEADY_STEPS if converges else 4 * STEADY_STEPS + 37
     if converges:
         sde = sdessm.SDEParams(
             F=random_stable_drift(rng, 3),
@@ -207,6 +209,7 @@ def test_steady_state_shortcut_equals_full_recursion(rng, key, converges):
         sde.discretize(dt=0.2),
         sdessm.simulate(key, sde, dt=0.2, num_timesteps=T, num_sequences=3)[1],
     )
+    assert steady_state_applies(lg, T, True, False)
     assert bool(_steady_covariances(lg)["ok"]) == converges
     stats, logliks = jax.jit(lambda p, y: expected_stats(p, y, complete=True))(lg, yb)
     assert_stats_equal((stats, logliks), plain_stats(lg, yb))

@@ -408,6 +408,12 @@ def expected_stats(
 # `STEADY_RTOL` relative), every step in between uses the converged gains and covariances, and
 # only the means are propagated step by step. Otherwise the full recursion runs (`lax.cond`), so
 # the result never depends on whether the steady state was reached.
+#
+# Both branches are compiled: the shortcut adds about 1.3 s of compilation to a fit (d = 2,
+# T = 1000: 2.3 s against 1.0 s for the E-step + M-step) and saves 2.2 ms per iteration there,
+# 25 ms at T = 10^4, d = 8 (one core). It is taken from 4 `STEADY_STEPS` (1024) steps on, where a
+# fit of a few hundred iterations recovers the compilation; shorter data compile the full
+# recursion alone.
 
 #: Steps of each covariance recursion computed exactly before the steady state is assumed.
 STEADY_STEPS = 256
@@ -478,55 +484,80 @@ def _steady_covariances(params: LGSSMParams):
 
 
 def _steady_stats(params: LGSSMParams, y, cov):
-    """Statistics of B complete sequences (B, T, p) from the steady-state covariances `cov`."""
+    """Statistics of B complete sequences (B, T, p) from the steady-state covariances `cov`.
+
+    With the gains fixed, the means obey affine recursions in which y enters only through a
+    term computed for all steps at once: the filter's predicted means
+    $m_{k+1} = A (I - K_k H) m_k + A K_k (y_k - u)$, and the smoothed means
+    $\hat m_k = (m^f_k - G_k m_{k+1}) + G_k \hat m_{k+1}$. Each scan step is then one
+    `(B, d) x (d, d)` product and a sum, for all B sequences together; innovations,
+    log-likelihoods and filtered means are array operations over all steps afterwards.
+    The gains change over the first `STEADY_STEPS` steps and are constant after.
+    """
     A, H, u = params.A, params.H, params.u
     B, T, p = y.shape
+    d = A.shape[0]
     N = STEADY_STEPS
+    yt = jnp.swapaxes(y, 0, 1) - u[None, None]  # (T, B, p), time first, less the offset
+    gain, G = cov["gain"], cov["G"]  # (N, d, p), (N, d, d)
+
+    def per_step(x, mats):
+        """x_k M_k^T for x (T', B, q), T' >= N: M_k = mats[k] for k < N, mats[-1] after."""
+        head = jnp.einsum("tbq,tdq->tbd", x[:N], mats)
+        rest = x[N:] @ mats[-1].T
+        return jnp.concatenate([head, rest])
+
+    def affine(x0, M, c, reverse=False):
+        """x_{k+1} = x_k M_k^T + c_k over the steps of c (T', B, d), M as in `per_step`;
+        returns the T' states after x0 (before it, with `reverse`: x_k = x_{k+1} M_k^T + c_k)."""
+
+        def step(x, xs):
+            k, c_k = xs
+            x = x @ M[jnp.minimum(k, N - 1)].T + c_k
+            return x, x
+
+        return jax.lax.scan(step, x0, (jnp.arange(c.shape[0]), c), reverse=reverse)[1]
+
+    # forward: predicted means m_0 = mu1, m_1, ..., m_{T-1}
+    AK = A @ gain  # (N, d, p)
+    closed = A[None] - AK @ H  # A (I - K_k H)
+    m0 = jnp.broadcast_to(params.mu1, (B, d))
+    m_pred = jnp.concatenate([m0[None], affine(m0, closed, per_step(yt[:-1], AK))])
+    innov = yt - m_pred @ H.T  # (T, B, p)
+    m_filt = m_pred + per_step(innov, gain)
+    white = per_step(innov, cov["L_inv"])
     idx = jnp.minimum(jnp.arange(T), N - 1)
+    log_det = jnp.sum(cov["log_det"][idx])
+    quad = jnp.einsum("tbp,tbp->b", white, white)
+    logliks = -0.5 * (T * p * jnp.log(2.0 * jnp.pi) + log_det + quad)
 
-    def means(y1):
-        def forward(m_pred, xs):
-            y_k, i = xs
-            e = y_k - H @ m_pred - u
-            w = cov["L_inv"][i] @ e
-            m_filt = m_pred + cov["gain"][i] @ e
-            ll = -0.5 * (p * jnp.log(2.0 * jnp.pi) + cov["log_det"][i] + w @ w)
-            return A @ m_filt, (m_filt, m_pred, ll)
+    # backward: smoothed m_{T-1} = filtered; m_k = (m^f_k - G_k m_{k+1}) + G_k m^s_{k+1}
+    c = m_filt[:-1] - per_step(m_pred[1:], G)
+    m = jnp.concatenate([affine(m_filt[-1], G, c, reverse=True), m_filt[-1:]])
 
-        _, (m_filt, m_pred, lls) = jax.lax.scan(forward, params.mu1, (y1, idx))
-
-        def backward(m_next, xs):
-            m_f, m_p_next, i = xs
-            m = m_f + cov["G"][i] @ (m_next - m_p_next)
-            return m, m
-
-        _, ms = jax.lax.scan(
-            backward, m_filt[-1], (m_filt[:-1], m_pred[1:], idx[:-1]), reverse=True
-        )
-        return jnp.concatenate([ms, m_filt[-1:]]), jnp.sum(lls)
-
-    m, logliks = jax.vmap(means)(y)
     n_mid = T - 2 * N
     sum_P = cov["head_s"].sum(0) + n_mid * cov["P_s_inf"] + cov["tail_s"].sum(0)
     # sum_{k=0}^{T-2} Cov[x_{k+1}, x_k] = sum_k P_{k+1} G_k^T; G_k is constant from step N - 1
     after = (n_mid - 1) * cov["P_s_inf"] + cov["tail_s"].sum(0)  # sum of P_j, j = N+1 .. T-1
-    sum_cross = cov["head_cross"].sum(0) + after @ cov["G"][-1].T
+    sum_cross = cov["head_cross"].sum(0) + after @ G[-1].T
     P_first, P_last = cov["head_s"][0], cov["tail_s"][-1]
 
-    def outer(a, b=None):  # sum over sequences and steps of a_k b_k^T
-        return jnp.einsum("bti,btj->ij", a, a if b is None else b)
+    def outer(a, b=None):  # sum over steps and sequences of a_k b_k^T
+        b = a if b is None else b
+        return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
 
-    xhat = jnp.concatenate([m, jnp.ones((B, T, 1), dtype=y.dtype)], axis=2)
+    xhat = jnp.concatenate([m, jnp.ones((T, B, 1), dtype=y.dtype)], axis=2)
+    yt = yt + u[None, None]
     stats = SufficientStats(
-        x1=jnp.sum(m[:, 0], axis=0),
-        x1x1=B * P_first + m[:, 0].T @ m[:, 0],
+        x1=jnp.sum(m[0], axis=0),
+        x1x1=B * P_first + m[0].T @ m[0],
         num_sequences=jnp.asarray(B, dtype=y.dtype),
-        S00=(B * (sum_P - P_last) + outer(m[:, :-1]))[None],
-        S10=(B * sum_cross + outer(m[:, 1:], m[:, :-1]))[None],
-        S11=(B * (sum_P - P_first) + outer(m[:, 1:]))[None],
+        S00=(B * (sum_P - P_last) + outer(m[:-1]))[None],
+        S10=(B * sum_cross + outer(m[1:], m[:-1]))[None],
+        S11=(B * (sum_P - P_first) + outer(m[1:]))[None],
         num_transitions=jnp.asarray([B * (T - 1)], dtype=y.dtype),
-        yy=outer(y),
-        yx=outer(y, xhat),
+        yy=outer(yt),
+        yx=outer(yt, xhat),
         xx=outer(xhat) + jnp.pad(B * sum_P, ((0, 1), (0, 1))),
         num_emissions=jnp.asarray(B * T, dtype=y.dtype),
     )
