@@ -210,7 +210,7 @@ def test_steady_state_shortcut_equals_full_recursion(rng, key, converges):
         sdessm.simulate(key, sde, dt=0.2, num_timesteps=T, num_sequences=3)[1],
     )
     assert steady_state_applies(lg, T, True, False)
-    assert bool(_steady_covariances(lg)["ok"]) == converges
+    assert bool(_steady_covariances(lg, T)["ok"]) == converges
     stats, logliks = jax.jit(lambda p, y: expected_stats(p, y, complete=True))(lg, yb)
     assert_stats_equal((stats, logliks), plain_stats(lg, yb))
 

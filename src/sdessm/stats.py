@@ -394,7 +394,7 @@ def expected_stats(
         and not params_batched
         and steady_state_applies(params, T, complete, per_step)
     ):
-        cov = _steady_covariances(params)
+        cov = _steady_covariances(params, T)
         return jax.lax.cond(cov["ok"], lambda _: _steady_stats(params, y, cov), full, None)
     return full(None)
 
@@ -434,8 +434,10 @@ def _converged(a, b):
     return jnp.max(jnp.abs(a - b)) <= STEADY_RTOL * jnp.maximum(1.0, jnp.max(jnp.abs(b)))
 
 
-def _steady_covariances(params: LGSSMParams):
-    """The first STEADY_STEPS steps of the forward and backward covariance recursions."""
+def _covariance_steps(params: LGSSMParams, num_steps: int):
+    """The first `num_steps` steps of the forward covariance recursion, from `P1`, each
+    `(num_steps, ...)`: predicted and filtered covariances, filter gains, inverse Cholesky
+    factors and log-determinants of the innovation covariances, RTS gains, next predictions."""
     A, Sigma, H, R = params.A, params.Sigma, params.H, params.R
     eye_p = jnp.eye(params.obs_dim, dtype=A.dtype)
 
@@ -449,8 +451,27 @@ def _steady_covariances(params: LGSSMParams):
         G = smoother_gain(P_filt, P_next, A)
         return P_next, (P_pred, P_filt, gain, L_inv, log_det, G, P_next)
 
-    _, head = jax.lax.scan(forward, params.P1, None, length=STEADY_STEPS)
-    P_pred, P_filt, gain, L_inv, log_det, G, P_next = head
+    return jax.lax.scan(forward, params.P1, None, length=num_steps)[1]
+
+
+def _smoothed_covariances(params: LGSSMParams, P_last, P_filt, G):
+    """Smoothed covariances and `Cov[x_{k+1}, x_k]` backwards from `P_last` (the smoothed
+    covariance after the steps of `P_filt`, `G`)."""
+
+    def backward(P_s_next, xs):
+        P_f, G_k = xs
+        P_s = smoothed_cov(P_f, P_s_next, G_k, params.A, params.Sigma)
+        return P_s, (P_s, P_s_next @ G_k.T)
+
+    return jax.lax.scan(backward, P_last, (P_filt, G), reverse=True)[1]
+
+
+def _steady_covariances(params: LGSSMParams, T: int):
+    """The first STEADY_STEPS steps of the forward and backward covariance recursions, and
+    whether they converged (`ok`); the gains and sums of smoothed covariances of T steps."""
+    A, Sigma = params.A, params.Sigma
+    N = STEADY_STEPS
+    P_pred, P_filt, gain, L_inv, log_det, G, P_next = _covariance_steps(params, N)
     fwd_ok = _converged(P_next[-1], P_pred[-1]) & _converged(P_pred[-1], P_pred[-2])
 
     P_filt_inf, G_inf = P_filt[-1], G[-1]
@@ -459,32 +480,30 @@ def _steady_covariances(params: LGSSMParams):
         P_s = smoothed_cov(P_filt_inf, P_s_next, G_inf, A, Sigma)
         return P_s, P_s
 
-    _, tail = jax.lax.scan(backward_tail, P_filt_inf, None, length=STEADY_STEPS - 1)
+    _, tail = jax.lax.scan(backward_tail, P_filt_inf, None, length=N - 1)
     tail = jnp.concatenate([tail[::-1], P_filt_inf[None]])  # steps T-N .. T-1
     P_s_inf = tail[0]
     bwd_ok = _converged(tail[0], tail[1])
+    head_s, head_cross = _smoothed_covariances(params, P_s_inf, P_filt, G)
 
-    def backward_head(P_s_next, xs):
-        P_f, G_k = xs
-        P_s = smoothed_cov(P_f, P_s_next, G_k, A, Sigma)
-        return P_s, (P_s, P_s_next @ G_k.T)
-
-    _, (head_s, head_cross) = jax.lax.scan(backward_head, P_s_inf, (P_filt, G), reverse=True)
+    n_mid = T - 2 * N
+    # sum_{k=0}^{T-2} Cov[x_{k+1}, x_k] = sum_k P_{k+1} G_k^T; G_k is constant from step N - 1
+    after = (n_mid - 1) * P_s_inf + tail.sum(0)  # sum of P_j, j = N+1 .. T-1
     return dict(
         ok=fwd_ok & bwd_ok,
         gain=gain,
         L_inv=L_inv,
         log_det=log_det,
         G=G,
-        head_s=head_s,
-        head_cross=head_cross,
-        tail_s=tail,
-        P_s_inf=P_s_inf,
+        sum_P=head_s.sum(0) + n_mid * P_s_inf + tail.sum(0),
+        sum_cross=head_cross.sum(0) + after @ G_inf.T,
+        P_first=head_s[0],
+        P_last=tail[-1],
     )
 
 
 def _steady_stats(params: LGSSMParams, y, cov):
-    """Statistics of B complete sequences (B, T, p) from the steady-state covariances `cov`.
+    r"""Statistics of B complete sequences (B, T, p) from the steady-state covariances `cov`.
 
     With the gains fixed, the means obey affine recursions in which y enters only through a
     term computed for all steps at once: the filter's predicted means
@@ -497,15 +516,14 @@ def _steady_stats(params: LGSSMParams, y, cov):
     A, H, u = params.A, params.H, params.u
     B, T, p = y.shape
     d = A.shape[0]
-    N = STEADY_STEPS
     yt = jnp.swapaxes(y, 0, 1) - u[None, None]  # (T, B, p), time first, less the offset
     gain, G = cov["gain"], cov["G"]  # (N, d, p), (N, d, d)
+    N = STEADY_STEPS
 
     def per_step(x, mats):
         """x_k M_k^T for x (T', B, q), T' >= N: M_k = mats[k] for k < N, mats[-1] after."""
         head = jnp.einsum("tbq,tdq->tbd", x[:N], mats)
-        rest = x[N:] @ mats[-1].T
-        return jnp.concatenate([head, rest])
+        return jnp.concatenate([head, x[N:] @ mats[-1].T])
 
     def affine(x0, M, c, reverse=False):
         """x_{k+1} = x_k M_k^T + c_k over the steps of c (T', B, d), M as in `per_step`;
@@ -535,30 +553,28 @@ def _steady_stats(params: LGSSMParams, y, cov):
     c = m_filt[:-1] - per_step(m_pred[1:], G)
     m = jnp.concatenate([affine(m_filt[-1], G, c, reverse=True), m_filt[-1:]])
 
-    n_mid = T - 2 * N
-    sum_P = cov["head_s"].sum(0) + n_mid * cov["P_s_inf"] + cov["tail_s"].sum(0)
-    # sum_{k=0}^{T-2} Cov[x_{k+1}, x_k] = sum_k P_{k+1} G_k^T; G_k is constant from step N - 1
-    after = (n_mid - 1) * cov["P_s_inf"] + cov["tail_s"].sum(0)  # sum of P_j, j = N+1 .. T-1
-    sum_cross = cov["head_cross"].sum(0) + after @ G[-1].T
-    P_first, P_last = cov["head_s"][0], cov["tail_s"][-1]
+    sum_P, sum_cross = cov["sum_P"], cov["sum_cross"]
+    P_first, P_last = cov["P_first"], cov["P_last"]
 
-    def outer(a, b=None):  # sum over steps and sequences of a_k b_k^T
-        b = a if b is None else b
+    def outer(a, b):  # sum over steps and sequences of a_k b_k^T: one product of (T B, .) rows
         return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
 
-    xhat = jnp.concatenate([m, jnp.ones((T, B, 1), dtype=y.dtype)], axis=2)
-    yt = yt + u[None, None]
+    y = yt + u[None, None]
+    mm, m_first, m_last = outer(m, m), m[0].T @ m[0], m[-1].T @ m[-1]
+    sum_m, n = jnp.sum(m, axis=(0, 1)), jnp.asarray(B * T, dtype=y.dtype)
+    xx = mm + B * sum_P  # E[xhat xhat^T] with xhat = [x; 1], from the sums of m m^T and m
+    xx = jnp.block([[xx, sum_m[:, None]], [sum_m[None], n[None, None]]])
     stats = SufficientStats(
         x1=jnp.sum(m[0], axis=0),
-        x1x1=B * P_first + m[0].T @ m[0],
+        x1x1=B * P_first + m_first,
         num_sequences=jnp.asarray(B, dtype=y.dtype),
-        S00=(B * (sum_P - P_last) + outer(m[:-1]))[None],
+        S00=(B * (sum_P - P_last) + mm - m_last)[None],
         S10=(B * sum_cross + outer(m[1:], m[:-1]))[None],
-        S11=(B * (sum_P - P_first) + outer(m[1:]))[None],
+        S11=(B * (sum_P - P_first) + mm - m_first)[None],
         num_transitions=jnp.asarray([B * (T - 1)], dtype=y.dtype),
-        yy=outer(yt),
-        yx=outer(yt, xhat),
-        xx=outer(xhat) + jnp.pad(B * sum_P, ((0, 1), (0, 1))),
-        num_emissions=jnp.asarray(B * T, dtype=y.dtype),
+        yy=outer(y, y),
+        yx=jnp.concatenate([outer(y, m), jnp.sum(y, axis=(0, 1))[:, None]], axis=1),
+        xx=xx,
+        num_emissions=n,
     )
     return stats, logliks
