@@ -480,10 +480,12 @@ def _run_checkpointed(mcmc, path, every: int, key: str, seed: int, args, kwargs)
     from . import checkpoint as ckpt
 
     total = mcmc.num_samples
-    # one chain's initial state, from a copy of the kernel (`init` sets up the kernel for the
-    # chains it is given): the tree structure of the saved state
+    # the tree structure of the saved state: one chain's initial state, traced abstractly (no
+    # compilation) on a copy of the kernel (`init` sets up the kernel for the chains it is given)
     kernel = copy.copy(mcmc.sampler)
-    template = kernel.init(jax.random.key(0), mcmc.num_warmup, None, args, kwargs)
+    template = jax.eval_shape(
+        lambda k: kernel.init(k, mcmc.num_warmup, None, args, kwargs), jax.random.key(0)
+    )
     saved = ckpt.load_sampler(path, template, key)
     if saved is None:
         mcmc.warmup(jax.random.key(seed), *args, **kwargs)
