@@ -22,7 +22,7 @@ START = {"omega": 1.5, "zeta": 0.3, "sigma": 1.0, "noise": 0.3}  # away from the
 # The fast case has 10% missing values; the full one complete data, whose NUTS gradients take the
 # steady-state form of the log-likelihood.
 FAST = dict(T=300, chains=2, warmup=300, draws=300, max_rhat=1.05, min_ess=100, seed=6, miss=0.1)
-FULL = dict(T=1000, chains=4, warmup=1000, draws=1000, max_rhat=1.01, min_ess=400, seed=2, miss=0.0)
+FULL = dict(T=1000, chains=4, warmup=500, draws=500, max_rhat=1.01, min_ess=400, seed=2, miss=0.0)
 
 
 @pytest.mark.parametrize(
