@@ -202,8 +202,6 @@ def _future_steps(params, y, times, future_times, dt, num_steps):
     return future_times, steps
 
 
-
-
 def _setup(params, y, times, future_times, dt, num_steps):
     """Validate and resolve into `(past LGSSMParams, y, past_batched, A, Sigma, future_batched,
     future_times)` with `A`, `Sigma` of the future steps."""
