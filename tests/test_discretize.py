@@ -123,6 +123,24 @@ def test_vectorised_shapes_and_jit_agree():
     A_jit, Sigma_jit = jax.jit(sdessm.discretize)(F, L, dts)
     np.testing.assert_allclose(A_jit, A, rtol=1e-12)
     np.testing.assert_allclose(Sigma_jit, Sigma, rtol=1e-12)
+    A, Sigma = sdessm.discretize(F, L, np.zeros((0,)))  # no steps at all
+    assert A.shape == Sigma.shape == (0, 2, 2)
+
+
+@pytest.mark.parametrize("largest", [0.3, 5.0, 1e4], ids=["series", "few_doublings", "many"])
+def test_batch_equals_each_step_alone(rng, largest):
+    """A batch runs one doubling loop as long as its largest step needs (none, a few, many), and
+    scales its shared series by its longest reduced step: neither may change any step's result."""
+    F = random_stable_drift(rng, 3)
+    L = rng.normal(size=(3, 2))
+    steps = np.array([1e-3, 0.05, 0.2, largest, 0.01])
+    A, Sigma = sdessm.discretize(F, L, steps)
+    for i, s in enumerate(steps):
+        A1, Sigma1 = sdessm.discretize(F, L, s)
+        np.testing.assert_allclose(A[i], A1, rtol=1e-13, atol=1e-15 * np.abs(A1).max())
+        np.testing.assert_allclose(Sigma[i], Sigma1, rtol=1e-13, atol=1e-15 * np.abs(Sigma1).max())
+        expected = scipy.linalg.expm(F * s)
+        np.testing.assert_allclose(A1, expected, rtol=1e-11, atol=1e-14 * np.abs(expected).max())
 
 
 def test_gradient_matches_finite_differences(rng):

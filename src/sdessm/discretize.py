@@ -6,15 +6,22 @@ $\Sigma = \int_0^s e^{F r} Q e^{F^\top r}\,dr$, $Q = L L^\top$. Van Loan (1978):
 $\exp\left(\begin{bmatrix} F & Q \\ 0 & -F^\top \end{bmatrix} s\right)
 = \begin{bmatrix} A & \Sigma A^{-\top} \\ 0 & A^{-\top} \end{bmatrix}$.
 
-For a stiff step ($\|F\| s \gg 1$) that block exponential mixes $e^{\lambda s}$ with
-$e^{-\lambda s}$ and loses every digit of $A$. We therefore evaluate it (a Taylor polynomial) on
-the reduced step $h = s / 2^k$ with $\|F\|_1 h, \|F\|_\infty h \le 1/2$, where it is well
-conditioned, and double exactly $k$ times:
+Both are power series in the step with matrix coefficients shared by every step:
+$A(h) = \sum_j \frac{h^j}{j!} F^j$ and $\Sigma(h) = \sum_{j \ge 1} \frac{h^j}{j!} Q_j$ with
+$Q_1 = Q$, $Q_{j+1} = F Q_j + Q_j F^\top$ (the derivatives of $\Sigma$ at 0). So a batch of
+steps costs a few products of $d \times d$ matrices plus one matrix product
+`(steps, terms) x (terms, d^2)`, whatever its size.
+
+For a stiff step ($\|F\| s \gg 1$) a series loses every digit to cancellation. We therefore
+evaluate it on the reduced step $h = s / 2^k$ with $\|F\|_1 h, \|F\|_\infty h \le 1$, where it is
+well conditioned, and double exactly $k$ times:
 $A_{2h} = A_h^2$, $\Sigma_{2h} = A_h \Sigma_h A_h^\top + \Sigma_h$ (the semigroup property;
 every term is PSD, so no cancellation).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +39,17 @@ from ._checks import (
 )
 from .params import LGSSMParams, SDEParams, as_arrays, as_float_array, as_real_array
 
-#: Largest $\max(\|F\|_1, \|F\|_\infty) h$ at which the block exponential is evaluated.
-_THETA = 0.5
-#: Most doublings; enough for $\|F\|_1 s$ up to $0.5 \cdot 2^{48}$.
+#: Largest $\max(\|F\|_1, \|F\|_\infty) h$ at which the series are evaluated.
+_THETA = 1.0
+#: Terms of the series. With $\theta = \|F\| h \le 1$ the truncation error of $A$ is below
+#: $\theta^{N+1} / (N+1)!$ and that of $\Sigma$, relative to $\|Q\| h$, below
+#: $(2\theta)^N / (N+1)!$ (since $\|Q_j\| \le (2\|F\|)^{j-1} \|Q\|$): 1e-18 at N = 24.
+_SERIES_DEGREE = 24
+#: Most doublings; enough for $\|F\|_1 s$ up to $2^{48}$.
 _MAX_DOUBLINGS = 48
-#: Degree of the Taylor polynomial of the reduced-step block exponential.
-_TAYLOR_DEGREE = 14
+#: Doublings of the short loop, run when no step of a batch needs more (steps up to 16 times
+#: the drift's time scale).
+_FEW_DOUBLINGS = 4
 #: Steps equal to this many significant digits share one matrix exponential.
 STEP_DIGITS = 12
 
@@ -46,50 +58,68 @@ def symmetrize(m: Float[Array, "... n n"]) -> Float[Array, "... n n"]:
     return 0.5 * (m + jnp.swapaxes(m, -1, -2))
 
 
-def _taylor_expm(M):
-    """exp(M) by a degree-`_TAYLOR_DEGREE` Taylor polynomial (Horner), for the scaled block.
+def _series(F, Q, h):
+    r"""(A, Sigma) for the steps `h` (n,), all with max(||F||_1, ||F||_inf) h <= `_THETA`.
 
-    On the block [[F, Q], [0, -F^T]] h with ||F h||_1, ||F h||_inf <= 1/2, the truncation error
-    of every block, relative to its own size (Q h for the top-right one), is below
-    0.5^N / N! ~ 1e-16 for N = 14: the size of Q does not matter, so no further scaling is needed.
+    The shared coefficients are those of the scaled drift $G = F s$, $s = \max h$ (so their
+    norms stay below $\theta^j$), and each step weighs them by $(h / s)^j / j!$.
     """
-    eye = jnp.eye(M.shape[-1], dtype=M.dtype)
-    E = eye
-    for n in range(_TAYLOR_DEGREE, 0, -1):
-        E = eye + (M @ E) / n
-    return E
+    scale = jnp.max(h, initial=0.0)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    G = F * scale
 
+    def term(carry, _):
+        P, S = carry  # G^j and s^j Q_j
+        X = G @ S
+        return (G @ P, X + X.T), (P, S)  # X + X^T: every coefficient exactly symmetric
 
-def _discretize_step(F, Q, dt):
-    """(A, Sigma) for one scalar step `dt`."""
-    d = F.shape[-1]
-    absF = jnp.abs(F)  # max of the 1- and inf-norms: the block holds both F and F^T
-    norm = jnp.maximum(jnp.max(jnp.sum(absF, axis=0)), jnp.max(jnp.sum(absF, axis=1))) * dt
-    k = jnp.where(norm > _THETA, jnp.ceil(jnp.log2(jnp.maximum(norm, _THETA) / _THETA)), 0.0)
-    k = jax.lax.stop_gradient(jnp.minimum(k, _MAX_DOUBLINGS))
-    h = dt / 2.0**k
-    zeros = jnp.zeros_like(F)
-    E = _taylor_expm(jnp.block([[F, Q], [zeros, -F.T]]) * h)
-    A = E[:d, :d]
-    Sigma = symmetrize(E[:d, d:] @ A.T)
-
-    def double(carry, i):
-        A, Sigma = carry
-        keep = i < k
-        A2 = jnp.where(keep, A @ A, A)
-        Sigma2 = jnp.where(keep, symmetrize(A @ Sigma @ A.T + Sigma), Sigma)
-        return (A2, Sigma2), None
-
-    (A, Sigma), _ = jax.lax.scan(double, (A, Sigma), jnp.arange(_MAX_DOUBLINGS, dtype=F.dtype))
+    (last, _), (powers, sigmas) = jax.lax.scan(
+        term, (jnp.eye(F.shape[-1], dtype=F.dtype), Q * scale), None, length=_SERIES_DEGREE
+    )
+    powers = jnp.concatenate([powers, last[None]])  # G^0 .. G^N; sigmas: s Q_1 .. s^N Q_N
+    r = (h / scale)[:, None]
+    coef = jnp.cumprod(r / jnp.arange(1, _SERIES_DEGREE + 1, dtype=F.dtype)[None], axis=1)
+    A = powers[0][None] + jnp.einsum("nj,jab->nab", coef, powers[1:])
+    Sigma = jnp.einsum("nj,jab->nab", coef, sigmas)
     return A, Sigma
 
 
-@jax.jit  # compiled once per shape: eagerly, the doubling scan would be traced on every call
+def _double(A, Sigma, k, num: int):
+    """Apply `k` (n,) doublings (at most `num`) to the reduced-step (A, Sigma) (n, d, d)."""
+
+    def double(carry, i):
+        A, Sigma = carry
+        keep = (i < k)[:, None, None]
+        A2 = jnp.where(keep, A @ A, A)
+        Sigma2 = jnp.where(keep, symmetrize(A @ Sigma @ jnp.swapaxes(A, -1, -2) + Sigma), Sigma)
+        return (A2, Sigma2), None
+
+    (A, Sigma), _ = jax.lax.scan(double, (A, Sigma), jnp.arange(num, dtype=A.dtype))
+    return A, Sigma
+
+
+@jax.jit  # compiled once per shape
 def _discretize(F, Q, steps):
-    """(A, Sigma), each `steps.shape + (d, d)`, no validation."""
-    flat = jnp.reshape(steps, (-1,))
-    A, Sigma = jax.vmap(_discretize_step, in_axes=(None, None, 0))(F, Q, flat)
+    """(A, Sigma), each `steps.shape + (d, d)`, no validation.
+
+    The doubling loop runs only as long as the batch's largest `k` needs: none (the usual case,
+    steps no longer than the drift's time scale), `_FEW_DOUBLINGS` or `_MAX_DOUBLINGS`.
+    """
     d = F.shape[-1]
+    flat = jnp.reshape(steps, (-1,)).astype(F.dtype)
+    absF = jnp.abs(F)  # max of the 1- and inf-norms: bounds both F and F^T
+    norm = jnp.maximum(jnp.max(jnp.sum(absF, axis=0)), jnp.max(jnp.sum(absF, axis=1))) * flat
+    k = jnp.where(norm > _THETA, jnp.ceil(jnp.log2(jnp.maximum(norm, _THETA) / _THETA)), 0.0)
+    k = jax.lax.stop_gradient(jnp.minimum(k, _MAX_DOUBLINGS))
+    A, Sigma = _series(F, Q, flat / 2.0**k)
+    kmax = jnp.max(k, initial=0.0)
+    branch = (kmax > 0).astype(jnp.int32) + (kmax > _FEW_DOUBLINGS).astype(jnp.int32)
+    # remat: the gradient of a switch keeps every branch's residuals (zeros when not taken);
+    # a doubling loop's are num x n x d x d
+    few, most = (
+        jax.checkpoint(functools.partial(_double, num=n)) for n in (_FEW_DOUBLINGS, _MAX_DOUBLINGS)
+    )
+    A, Sigma = jax.lax.switch(branch, [lambda A, Sigma, k: (A, Sigma), few, most], A, Sigma, k)
     return A.reshape(steps.shape + (d, d)), Sigma.reshape(steps.shape + (d, d))
 
 
@@ -130,8 +160,9 @@ def discretize(
     r"""Exact discretisation of $dx = F x\,dt + L\,dW$ over steps of length `dt`.
 
     $A = e^{F\,\Delta t}$ and $\Sigma = \int_0^{\Delta t} e^{F s} L L^\top e^{F^\top s}\,ds$,
-    read off the Van Loan block matrix exponential (evaluated on a reduced step and doubled
-    exactly, so that stiff steps keep their accuracy).
+    the blocks of the Van Loan block matrix exponential, summed as power series with coefficients
+    shared by all steps (on a reduced step, then doubled exactly, so that stiff steps keep their
+    accuracy).
 
     Args:
         F: drift, `(d, d)`, finite.
