@@ -47,6 +47,34 @@ def test_filter_matches_dense_gaussian(rng, case):
     np.testing.assert_allclose(got.log_likelihood, dense_smoother(arrays, y)[3], rtol=RTOL)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_sequences_sharing_a_mask_match_dense_gaussian(rng, case):
+    """Sequences with one NaN mask (all complete, or the same entries missing, trailing padding
+    included) share one covariance recursion: each must still be its own dense posterior."""
+    _, _, arrays, y = random_problem(rng, 6, 2, 2, **CASES[case])
+    ys = rng.normal(size=(3, 6, 2)) * 2.0
+    ys[:, np.isnan(y)] = np.nan
+    if CASES[case].get("missing"):
+        ys[:, -1] = np.nan  # padding
+    filt = sdessm.kalman_filter(_lgssm(arrays), ys)
+    smooth = sdessm.rts_smoother(_lgssm(arrays), ys)
+    for b in range(3):
+        fm, fc, pm, pc = dense_filter(arrays, ys[b])
+        means, covs, cross, loglik = dense_smoother(arrays, ys[b])
+        for got, want in [
+            (filt.filtered_means[b], fm),
+            (filt.filtered_covs[b], fc),
+            (filt.predicted_means[b], pm),
+            (filt.predicted_covs[b], pc),
+            (smooth.smoothed_means[b], means),
+            (smooth.smoothed_covs[b], covs),
+            (smooth.cross_covs[b], cross),
+        ]:
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(filt.log_likelihood[b], loglik, rtol=RTOL)
+        np.testing.assert_allclose(smooth.log_likelihood[b], loglik, rtol=RTOL)
+
+
 @pytest.mark.parametrize("irregular", [False, True])
 def test_sde_form_equals_discrete_form(rng, irregular):
     sde, times, arrays, y = random_problem(rng, 8, 2, 2, irregular=irregular, missing=0.2)

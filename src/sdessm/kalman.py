@@ -158,12 +158,18 @@ def _filter_one(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
     )
 
 
-def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
-    filt = _filter_one(params, y, complete)
+def _transitions(params: LGSSMParams, T: int):
+    """`(A, Sigma)` of the `T - 1` transitions, each `(T-1, d, d)`."""
     tv = params.time_varying()
-    steps = (y.shape[0] - 1,)
+    steps = (T - 1,)
     A = params.A if tv["A"] else jnp.broadcast_to(params.A, steps + params.A.shape)
     Sigma = params.Sigma if tv["Sigma"] else jnp.broadcast_to(params.Sigma, steps + params.A.shape)
+    return A, Sigma
+
+
+def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
+    filt = _filter_one(params, y, complete)
+    A, Sigma = _transitions(params, y.shape[0])
 
     def step(carry, xs):
         m_next, P_next = carry  # smoothed moments of x_{k+1}
@@ -189,6 +195,111 @@ def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherRes
         smoothed_means=jnp.concatenate([ms, last[0][None]]),
         smoothed_covs=jnp.concatenate([Ps, last[1][None]]),
         cross_covs=crosses,
+        log_likelihood=filt.log_likelihood,
+    )
+
+
+def _update_rows(m, P, H, u, R, y, obs, complete: bool = False):
+    """`_update` for the rows of `m` `(b, d)`, which share `P` and the NaN mask `obs` `(p,)` (None
+    when `complete`): `(m, P, loglik (b,))`.
+
+    The rows only meet matrix products (the gain comes from `P` alone): sharded along the
+    sequences, they need no exchange.
+    """
+    p, d = H.shape
+    if complete:
+        E = y - m @ H.T - u[None]
+        n_obs = p
+    else:
+        H = jnp.where(obs[:, None], H, 0.0)
+        R = jnp.where(obs[:, None] & obs[None, :], R, jnp.eye(p, dtype=R.dtype))
+        E = jnp.where(obs[None], y - m @ H.T - u[None], 0.0)
+        n_obs = jnp.sum(obs).astype(y.dtype)
+    HP = H @ P
+    chol = jnp.linalg.cholesky(symmetrize(HP @ H.T + R))
+    W = solve_triangular(chol, jnp.concatenate([HP, jnp.eye(p, dtype=P.dtype)], axis=1), lower=True)
+    W_P, L_inv = W[:, :d], W[:, d:]  # L^{-1} H P and L^{-1}, with S = L L^T
+    gain = W_P.T @ L_inv  # K = P H^T S^{-1}
+    P = joseph(P, gain, H, R)
+    w = E @ L_inv.T  # whitened innovations
+    m = m + w @ W_P
+    log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+    return m, P, -0.5 * (n_obs * jnp.log(2.0 * jnp.pi) + log_det + jnp.sum(w * w, axis=1))
+
+
+def _filter_rows_core(params: LGSSMParams, y, complete: bool):
+    """`_filter_rows` with means time first `(T, b, d)` and covariances `(T, d, d)` once."""
+    b, T, _ = y.shape
+    shared, per_step, first = _steps(params)
+    obs = None if complete else ~jnp.isnan(y[0])
+    yt = jnp.swapaxes(y, 0, 1)  # (T, b, p)
+    m0 = jnp.broadcast_to(params.mu1, (b,) + params.mu1.shape)
+    obs0 = None if complete else obs[0]
+    m1, P1, ll1 = _update_rows(
+        m0, params.P1, first["H"], first["u"], first["R"], yt[0], obs0, complete
+    )
+
+    def step(carry, xs):
+        m, P = carry
+        k, y_k, obs_k = xs
+        f = shared | k
+        m_pred, P_pred = m @ f["A"].T, symmetrize(f["A"] @ P @ f["A"].T + f["Sigma"])
+        m_f, P_f, ll = _update_rows(m_pred, P_pred, f["H"], f["u"], f["R"], y_k, obs_k, complete)
+        return (m_f, P_f), (m_f, P_f, m_pred, P_pred, ll)
+
+    xs = (per_step, yt[1:], None if complete else obs[1:])
+    _, (ms, Ps, m_preds, P_preds, lls) = jax.lax.scan(step, (m1, P1), xs)
+    cat = lambda a, rest: jnp.concatenate([a[None], rest])  # noqa: E731
+    return FilterResult(
+        filtered_means=cat(m1, ms),
+        filtered_covs=cat(P1, Ps),
+        predicted_means=cat(m0, m_preds),
+        predicted_covs=cat(params.P1, P_preds),
+        log_likelihood=ll1 + jnp.sum(lls, axis=0),
+    )
+
+
+def _filter_rows(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
+    """`_filter_one` for the `b` sequences `y` `(b, T, p)`, which share the NaN mask of `y[0]`:
+    one covariance recursion for all of them, their means propagated together as the rows of a
+    `(b, d)` matrix. The covariances are returned broadcast to every sequence."""
+    core = _filter_rows_core(params, y, complete)
+    b = y.shape[0]
+    means = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
+    covs = lambda a: jnp.broadcast_to(a, (b,) + a.shape)  # noqa: E731
+    return FilterResult(
+        means(core.filtered_means),
+        covs(core.filtered_covs),
+        means(core.predicted_means),
+        covs(core.predicted_covs),
+        core.log_likelihood,
+    )
+
+
+def _smoother_rows(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
+    """`_smoother_one` for sequences that share one NaN mask, as `_filter_rows`."""
+    filt = _filter_rows_core(params, y, complete)
+    b, T, _ = y.shape
+    A, Sigma = _transitions(params, T)
+
+    def step(carry, xs):
+        m_next, P_next = carry  # smoothed moments of x_{k+1}, rows (b, d)
+        m_f, P_f, m_pred, P_pred, A_k, Sigma_k = xs
+        gain = smoother_gain(P_f, P_pred, A_k)
+        m = m_f + (m_next - m_pred) @ gain.T
+        P = smoothed_cov(P_f, P_next, gain, A_k, Sigma_k)
+        return (m, P), (m, P, P_next @ gain.T)
+
+    means_f, means_p = filt.filtered_means, filt.predicted_means
+    covs_f, covs_p = filt.filtered_covs, filt.predicted_covs
+    last = (means_f[-1], covs_f[-1])
+    xs = (means_f[:-1], covs_f[:-1], means_p[1:], covs_p[1:], A, Sigma)
+    _, (ms, Ps, crosses) = jax.lax.scan(step, last, xs, reverse=True)
+    every = lambda a: jnp.broadcast_to(a, (b,) + a.shape)  # noqa: E731
+    return SmootherResult(
+        smoothed_means=jnp.swapaxes(jnp.concatenate([ms, last[0][None]]), 0, 1),
+        smoothed_covs=every(jnp.concatenate([Ps, last[1][None]])),
+        cross_covs=every(crosses),
         log_likelihood=filt.log_likelihood,
     )
 
@@ -393,22 +504,39 @@ def is_complete(y) -> bool:
     return v is not None and np.issubdtype(v.dtype, np.number) and not np.isnan(v).any()
 
 
+def _same_mask(y) -> bool:
+    """Whether `y` `(B, T, p)` is concrete and all its sequences have the NaN mask of the first."""
+    v = concrete(y)
+    if v is None or not np.issubdtype(v.dtype, np.floating):
+        return False
+    missing = np.isnan(v)
+    return bool((missing == missing[:1]).all())
+
+
 def _map_sequences(fn, params, y, params_batched, complete: bool | None = None):
     """Apply a single-sequence `fn(params, y, complete)` to `(T, p)` or `(B, T, p)` data.
 
     `complete` defaults to `is_complete(y)`.
     """
     complete = is_complete(y) if complete is None else complete
-    return _map_sequences_jit(fn, params, y, params_batched, complete)
+    same_mask = complete or _same_mask(y)
+    return _map_sequences_jit(fn, params, y, params_batched, complete, same_mask)
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "params_batched", "complete"))
-def _map_sequences_jit(fn, params, y, params_batched, complete):
+@functools.partial(jax.jit, static_argnames=("fn", "params_batched", "complete", "same_mask"))
+def _map_sequences_jit(fn, params, y, params_batched, complete, same_mask: bool = False):
     """One compiled program per (fn, shapes, flags), reused by every later call: without the
-    jit each call would trace and compile its scans anew."""
+    jit each call would trace and compile its scans anew.
+
+    Sequences that share the parameters and one NaN mask (`same_mask`, static) share one
+    covariance recursion in the filter and the smoother (`_filter_rows`, `_smoother_rows`).
+    """
     one = functools.partial(fn, complete=complete)
     if y.ndim == 2:
         return one(params, y)
+    rows = {_filter_one: _filter_rows, _smoother_one: _smoother_rows}.get(fn)
+    if rows is not None and same_mask and not params_batched:
+        return rows(params, y, complete)
     axes = LGSSMParams(0, 0, None, None, None, None, None) if params_batched else None
     return jax.vmap(one, in_axes=(axes, 0))(params, y)
 

@@ -33,13 +33,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, Float, Int
 
-from ._checks import concrete
 from .discretize import symmetrize
-from .kalman import _steps, joseph, smoothed_cov, smoother_gain
+from .kalman import _same_mask, _steps, _update_rows, joseph, smoothed_cov, smoother_gain
 from .params import LGSSMParams
 
 
@@ -184,30 +181,9 @@ def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool,
         w_rest = w_emit[1:]
     compensate = jnp.finfo(dtype).bits < 64  # Kahan summation of the running sums
     shared, steps, first = _steps(params)
-    log_2pi = jnp.log(2.0 * jnp.pi)
-    eye_p = jnp.eye(p, dtype=dtype)
 
     def update(m, P, H, u, R, y_k, obs_k):
-        """`kalman._update` for the rows of `m` `(b, d)`, which share `P` and the mask `obs_k`."""
-        if complete:
-            E = y_k - m @ H.T - u[None]
-            n_obs = p
-        else:
-            H = jnp.where(obs_k[:, None], H, 0.0)
-            R = jnp.where(obs_k[:, None] & obs_k[None, :], R, jnp.eye(p, dtype=R.dtype))
-            E = jnp.where(obs_k[None], y_k - m @ H.T - u[None], 0.0)
-            n_obs = jnp.sum(obs_k).astype(dtype)
-        HP = H @ P
-        chol = jnp.linalg.cholesky(symmetrize(HP @ H.T + R))
-        W = solve_triangular(chol, jnp.concatenate([HP, eye_p], axis=1), lower=True)
-        W_P, L_inv = W[:, :d], W[:, d:]  # L^{-1} H P and L^{-1}, with S = L L^T
-        gain = W_P.T @ L_inv  # K = P H^T S^{-1}
-        P = joseph(P, gain, H, R)
-        # the rows only meet matrix products: sharded along the sequences, they need no exchange
-        w = E @ L_inv.T  # whitened innovations
-        m = m + w @ W_P
-        log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
-        return m, P, -0.5 * (n_obs * log_2pi + log_det + jnp.sum(w * w, axis=1))
+        return _update_rows(m, P, H, u, R, y_k, obs_k, complete)
 
     def forward(carry, xs):
         m, P = carry  # filtered x_{k-1}
@@ -329,15 +305,6 @@ def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool,
         num_emissions=n_emit,
     )
     return stats, logliks
-
-
-def _same_mask(y) -> bool:
-    """Whether `y` `(B, T, p)` is concrete and all its sequences have the NaN mask of the first."""
-    v = concrete(y)
-    if v is None or not np.issubdtype(v.dtype, np.floating):
-        return False
-    missing = np.isnan(v)
-    return bool((missing == missing[:1]).all())
 
 
 def expected_stats(
