@@ -58,6 +58,7 @@ def test_sequences_sharing_a_mask_match_dense_gaussian(rng, case):
         ys[:, -1] = np.nan  # padding
     filt = sdessm.kalman_filter(_lgssm(arrays), ys)
     smooth = sdessm.rts_smoother(_lgssm(arrays), ys)
+    alone = sdessm.log_likelihood(_lgssm(arrays), ys)
     for b in range(3):
         fm, fc, pm, pc = dense_filter(arrays, ys[b])
         means, covs, cross, loglik = dense_smoother(arrays, ys[b])
@@ -73,6 +74,7 @@ def test_sequences_sharing_a_mask_match_dense_gaussian(rng, case):
             np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(filt.log_likelihood[b], loglik, rtol=RTOL)
         np.testing.assert_allclose(smooth.log_likelihood[b], loglik, rtol=RTOL)
+        np.testing.assert_allclose(alone[b], loglik, rtol=RTOL)
 
 
 @pytest.mark.parametrize("irregular", [False, True])
@@ -260,6 +262,10 @@ def test_log_likelihood_steady_state_form(rng, slow_mode):
     g_fast = jax.grad(lambda R: both(R)[0])(params.R)
     g_full = jax.grad(lambda R: both(R)[1])(params.R)
     np.testing.assert_allclose(g_fast, g_full, rtol=1e-8, atol=1e-8)
+    # several sequences share the recursion (and its steady state) but keep their own values
+    ys = np.stack([y, y[::-1], 0.5 * y])
+    each = [sdessm.kalman_filter(params, one, dt=0.1).log_likelihood for one in ys]
+    np.testing.assert_allclose(sdessm.log_likelihood(params, ys, dt=0.1), each, rtol=1e-11)
 
 
 def _params(**overrides):

@@ -325,16 +325,17 @@ def _continuous_iteration(state: SDEParams, y, reps, groups, config):
         free = maximize(objective, free, mstep_iters)
     new = SDEParams(free.get("F", state.F), free.get("L", state.L), *emit[2:])
     if free:  # closed-form emissions with the old (F, L) raise the objective: the fallback
-        loglik = lambda s: _total_loglik(s, y, reps, groups, complete)  # noqa: E731
+        loglik = lambda s: _total_loglik(s, y, reps, groups, complete, same_mask)  # noqa: E731
         emissions_only = SDEParams(state.F, state.L, *emit[2:])
         new = _safeguard(loglik, state, _safeguard(loglik, emissions_only, new), halvings=0)
     return new, jnp.sum(logliks), jnp.zeros(())
 
 
-def _total_loglik(sde: SDEParams, y, reps, groups, complete):
+def _total_loglik(sde: SDEParams, y, reps, groups, complete, same_mask=False):
     """Marginal log-likelihood of all sequences `y` (B, T, p) under `sde` on the grouped steps."""
     _, _, lg = _continuous_discrete(sde, reps, groups)
-    return jnp.sum(_map_sequences_jit(_loglik_one, lg, y, groups.ndim == 2, complete))
+    batched = groups.ndim == 2
+    return jnp.sum(_map_sequences_jit(_loglik_one, lg, y, batched, complete, same_mask))
 
 
 def _safeguard(objective, old, new, halvings: int = SAFEGUARD_HALVINGS):
@@ -382,7 +383,10 @@ def _structured_iteration(
         return expected_complete_loglik(stats, LGSSMParams(A_g, Sigma_g, *s[2:])) + prior(th)
 
     new = maximize(objective, theta, mstep_iters)
-    total = lambda th: _total_loglik(structure(th), y, reps, groups, complete) + prior(th)  # noqa: E731
+
+    def total(th):
+        return _total_loglik(structure(th), y, reps, groups, complete, same_mask) + prior(th)
+
     return _safeguard(total, theta, new), jnp.sum(logliks), prior(theta)
 
 

@@ -339,9 +339,15 @@ def _absorb(P, H_w):
     return P, jnp.stack(gains), jnp.stack(ss)
 
 
+def _lift(v, rows):
+    """`v` with a leading axis of length 1 when `rows` (a `(b, d)` matrix of means) has one."""
+    return v[None] if rows.ndim == 2 else v
+
+
 def _loglik_steady(A, Sigma, H_w, y_w, mu1, P1, num_steps: int):
-    """Log-likelihood of complete whitened data (without the constant), the covariance recursion
-    cut after `num_steps`; returns `(value, converged)`."""
+    """Log-likelihood of complete whitened data `y_w` `(T, p)`, or `(T, b, p)` for b sequences,
+    without the constant, the covariance recursion cut after `num_steps`; returns
+    `(value () or (b,), converged)`."""
 
     def cov_step(P, _):
         P_f, g, s = _absorb(P, H_w)
@@ -356,17 +362,19 @@ def _loglik_steady(A, Sigma, H_w, y_w, mu1, P1, num_steps: int):
     inv_s = jnp.concatenate([1.0 / ss, jnp.broadcast_to(1.0 / s_inf, (rest,) + s_inf.shape)])
     log_det = jnp.sum(jnp.log(ss)) + rest * jnp.sum(jnp.log(s_inf))
 
-    def mean_step(m, xs):
+    def mean_step(m, xs):  # rows of m (b, d), if any, share the gains
         g_k, inv_s_k, y_k = xs
-        quad = jnp.zeros((), y_k.dtype)
+        quad = jnp.zeros(y_k.shape[:-1], y_k.dtype)
         for i in range(H_w.shape[0]):
-            e = y_k[i] - H_w[i] @ m
-            m = m + g_k[i] * e
+            e = y_k[..., i] - m @ H_w[i]
+            m = m + e[..., None] * _lift(g_k[i], m)
             quad = quad + e * e * inv_s_k[i]
-        return A @ m, quad
+        return m @ A.T, quad
 
-    _, quads = jax.lax.scan(mean_step, mu1, (gains, inv_s, y_w))
-    return -0.5 * (log_det + jnp.sum(quads)), converged  # no running total: see `full` below
+    m0 = jnp.broadcast_to(mu1, y_w.shape[1:-1] + mu1.shape)
+    _, quads = jax.lax.scan(mean_step, m0, (gains, inv_s, y_w))
+    # summed at the end, not as a running total: see `full` in `_loglik_one`
+    return -0.5 * (log_det + jnp.sum(quads, axis=0)), converged
 
 
 def _loglik_one(params: LGSSMParams, y, complete: bool = False):
@@ -379,65 +387,72 @@ def _loglik_one(params: LGSSMParams, y, complete: bool = False):
     uniform steps longer than `2 * LOGLIK_STEADY_STEPS` take the steady-state form when the
     Riccati recursion has converged (checked at run time; otherwise the full recursion runs).
     Emissions that vary per step fall back to the Joseph-form filter.
+
+    `y` is one sequence `(T, p)`, or `b` sequences `(b, T, p)` that share the NaN mask of `y[0]`
+    (value `(b,)`): one covariance recursion for all, their means the rows of a `(b, d)` matrix.
     """
     tv = params.time_varying()
+    rows = y.ndim == 3
     if tv["H"] or tv["u"] or tv["R"]:
-        return _filter_one(params, y, complete).log_likelihood
+        filt = _filter_rows_core if rows else _filter_one
+        return filt(params, y, complete).log_likelihood
     H, u, R = params.H, params.u, params.R
-    p = H.shape[0]
+    T, p = y.shape[-2:]
+    d = H.shape[1]
     log_2pi = jnp.log(2.0 * jnp.pi)
+    yt = jnp.swapaxes(y, 0, 1) if rows else y  # time first
+    obs = None if complete else ~jnp.isnan(y[0] if rows else y)
 
-    def whiten(y_k):
-        """(C^{-1} H, C^{-1} (y_k - u), log|C| + n_obs log(2 pi) / 2) on the observed entries."""
-        if complete:
-            obs, H_k, R_k, e = None, H, R, y_k - u
-        else:
-            obs = ~jnp.isnan(y_k)
-            H_k = jnp.where(obs[:, None], H, 0.0)
-            R_k = jnp.where(obs[:, None] & obs[None, :], R, jnp.eye(p, dtype=R.dtype))
-            e = jnp.where(obs, y_k - u, 0.0)
+    def whiten(y_k, obs_k):
+        """(C^{-1} H, C^{-1} (y_k - u) (of each row), log|C| + n_obs log(2 pi) / 2) on the
+        observed entries."""
+        H_k = jnp.where(obs_k[:, None], H, 0.0)
+        R_k = jnp.where(obs_k[:, None] & obs_k[None, :], R, jnp.eye(p, dtype=R.dtype))
+        e = jnp.where(_lift(obs_k, y_k), y_k - _lift(u, y_k), 0.0)
         C = jnp.linalg.cholesky(R_k)
-        n_obs = p if obs is None else jnp.sum(obs).astype(y_k.dtype)
+        n_obs = jnp.sum(obs_k).astype(y_k.dtype)
         const = jnp.sum(jnp.log(jnp.diagonal(C))) + 0.5 * n_obs * log_2pi
-        W = solve_triangular(C, jnp.concatenate([H_k, e[:, None]], axis=1), lower=True)
-        return W[:, :-1], W[:, -1], const
+        W = solve_triangular(C, jnp.concatenate([H_k, e.reshape(-1, p).T], axis=1), lower=True)
+        return W[:, :d], W[:, d:].T.reshape(e.shape), const
 
     if complete:  # one factorisation for all steps
         C = jnp.linalg.cholesky(R)
         H_w = solve_triangular(C, H, lower=True)
-        y_w = solve_triangular(C, (y - u[None]).T, lower=True).T
+        e = yt - (u[None, None] if rows else u[None])
+        y_w = solve_triangular(C, e.reshape(-1, p).T, lower=True).T.reshape(e.shape)
         const = jnp.sum(jnp.log(jnp.diagonal(C))) + 0.5 * p * log_2pi
 
-    def update(m, P, y_k):
-        H_k, e_w, c = (H_w, y_k, const) if complete else whiten(y_k)
+    def update(m, P, y_k, obs_k):
+        H_k, e_w, c = (H_w, y_k, const) if complete else whiten(y_k, obs_k)
         ll = -c
         for i in range(p):  # scalar updates, unit noise
-            e = e_w[i] - H_k[i] @ m
+            e = e_w[..., i] - m @ H_k[i]
             P, g, s = _scalar_update(P, H_k[i])
-            m = m + g * e
+            m = m + e[..., None] * _lift(g, m)
             ll = ll - 0.5 * (jnp.log(s) + e * e / s)
         return m, P, ll
 
-    y_in = y_w if complete else y
+    y_in = y_w if complete else yt
     shared, per_step, _ = _steps(params)
 
     def full():
-        m, P, ll = update(params.mu1, params.P1, y_in[0])
+        m0 = jnp.broadcast_to(params.mu1, y_in.shape[1:-1] + (d,))
+        m, P, ll = update(m0, params.P1, y_in[0], None if complete else obs[0])
 
         def step(carry, xs):
             m, P = carry
-            k, y_k = xs
+            k, y_k, obs_k = xs
             f = shared | k
-            m, P = _predict(m, P, f["A"], f["Sigma"])
-            m, P, ll = update(m, P, y_k)
+            m, P = m @ f["A"].T, symmetrize(f["A"] @ P @ f["A"].T + f["Sigma"])
+            m, P, ll = update(m, P, y_k, obs_k)
             return (m, P), ll
 
         # summed by `jnp.sum` at the end, not as a running total in the carry: in float32 such a
         # total over 1000 steps lost ~1e-6 of its value
-        _, lls = jax.lax.scan(step, (m, P), (per_step, y_in[1:]))
-        return ll + jnp.sum(lls)
+        xs = (per_step, y_in[1:], None if complete else obs[1:])
+        _, lls = jax.lax.scan(step, (m, P), xs)
+        return ll + jnp.sum(lls, axis=0)
 
-    T = y.shape[0]
     if not complete or tv["A"] or tv["Sigma"] or T <= 2 * LOGLIK_STEADY_STEPS:
         return full()
     steady, converged = _loglik_steady(
@@ -529,12 +544,13 @@ def _map_sequences_jit(fn, params, y, params_batched, complete, same_mask: bool 
     jit each call would trace and compile its scans anew.
 
     Sequences that share the parameters and one NaN mask (`same_mask`, static) share one
-    covariance recursion in the filter and the smoother (`_filter_rows`, `_smoother_rows`).
+    covariance recursion (`_filter_rows`, `_smoother_rows`, `_loglik_one` on `(b, T, p)`).
     """
     one = functools.partial(fn, complete=complete)
     if y.ndim == 2:
         return one(params, y)
-    rows = {_filter_one: _filter_rows, _smoother_one: _smoother_rows}.get(fn)
+    rows = {_filter_one: _filter_rows, _smoother_one: _smoother_rows, _loglik_one: _loglik_one}
+    rows = rows.get(fn)
     if rows is not None and same_mask and not params_batched:
         return rows(params, y, complete)
     axes = LGSSMParams(0, 0, None, None, None, None, None) if params_batched else None
