@@ -709,6 +709,20 @@ def test_safeguard_keeps_a_step_only_if_the_objective_does_not_fall():
     assert float(_safeguard(objective, start, {"x": jnp.asarray(jnp.nan)})["x"]) == 0.0
 
 
+@pytest.mark.parametrize("old", [0.0, 1.4, -2.0, np.nan])
+@pytest.mark.parametrize("fallback", [0.5, -0.5, 3.0])
+@pytest.mark.parametrize("new", [0.9, 2.0, 40.0, -100.0, np.nan])
+def test_safeguard_via_equals_the_nested_safeguards(old, fallback, new):
+    """The one-`lax.map` form equals checking `new` against `fallback`, then the result against
+    `old`, point by point (objective: a concave quadratic with its maximum at 1)."""
+    from sdessm.em import _safeguard, _safeguard_via
+
+    objective = lambda th: -((th["x"] - 1.0) ** 2)  # noqa: E731
+    pts = [{"x": jnp.asarray(v)} for v in (old, fallback, new)]
+    nested = _safeguard(objective, pts[0], _safeguard(objective, pts[1], pts[2]), halvings=0)
+    np.testing.assert_array_equal(_safeguard_via(objective, *pts)["x"], nested["x"])
+
+
 def test_gaussian_term_gradient_equals_differentiating_the_cholesky_form(rng):
     from jax.scipy.linalg import cho_solve
 

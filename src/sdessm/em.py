@@ -327,7 +327,7 @@ def _continuous_iteration(state: SDEParams, y, reps, groups, config):
     if free:  # closed-form emissions with the old (F, L) raise the objective: the fallback
         loglik = lambda s: _total_loglik(s, y, reps, groups, complete, same_mask)  # noqa: E731
         emissions_only = SDEParams(state.F, state.L, *emit[2:])
-        new = _safeguard(loglik, state, _safeguard(loglik, emissions_only, new), halvings=0)
+        new = _safeguard_via(loglik, state, emissions_only, new)
     return new, jnp.sum(logliks), jnp.zeros(())
 
 
@@ -336,6 +336,24 @@ def _total_loglik(sde: SDEParams, y, reps, groups, complete, same_mask=False):
     _, _, lg = _continuous_discrete(sde, reps, groups)
     batched = groups.ndim == 2
     return jnp.sum(_map_sequences_jit(_loglik_one, lg, y, batched, complete, same_mask))
+
+
+def _halvings(old, new, halvings: int):
+    """`new`, then `old + (new - old) / 2^j` for j = 1..halvings."""
+    return [new] + [
+        jax.tree.map(lambda a, b, t=0.5**j: b + t * (a - b), new, old)
+        for j in range(1, halvings + 1)
+    ]
+
+
+def _first_acceptable(values, base, trials, old):
+    """The first of `trials` whose value is finite and >= `base`, and its value; else `old` and
+    `base`."""
+    ok = jnp.isfinite(values) & (values >= base)
+    first = jnp.argmax(ok)
+    chosen = jax.tree.map(lambda *leaves: jnp.stack(leaves)[first], *trials)
+    chosen = jax.tree.map(lambda a, b: jnp.where(jnp.any(ok), a, b), chosen, old)
+    return chosen, jnp.where(jnp.any(ok), values[first], base)
 
 
 def _safeguard(objective, old, new, halvings: int = SAFEGUARD_HALVINGS):
@@ -349,17 +367,23 @@ def _safeguard(objective, old, new, halvings: int = SAFEGUARD_HALVINGS):
     keeps generalized EM monotone whatever the conditioning of the expected one.
     """
     base = objective(old)
-    trials = [new] + [
-        jax.tree.map(lambda a, b, t=0.5**j: b + t * (a - b), new, old)
-        for j in range(1, halvings + 1)
-    ]
+    trials = _halvings(old, new, halvings)
     # evaluated one after another, without a loop primitive: inside `lax.while_loop` the
     # log-prior of a NumPyro model failed to compile (an unregistered LAPACK custom call)
     values = jnp.stack([objective(trial) for trial in trials])
-    ok = jnp.isfinite(values) & (values >= base)
-    first = jnp.argmax(ok)
-    chosen = jax.tree.map(lambda *leaves: jnp.stack(leaves)[first], *trials)
-    return jax.tree.map(lambda a, b: jnp.where(jnp.any(ok), a, b), chosen, old)
+    return _first_acceptable(values, base, trials, old)[0]
+
+
+def _safeguard_via(objective, old, fallback, new, halvings: int = SAFEGUARD_HALVINGS):
+    """`_safeguard(objective, old, _safeguard(objective, fallback, new, halvings), halvings=0)`
+    with all the points evaluated by one `lax.map`: one compiled copy of `objective` instead of
+    `halvings + 4` (the log-likelihood's filter scan and discretisation each time). For
+    objectives that compile inside a loop, unlike a NumPyro log-prior (see `_safeguard`)."""
+    trials = _halvings(fallback, new, halvings)
+    points = jax.tree.map(lambda *leaves: jnp.stack(leaves), old, fallback, *trials)
+    values = jax.lax.map(objective, points)
+    chosen, value = _first_acceptable(values[2:], values[1], trials, fallback)
+    return _first_acceptable(value[None], values[0], [chosen], old)[0]
 
 
 @functools.partial(
