@@ -137,8 +137,9 @@ def test_batch_equals_each_step_alone(rng, largest):
     A, Sigma = sdessm.discretize(F, L, steps)
     for i, s in enumerate(steps):
         A1, Sigma1 = sdessm.discretize(F, L, s)
-        np.testing.assert_allclose(A[i], A1, rtol=1e-13, atol=1e-15 * np.abs(A1).max())
-        np.testing.assert_allclose(Sigma[i], Sigma1, rtol=1e-13, atol=1e-15 * np.abs(Sigma1).max())
+        # round-off only: the batch scales its series by its own longest step
+        np.testing.assert_allclose(A[i], A1, rtol=1e-12, atol=1e-13 * np.abs(A1).max())
+        np.testing.assert_allclose(Sigma[i], Sigma1, rtol=1e-12, atol=1e-13 * np.abs(Sigma1).max())
         expected = scipy.linalg.expm(F * s)
         np.testing.assert_allclose(A1, expected, rtol=1e-11, atol=1e-14 * np.abs(expected).max())
 
