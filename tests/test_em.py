@@ -746,3 +746,9 @@ def test_gaussian_term_gradient_equals_differentiating_the_cholesky_form(rng):
         )
         for a, b in zip(ours, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+    # forward mode too (a JVP rule): second derivatives in the covariance
+    hess = [
+        jax.hessian(lambda c, f=f: jnp.sum(w * f(residual, c, n)))(cov[0])
+        for f in (_gaussian_term, plain)
+    ]
+    np.testing.assert_allclose(hess[0], hess[1], rtol=1e-10, atol=1e-10 * np.abs(hess[1]).max())
