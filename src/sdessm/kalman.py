@@ -64,36 +64,6 @@ class SmootherResult(NamedTuple):
 # --------------------------------------------------------------------------- single sequence
 
 
-def _update(m, P, H, u, R, y, complete: bool = False):
-    r"""Condition N(m, P) on the observed entries of y ~ N(H x + u, R). Returns (m, P, loglik).
-
-    With the Cholesky factor $L$ of $S = H P H^\top + R$, one triangular solve gives
-    $W = L^{-1} [H P,\ e]$: then $K e = W_P^\top w_e$, the Mahalanobis term is $w_e^\top w_e$, and
-    $K = (L^{-\top} W_P)^\top$ enters the Joseph-form covariance. `complete` (static) promises
-    that y has no NaN and skips the masking.
-    """
-    p, d = H.shape
-    if complete:
-        innovation = y - H @ m - u
-        n_obs = p
-    else:
-        obs = ~jnp.isnan(y)
-        H = jnp.where(obs[:, None], H, 0.0)
-        R = jnp.where(obs[:, None] & obs[None, :], R, jnp.eye(p, dtype=R.dtype))
-        innovation = jnp.where(obs, y - H @ m - u, 0.0)
-        n_obs = jnp.sum(obs).astype(y.dtype)
-    HP = H @ P
-    chol = jnp.linalg.cholesky(symmetrize(HP @ H.T + R))
-    W = solve_triangular(chol, jnp.concatenate([HP, innovation[:, None]], axis=1), lower=True)
-    W_P, w_e = W[:, :d], W[:, d]
-    m = m + W_P.T @ w_e
-    gain = solve_triangular(chol, W_P, lower=True, trans=1).T  # K = P H^T S^{-1}
-    P = joseph(P, gain, H, R)
-    log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
-    loglik = -0.5 * (n_obs * jnp.log(2.0 * jnp.pi) + log_det + w_e @ w_e)
-    return m, P, loglik
-
-
 def joseph(P, gain, H, R):
     """Joseph-form filtered covariance (I - K H) P (I - K H)^T + K R K^T, symmetrised."""
     I_KH = jnp.eye(P.shape[-1], dtype=P.dtype) - gain @ H
@@ -134,30 +104,6 @@ def _steps(params: LGSSMParams):
     return shared, per_step, first
 
 
-def _filter_one(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
-    shared, per_step, first = _steps(params)
-    m1, P1, ll1 = _update(params.mu1, params.P1, first["H"], first["u"], first["R"], y[0], complete)
-
-    def step(carry, xs):
-        m, P, _ = carry
-        k, y_k = xs
-        f = shared | k
-        m_pred, P_pred = _predict(m, P, f["A"], f["Sigma"])
-        m_filt, P_filt, ll = _update(m_pred, P_pred, f["H"], f["u"], f["R"], y_k, complete)
-        return (m_filt, P_filt, ll), (m_filt, P_filt, m_pred, P_pred, ll)
-
-    init = (m1, P1, ll1)
-    _, (ms, Ps, m_preds, P_preds, lls) = jax.lax.scan(step, init, (per_step, y[1:]))
-    cat = lambda a, b: jnp.concatenate([a[None], b])  # noqa: E731
-    return FilterResult(
-        filtered_means=cat(m1, ms),
-        filtered_covs=cat(P1, Ps),
-        predicted_means=cat(params.mu1, m_preds),
-        predicted_covs=cat(params.P1, P_preds),
-        log_likelihood=ll1 + jnp.sum(lls),
-    )
-
-
 def _transitions(params: LGSSMParams, T: int):
     """`(A, Sigma)` of the `T - 1` transitions, each `(T-1, d, d)`."""
     tv = params.time_varying()
@@ -167,44 +113,16 @@ def _transitions(params: LGSSMParams, T: int):
     return A, Sigma
 
 
-def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
-    filt = _filter_one(params, y, complete)
-    A, Sigma = _transitions(params, y.shape[0])
-
-    def step(carry, xs):
-        m_next, P_next = carry  # smoothed moments of x_{k+1}
-        # filtered x_k; predicted x_{k+1}; the transition x_k -> x_{k+1}
-        m_f, P_f, m_pred, P_pred, A_k, Sigma_k = xs
-        gain = smoother_gain(P_f, P_pred, A_k)
-        m = m_f + gain @ (m_next - m_pred)
-        P = smoothed_cov(P_f, P_next, gain, A_k, Sigma_k)
-        cross = P_next @ gain.T  # Cov[x_{k+1}, x_k | y_{1:T}]
-        return (m, P), (m, P, cross)
-
-    last = (filt.filtered_means[-1], filt.filtered_covs[-1])
-    xs = (
-        filt.filtered_means[:-1],
-        filt.filtered_covs[:-1],
-        filt.predicted_means[1:],
-        filt.predicted_covs[1:],
-        A,
-        Sigma,
-    )
-    _, (ms, Ps, crosses) = jax.lax.scan(step, last, xs, reverse=True)
-    return SmootherResult(
-        smoothed_means=jnp.concatenate([ms, last[0][None]]),
-        smoothed_covs=jnp.concatenate([Ps, last[1][None]]),
-        cross_covs=crosses,
-        log_likelihood=filt.log_likelihood,
-    )
-
-
 def _update_rows(m, P, H, u, R, y, obs, complete: bool = False):
-    """`_update` for the rows of `m` `(b, d)`, which share `P` and the NaN mask `obs` `(p,)` (None
-    when `complete`): `(m, P, loglik (b,))`.
+    r"""Condition the rows of `m` `(b, d)`, which share the covariance `P` and the NaN mask `obs`
+    `(p,)`, on the observed entries of their `y` `(b, p)` ~ N(H x + u, R): `(m, P, loglik (b,))`.
 
-    The rows only meet matrix products (the gain comes from `P` alone): sharded along the
-    sequences, they need no exchange.
+    With the Cholesky factor $L$ of $S = H P H^\top + R$, one triangular solve gives
+    $L^{-1} [H P,\ I]$: the gain $K = (L^{-1} H P)^\top L^{-1}$ (for the Joseph-form covariance),
+    the whitened innovations $w = L^{-1} e$ (Mahalanobis term $w^\top w$) and the update
+    $(L^{-1} H P)^\top w$. `complete` (static) promises no NaN (`obs` None) and skips the
+    masking. The rows only meet matrix products (the gain comes from `P` alone): sharded along
+    the sequences, they need no exchange.
     """
     p, d = H.shape
     if complete:
@@ -276,31 +194,64 @@ def _filter_rows(params: LGSSMParams, y, complete: bool = False) -> FilterResult
     )
 
 
-def _smoother_rows(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
-    """`_smoother_one` for sequences that share one NaN mask, as `_filter_rows`."""
+def _smoother_rows_core(params: LGSSMParams, y, complete: bool):
+    """`_smoother_rows` with means time first `(T, b, d)` and covariances `(T, d, d)` once."""
     filt = _filter_rows_core(params, y, complete)
-    b, T, _ = y.shape
-    A, Sigma = _transitions(params, T)
+    A, Sigma = _transitions(params, y.shape[1])
 
     def step(carry, xs):
         m_next, P_next = carry  # smoothed moments of x_{k+1}, rows (b, d)
+        # filtered x_k; predicted x_{k+1}; the transition x_k -> x_{k+1}
         m_f, P_f, m_pred, P_pred, A_k, Sigma_k = xs
         gain = smoother_gain(P_f, P_pred, A_k)
         m = m_f + (m_next - m_pred) @ gain.T
         P = smoothed_cov(P_f, P_next, gain, A_k, Sigma_k)
-        return (m, P), (m, P, P_next @ gain.T)
+        return (m, P), (m, P, P_next @ gain.T)  # Cov[x_{k+1}, x_k | y_{1:T}]
 
     means_f, means_p = filt.filtered_means, filt.predicted_means
     covs_f, covs_p = filt.filtered_covs, filt.predicted_covs
     last = (means_f[-1], covs_f[-1])
     xs = (means_f[:-1], covs_f[:-1], means_p[1:], covs_p[1:], A, Sigma)
     _, (ms, Ps, crosses) = jax.lax.scan(step, last, xs, reverse=True)
-    every = lambda a: jnp.broadcast_to(a, (b,) + a.shape)  # noqa: E731
     return SmootherResult(
-        smoothed_means=jnp.swapaxes(jnp.concatenate([ms, last[0][None]]), 0, 1),
-        smoothed_covs=every(jnp.concatenate([Ps, last[1][None]])),
-        cross_covs=every(crosses),
+        smoothed_means=jnp.concatenate([ms, last[0][None]]),
+        smoothed_covs=jnp.concatenate([Ps, last[1][None]]),
+        cross_covs=crosses,
         log_likelihood=filt.log_likelihood,
+    )
+
+
+def _smoother_rows(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
+    """`_smoother_one` for sequences that share one NaN mask, as `_filter_rows`."""
+    core = _smoother_rows_core(params, y, complete)
+    every = lambda a: jnp.broadcast_to(a, (y.shape[0],) + a.shape)  # noqa: E731
+    return SmootherResult(
+        jnp.swapaxes(core.smoothed_means, 0, 1),
+        every(core.smoothed_covs),
+        every(core.cross_covs),
+        core.log_likelihood,
+    )
+
+
+def _filter_one(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
+    """Kalman filter of one sequence `y` `(T, p)`: `_filter_rows_core` with one row (the
+    Joseph-form update of `_update_rows`)."""
+    core = _filter_rows_core(params, y[None], complete)
+    means = lambda a: a[:, 0]  # noqa: E731
+    return FilterResult(
+        means(core.filtered_means),
+        core.filtered_covs,
+        means(core.predicted_means),
+        core.predicted_covs,
+        core.log_likelihood[0],
+    )
+
+
+def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
+    """RTS smoother of one sequence `y` `(T, p)`: `_smoother_rows_core` with one row."""
+    core = _smoother_rows_core(params, y[None], complete)
+    return core._replace(
+        smoothed_means=core.smoothed_means[:, 0], log_likelihood=core.log_likelihood[0]
     )
 
 

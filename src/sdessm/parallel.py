@@ -86,7 +86,7 @@ from .kalman import (
     SmootherResult,
     _predict,
     _steps,
-    _update,
+    _update_rows,
     joseph,
     smoothed_cov,
     smoother_gain,
@@ -96,7 +96,7 @@ from .params import LGSSMParams
 
 def _mask(H, u, R, y, complete: bool):
     """`(H, R, y - u, number of observed entries)`, the missing entries removed as in
-    `kalman._update`: zero rows of H, decoupled in R, zero residual."""
+    `kalman._update_rows`: zero rows of H, decoupled in R, zero residual."""
     p = H.shape[0]
     if complete:
         return H, R, y - u, p
@@ -171,7 +171,11 @@ def _axes(params: LGSSMParams, names):
 def _filter_one_parallel(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
     """`kalman._filter_one` by an associative scan: the same `FilterResult`, to round-off."""
     shared, per_step, first = _steps(params)
-    m1, P1, _ = _update(params.mu1, params.P1, first["H"], first["u"], first["R"], y[0], complete)
+    obs = None if complete else ~jnp.isnan(y[0])
+    m1, P1, _ = _update_rows(
+        params.mu1[None], params.P1, first["H"], first["u"], first["R"], y[:1], obs, complete
+    )
+    m1 = m1[0]
     names = ("A", "Sigma", "H", "u", "R")
     fields = shared | per_step
     make = functools.partial(_filter_element, complete=complete)
