@@ -165,10 +165,11 @@ def test_expected_complete_loglik_gradient_matches_finite_differences(rng, key):
     reps, groups = _group_steps(y, times, None)
     A_g, Sigma_g, per_transition = _continuous_discrete(start, reps, groups)
     _, yb, _ = prepare(per_transition, y)
-    stats, _ = expected_stats(per_transition, yb, groups, len(reps), complete=False)
+    e_step = jax.jit(expected_stats, static_argnums=3, static_argnames="complete")
+    stats, _ = e_step(per_transition, yb, groups, len(reps), complete=False)
     current = LGSSMParams(A_g, Sigma_g, *per_transition[2:])
     q = jax.jit(lambda p: expected_complete_loglik(stats, p))
-    grads = jax.grad(q)(current)
+    grads = jax.jit(jax.grad(q))(current)
     eps = 1e-6
     for name in current._fields:
         x = np.asarray(getattr(current, name))
@@ -709,18 +710,24 @@ def test_safeguard_keeps_a_step_only_if_the_objective_does_not_fall():
     assert float(_safeguard(objective, start, {"x": jnp.asarray(jnp.nan)})["x"]) == 0.0
 
 
-@pytest.mark.parametrize("old", [0.0, 1.4, -2.0, np.nan])
-@pytest.mark.parametrize("fallback", [0.5, -0.5, 3.0])
-@pytest.mark.parametrize("new", [0.9, 2.0, 40.0, -100.0, np.nan])
-def test_safeguard_via_equals_the_nested_safeguards(old, fallback, new):
+def test_safeguard_via_equals_the_nested_safeguards():
     """The one-`lax.map` form equals checking `new` against `fallback`, then the result against
-    `old`, point by point (objective: a concave quadratic with its maximum at 1)."""
+    `old`, point by point (objective: a concave quadratic with its maximum at 1), NaN included."""
     from sdessm.em import _safeguard, _safeguard_via
 
     objective = lambda th: -((th["x"] - 1.0) ** 2)  # noqa: E731
-    pts = [{"x": jnp.asarray(v)} for v in (old, fallback, new)]
-    nested = _safeguard(objective, pts[0], _safeguard(objective, pts[1], pts[2]), halvings=0)
-    np.testing.assert_array_equal(_safeguard_via(objective, *pts)["x"], nested["x"])
+
+    @jax.jit
+    def both(old, fallback, new):
+        pts = [{"x": v} for v in (old, fallback, new)]
+        nested = _safeguard(objective, pts[0], _safeguard(objective, pts[1], pts[2]), halvings=0)
+        return _safeguard_via(objective, *pts)["x"], nested["x"]
+
+    for old in (0.0, 1.4, -2.0, np.nan):
+        for fallback in (0.5, -0.5, 3.0):
+            for new in (0.9, 2.0, 40.0, -100.0, np.nan):
+                via, nested = both(*(jnp.asarray(v) for v in (old, fallback, new)))
+                np.testing.assert_array_equal(via, nested, err_msg=f"{old}, {fallback}, {new}")
 
 
 def test_gaussian_term_gradient_equals_differentiating_the_cholesky_form(rng):
@@ -739,8 +746,9 @@ def test_gaussian_term_gradient_equals_differentiating_the_cholesky_form(rng):
     n, w = np.arange(1.0, 6.0), rng.normal(size=5)
     for shared in (False, True):  # a batch of covariances, or one shared by every term
         c = cov[0] if shared else cov
-        ours = jax.grad(lambda r, c: jnp.sum(w * _gaussian_term(r, c, n)), (0, 1))(residual, c)
-        ref = jax.grad(lambda r, c: jnp.sum(w * plain(r, c, n)), (0, 1))(residual, c)
+        ours = jax.jit(jax.grad(lambda r, c: jnp.sum(w * _gaussian_term(r, c, n)), (0, 1)))
+        ref = jax.jit(jax.grad(lambda r, c: jnp.sum(w * plain(r, c, n)), (0, 1)))
+        ours, ref = ours(residual, c), ref(residual, c)
         np.testing.assert_allclose(
             _gaussian_term(residual, c, n), plain(residual, c, n), rtol=1e-13
         )
@@ -748,7 +756,7 @@ def test_gaussian_term_gradient_equals_differentiating_the_cholesky_form(rng):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
     # forward mode too (a JVP rule): second derivatives in the covariance
     hess = [
-        jax.hessian(lambda c, f=f: jnp.sum(w * f(residual, c, n)))(cov[0])
+        jax.jit(jax.hessian(lambda c, f=f: jnp.sum(w * f(residual, c, n))))(cov[0])
         for f in (_gaussian_term, plain)
     ]
     np.testing.assert_allclose(hess[0], hess[1], rtol=1e-10, atol=1e-10 * np.abs(hess[1]).max())
