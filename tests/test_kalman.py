@@ -291,17 +291,17 @@ TIMES = np.arange(5.0)
         (
             lambda: sdessm.kalman_filter(_params(F=np.eye(3)), Y, TIMES),
             ValueError,
-            "`F` must have shape (2, 2)",
+            "`F` must have shape (..., 2, 2) (d = 2 from `mu1`); got (3, 3)",
         ),
         (
             lambda: sdessm.kalman_filter(_params(H=np.ones((1, 3))), Y, TIMES),
             ValueError,
-            "`H` must have shape (1, 2)",
+            "`H` must have shape (..., p, 2) (d = 2 from `mu1`); got (1, 3)",
         ),
         (
             lambda: sdessm.kalman_filter(_params(R=np.eye(2)), Y, TIMES),
             ValueError,
-            "`R` must have shape (1, 1)",
+            "`R` must have shape (..., 1, 1) (p = 1 from `H`); got (2, 2)",
         ),
         (
             lambda: sdessm.kalman_filter(_params(R=-np.eye(1)), Y, TIMES),
@@ -387,6 +387,13 @@ TIMES = np.arange(5.0)
         ),
         (
             lambda: sdessm.kalman_filter(_params().discretize(dt=1.0)._replace(A=np.eye(3)), Y),
+            ValueError,
+            "`A` must have shape (..., 2, 2) (d = 2 from `mu1`); got (3, 3)",
+        ),
+        (
+            lambda: sdessm.kalman_filter(
+                _params().discretize(dt=1.0)._replace(A=np.ones((2, 3, 2, 2))), Y
+            ),
             ValueError,
             "`A` must have shape (2, 2) or (T-1, 2, 2)",
         ),

@@ -88,7 +88,7 @@ def test_lgssm_with_per_step_fields(key):
         (lambda k: sdessm.simulate(k, _oscillator(), np.arange(3.0), 0), "`num_sequences` must be"),
         (
             lambda k: sdessm.simulate(k, _oscillator()._replace(R=np.eye(3)), np.arange(3.0)),
-            "`R` must have shape (2, 2)",
+            "`R` must have shape (..., 2, 2) (p = 2 from `H`); got (3, 3)",
         ),
     ],
 )

@@ -8,6 +8,7 @@ boolean or complex array, not a random key), `ValueError` for the wrong shape or
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sdessm.models import load
@@ -77,21 +78,56 @@ NEG = -1e3 * PSD_RTOL  # an eigenvalue below the tolerance
 
 # (id, call, exception type, substring of the message)
 CASES = [
-    # ---- shapes of the parameters
-    ("F-vector", lambda: kf(sde(F=np.zeros(2))), ValueError, "`F` must have shape (2, 2)"),
+    # ---- shapes of the parameters: trailing axes at construction, leading ones by `validate`
+    ("F-vector", lambda: kf(sde(F=np.zeros(2))), ValueError, "`F` must have shape (..., 2, 2)"),
     ("F-3d", lambda: kf(sde(F=np.zeros((1, 2, 2)))), ValueError, "`F` must have shape (2, 2)"),
-    ("F-not-square", lambda: kf(sde(F=np.zeros((2, 3)))), ValueError, "`F` must have shape (2, 2)"),
-    ("L-rows", lambda: kf(sde(L=np.ones((3, 1)))), ValueError, "`L` must have shape (2, m)"),
-    ("L-vector", lambda: kf(sde(L=np.ones(2))), ValueError, "`L` must have shape (2, m)"),
-    ("H-columns", lambda: kf(sde(H=np.ones((1, 3)))), ValueError, "`H` must have shape (1, 2)"),
-    ("H-vector", lambda: kf(sde(H=np.ones(2))), ValueError, "`H` must have shape (p, 2)"),
-    ("u-length", lambda: kf(sde(u=np.zeros(2))), ValueError, "`u` must have shape (1,)"),
-    ("R-shape", lambda: kf(sde(R=np.eye(2))), ValueError, "`R` must have shape (1, 1)"),
-    ("R-scalar", lambda: kf(sde(R=0.1)), ValueError, "`R` must have shape (1, 1)"),
-    ("mu1-matrix", lambda: kf(sde(mu1=np.zeros((2, 1)))), ValueError, "`mu1` must be a vector"),
+    (
+        "F-not-square",
+        lambda: kf(sde(F=np.zeros((2, 3)))),
+        ValueError,
+        "`F` must have shape (..., 2, 2) (d = 2 from `mu1`); got (2, 3).",
+    ),
+    ("L-rows", lambda: kf(sde(L=np.ones((3, 1)))), ValueError, "`L` must have shape (..., 2, m)"),
+    ("L-vector", lambda: kf(sde(L=np.ones(2))), ValueError, "`L` must have shape (..., 2, m)"),
+    ("L-3d", lambda: kf(sde(L=np.ones((1, 2, 1)))), ValueError, "`L` must have shape (2, m)"),
+    (
+        "H-columns",
+        lambda: kf(sde(H=np.ones((1, 3)))),
+        ValueError,
+        "`H` must have shape (..., p, 2) (d = 2 from `mu1`); got (1, 3).",
+    ),
+    ("H-vector", lambda: kf(sde(H=np.ones(2))), ValueError, "`H` must have shape (..., p, 2)"),
+    (
+        "u-length",
+        lambda: kf(sde(u=np.zeros(2))),
+        ValueError,
+        "`u` must have shape (..., 1) (p = 1 from `H`); got (2,).",
+    ),
+    ("R-shape", lambda: kf(sde(R=np.eye(2))), ValueError, "`R` must have shape (..., 1, 1)"),
+    ("R-scalar", lambda: kf(sde(R=0.1)), ValueError, "`R` must have shape (..., 1, 1)"),
+    ("mu1-matrix", lambda: kf(sde(mu1=np.zeros((1, 2)))), ValueError, "`mu1` must be a vector"),
+    ("mu1-column", lambda: kf(sde(mu1=np.zeros((2, 1)))), ValueError, "(d = 1 from `mu1`)"),
+    ("mu1-scalar", lambda: sde(mu1=np.zeros(())), ValueError, "`mu1` must have shape (..., d)"),
     ("mu1-length", lambda: kf(sde(mu1=np.zeros(3))), ValueError, "(d = 3 from `mu1`)"),
-    ("P1-shape", lambda: kf(sde(P1=np.eye(3))), ValueError, "`P1` must have shape (2, 2)"),
-    ("validate-R-shape", lambda: sde(R=np.eye(2)).validate(), ValueError, "`R` must have shape"),
+    ("P1-shape", lambda: kf(sde(P1=np.eye(3))), ValueError, "`P1` must have shape (..., 2, 2)"),
+    (
+        "validate-R-shape",
+        lambda: sde(R=np.ones((2, 3, 1, 1))).validate(),
+        ValueError,
+        "`R` must have shape (1, 1) or (T, 1, 1)",
+    ),
+    (
+        "replace-F",
+        lambda: sde()._replace(F=np.zeros((2, 3))),
+        ValueError,
+        "`F` must have shape (..., 2, 2) (d = 2 from `mu1`); got (2, 3).",
+    ),
+    (
+        "lgssm-Sigma",
+        lambda: lgssm(Sigma=np.eye(3)),
+        ValueError,
+        "`Sigma` must have shape (..., 2, 2) (d = 2 from `mu1`); got (3, 3).",
+    ),
     (
         "lgssm-A-steps",
         lambda: kf(lgssm(A=np.tile(np.eye(2), (5, 1, 1))), times=None),
@@ -213,6 +249,12 @@ CASES = [
     (
         "jit-F-shape",
         lambda: jax.jit(lambda F: sdessm.kalman_filter(sde(F=F), Y, TIMES))(np.eye(3)),
+        ValueError,
+        "`F` must have shape (..., 2, 2) (d = 2 from `mu1`); got (3, 3).",
+    ),
+    (
+        "jit-F-leading-axis",
+        lambda: jax.jit(lambda F: sdessm.kalman_filter(sde(F=F), Y, TIMES))(np.ones((3, 2, 2))),
         ValueError,
         "`F` must have shape (2, 2)",
     ),
@@ -551,3 +593,118 @@ def test_value_checks_do_not_run_under_jit():
     """Traced values are unknown: inside `jax.jit` a NaN parameter is not an error."""
     out = jax.jit(lambda F: sde(F=F).validate().F)(np.full((2, 2), np.nan))
     assert np.isnan(out).all()
+
+
+# --------------------------------------------------------------------------- construction
+
+# a wrong trailing shape for each field (d = 2, p = 1), and the message naming it
+WRONG_SHAPES = {
+    "F": ((2, 3), "`F` must have shape (..., 2, 2) (d = 2 from `mu1`); got (2, 3)."),
+    "L": ((3, 2), "`L` must have shape (..., 2, m) (d = 2 from `mu1`); got (3, 2)."),
+    "A": ((2,), "`A` must have shape (..., 2, 2) (d = 2 from `mu1`); got (2,)."),
+    "Sigma": ((4, 2, 1), "`Sigma` must have shape (..., 2, 2) (d = 2 from `mu1`); got (4, 2, 1)."),
+    "H": ((1, 3), "`H` must have shape (..., p, 2) (d = 2 from `mu1`); got (1, 3)."),
+    "u": ((4, 2), "`u` must have shape (..., 1) (p = 1 from `H`); got (4, 2)."),
+    "R": ((), "`R` must have shape (..., 1, 1) (p = 1 from `H`); got ()."),
+    "mu1": ((), "`mu1` must have shape (..., d), a vector of length d; got ()."),
+    "P1": ((2, 1), "`P1` must have shape (..., 2, 2) (d = 2 from `mu1`); got (2, 1)."),
+}
+FIELD_CASES = [("sde", name) for name in sdessm.SDEParams._fields] + [
+    ("lgssm", name) for name in sdessm.LGSSMParams._fields
+]
+
+
+@pytest.mark.parametrize("kind, name", FIELD_CASES, ids=[f"{k}-{n}" for k, n in FIELD_CASES])
+def test_wrong_trailing_shape_raises_at_construction(kind, name):
+    """At construction, on `_replace` and on `_make`, under `jax.jit` too; naming the field."""
+    build = sde if kind == "sde" else lgssm
+    shape, message = WRONG_SHAPES[name]
+    bad = np.zeros(shape)
+    good = build()
+    fields = good._asdict() | {name: bad}
+    for make in (
+        lambda: build(**{name: bad}),
+        lambda: type(good)(**fields),
+        lambda: good._replace(**{name: bad}),
+        lambda: type(good)._make(fields.values()),
+        lambda: jax.jit(lambda x: good._replace(**{name: x}))(bad),
+    ):
+        with pytest.raises(ValueError) as err:
+            make()
+        assert str(err.value) == message
+
+
+def test_leading_axes_are_free_at_construction():
+    """Per-step and batch axes pass construction; `validate` judges them at the entry points."""
+    ps = lgssm(A=np.tile(0.9 * np.eye(2), (3, 1, 1)), Sigma=np.tile(0.1 * np.eye(2), (3, 1, 1)))
+    ps = ps._replace(H=np.ones((4, 1, 2)), u=np.zeros((4, 1)), R=np.ones((4, 1, 1)))
+    assert ps.validate(4) is ps
+    sde(L=np.ones((2, 3)), H=np.ones((5, 3, 2)), u=np.zeros((5, 3)), R=np.ones((5, 3, 3)))
+    batched = sdessm.SDEParams(*(np.stack([x, x]) for x in sde()))
+    assert batched.F.shape == (2, 2, 2)
+    nested = sdessm.SDEParams(**{k: np.asarray(v).tolist() for k, v in sde()._asdict().items()})
+    assert nested.validate() is nested  # nested lists of numbers are checked as arrays
+    with pytest.raises(ValueError, match="`P1` must have shape"):
+        sde(P1=[[1.0, 0.0]])
+
+
+def test_batched_params_under_vmap():
+    """Parameters stacked with `jax.tree.map`, then a log-likelihood per parameter set; `in_axes`
+    prefixes of ints and None are trees of the same class."""
+    p1, p2 = sde(), sde(F=np.array([[0.0, 1.0], [-2.0, -0.3]]))
+    one = [float(sdessm.log_likelihood(p, Y, TIMES)) for p in (p1, p2)]
+    batched = jax.tree.map(lambda *x: jnp.stack(x), p1, p2)
+    got = jax.vmap(sdessm.log_likelihood, in_axes=(0, None, None))(batched, Y, TIMES)
+    np.testing.assert_allclose(got, one, rtol=1e-12)
+    axes = sdessm.SDEParams(0, None, None, None, None, None, None)
+    got = jax.vmap(sdessm.log_likelihood, in_axes=(axes, None, None))(
+        p1._replace(F=batched.F), Y, TIMES
+    )
+    np.testing.assert_allclose(got, one, rtol=1e-12)
+    assert jax.tree.map(lambda _: None, p1) == sdessm.SDEParams(*[None] * 7)
+
+
+def test_transformations_rebuild_params_freely():
+    """jit, grad, vmap, eval_shape, forward and reverse mode, and JAX's own tree plumbing (leaves
+    that are no parameters, or of any shape) never trip the construction check."""
+    p = sde()
+    loglik = lambda q: sdessm.log_likelihood(q, Y, TIMES)  # noqa: E731
+    assert np.isclose(jax.jit(loglik)(p), loglik(p))
+    grad = jax.grad(loglik)(p)
+    assert type(grad) is sdessm.SDEParams and grad.F.shape == (2, 2)
+    norms = jax.tree.map(jnp.linalg.norm, grad)  # 0-d leaves
+    assert type(norms) is sdessm.SDEParams and np.ndim(norms.F) == 0
+    shapes = jax.eval_shape(lambda q: q._replace(F=2.0 * q.F), p)
+    assert shapes.F.shape == (2, 2) and isinstance(shapes.F, jax.ShapeDtypeStruct)
+    treedef = jax.tree.structure(p)
+    assert jax.tree.unflatten(treedef, [object()] * 7).F is not None
+    jac = jax.jacfwd(lambda s: p._replace(F=s[0] * p.F))(np.ones(3))  # a trailing axis of 3
+    assert jac.F.shape == (2, 2, 3)
+    stacked = jax.vmap(lambda s: p._replace(F=s * p.F), out_axes=1)(np.ones(4))
+    assert stacked.F.shape == (2, 4, 2)
+    _, pullback = jax.vjp(lambda q: q.F.sum(), jax.tree.map(np.asarray, p))
+    assert type(pullback(1.0)[0]) is sdessm.SDEParams
+    ints = p._replace(mu1=np.zeros(2, dtype=int))
+    (tangent,) = jax.vjp(lambda q: q.F.sum(), ints)[1](1.0)
+    assert tangent.mu1.dtype == jax.dtypes.float0
+    keys = [k.name for k in jax.tree_util.tree_flatten_with_path(p)[0][0][0]]
+    assert keys == ["F"]  # key paths as for any NamedTuple
+
+
+def test_pickle_copy_and_namedtuple_api():
+    import copy
+    import pickle
+
+    p = sde()
+    for q in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p), copy.copy(p)):
+        assert type(q) is sdessm.SDEParams
+        assert all(np.array_equal(a, b) for a, b in zip(q, p, strict=True))
+    norms = jax.tree.map(np.linalg.norm, p)  # no parameters, but copied as they are
+    assert pickle.loads(pickle.dumps(norms)).F == norms.F
+    lg = lgssm()
+    assert pickle.loads(pickle.dumps(lg))._fields == sdessm.LGSSMParams._fields
+    assert isinstance(p, tuple) and len(p) == 7
+    assert list(p._asdict()) == list(sdessm.SDEParams._fields)
+    assert repr(p).startswith("SDEParams(F=array(")
+    F, *_ = p
+    assert F is p.F and p[0] is p.F

@@ -12,6 +12,7 @@ the argument in backticks and says what was expected.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 import operator
@@ -52,17 +53,54 @@ def float64(fn):
 
     Estimation wants float64; enabling it here, rather than globally at import time, leaves the
     user's own JAX configuration alone. Inside a caller's `jit`/`grad`/`vmap` the caller's
-    dtypes rule, so nothing is switched there.
+    dtypes rule, so nothing is switched there. Where the caller runs JAX without x64, the JAX
+    arrays of the result come back as NumPy arrays (`to_numpy`): a float64 JAX array used
+    outside this call would be truncated to float32, with a warning, by the next JAX operation.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if is_traced((args, kwargs)):
             return fn(*args, **kwargs)
-        with jax.enable_x64(True):
+        if jax.config.jax_enable_x64:
             return fn(*args, **kwargs)
+        with jax.enable_x64(True):
+            return to_numpy(fn(*args, **kwargs))
 
     return wrapper
+
+
+def to_numpy(tree):
+    """`tree` with every JAX array as a NumPy array of the same dtype (0-d ones as NumPy scalars,
+    e.g. `np.float64`); random keys stay JAX arrays.
+
+    Goes through pytrees (NamedTuples such as `SDEParams`, tuples, lists), dicts (keeping their
+    order) and dataclass instances (their public fields; private ones such as
+    `EMResult._context` are left as they are). Anything else (ArviZ data, functions, strings)
+    comes back unchanged.
+    """
+    return jax.tree.map(_leaf_to_numpy, tree, is_leaf=_converted_here)
+
+
+def _converted_here(x) -> bool:
+    """Dicts (`jax.tree` would sort their keys) and dataclass instances (no pytrees)."""
+    return type(x) is dict or (dataclasses.is_dataclass(x) and not isinstance(x, type))
+
+
+def _leaf_to_numpy(x):
+    if type(x) is dict:
+        return {k: to_numpy(v) for k, v in x.items()}
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        public = [f.name for f in dataclasses.fields(x) if f.init and not f.name.startswith("_")]
+        return dataclasses.replace(x, **{k: to_numpy(getattr(x, k)) for k in public})
+    if (
+        isinstance(x, jax.Array)
+        and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+        and x.is_fully_addressable
+    ):
+        a = np.asarray(x)
+        return a[()] if a.ndim == 0 else a
+    return x
 
 
 def check_ndim_shape(name: str, x, expected: tuple, what: str = "") -> None:
@@ -167,6 +205,24 @@ def check_observations(y, p: int) -> None:
     if shape[-2] < 1:
         raise ValueError("`y` must hold at least one time step.")
     check_finite("y", y, allow_nan=True)
+
+
+def check_something_observed(y, what: str) -> None:
+    """Data a fit can learn from: some observed value, and one in every column of `y` (..., p).
+
+    Raises:
+        ValueError: every entry is NaN, or a column is; `what` says what would be estimated
+            from nothing.
+    """
+    observed = ~np.isnan(np.asarray(y, dtype=float))
+    if not observed.any():
+        raise ValueError(f"`y` has no observed value (every entry is NaN): {what}.")
+    empty = np.flatnonzero(~observed.reshape(-1, observed.shape[-1]).any(axis=0))
+    if empty.size:
+        raise ValueError(
+            f"column {int(empty[0])} of `y` has no observed value: {what} for it; leave the "
+            "column out."
+        )
 
 
 def check_count(name: str, value, minimum: int = 1, *, or_none: bool = False) -> int | None:

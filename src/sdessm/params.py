@@ -1,8 +1,19 @@
 r"""Model parameters: the continuous-time SDE and its discrete-time twin, as JAX pytrees.
 
-Both are NamedTuples, so `jax.jit`, `jax.vmap` and `jax.grad` take them as they are. Validation is
-explicit (`params.validate()`), and every public entry point of sdessm calls it once, at the
-boundary; inside the numerical code the fields are trusted.
+Both are NamedTuples, so `jax.jit`, `jax.vmap` and `jax.grad` take them as they are. Validation
+comes in two parts. Construction (also through `_replace` and `_make`) checks the trailing "core"
+dimensions of every field against `d` (from `mu1`) and `p` (from `H`): shapes only, a couple of
+microseconds, cheap under `jax.jit` too; leading axes (per-step fields, a batch axis for
+`jax.vmap`) are free there. The full check, `params.validate()`, also checks leading axes, dtypes
+and values; every public entry point of sdessm calls it once, at the boundary, and inside the
+numerical code the fields are trusted.
+
+Trees that are no parameters share the structure: `in_axes` prefixes such as
+`LGSSMParams(0, 0, None, None, None, None, None)`, or trees of shardings. Construction checks only
+when every field has a shape (an array, a tracer, a `jax.ShapeDtypeStruct`, a nested list of
+numbers). JAX itself rebuilds the classes without the check (they are registered as pytree nodes
+of their own): the trees it makes in `jax.tree.map`, `jax.jacfwd` or `jax.vmap(..., out_axes=1)`
+are plumbing, with leaves of any shape.
 """
 
 from __future__ import annotations
@@ -17,10 +28,32 @@ from jaxtyping import Array, Float
 from ._checks import check_covariance, check_finite, check_ndim_shape, check_real_dtype
 
 
-class SDEParams(NamedTuple):
+class _SDEFields(NamedTuple):
+    """The fields of `SDEParams`; construction is checked by the subclass."""
+
+    F: Float[Array, "d d"]  # drift
+    L: Float[Array, "d m"]  # diffusion; Q = L L^T
+    H: Float[Array, "p d"]  # observation matrix
+    u: Float[Array, " p"]  # observation offset
+    R: Float[Array, "p p"]  # observation noise covariance
+    mu1: Float[Array, " d"]  # mean of x_1
+    P1: Float[Array, "d d"]  # covariance of x_1
+
+
+class SDEParams(_SDEFields):
     r"""LTI SDE $dx = F x\,dt + L\,dW$, observed as $y_k = H x(t_k) + u + r_k$, $r_k \sim N(0, R)$.
 
     The initial state $x_1 \sim N(\mu_1, P_1)$ is the state at the first observation time.
+
+    The fields, in order: the drift `F (d, d)`, the diffusion `L (d, m)` ($Q = L L^\top$), the
+    observation matrix `H (p, d)`, offset `u (p,)` and noise covariance `R (p, p)`, and the mean
+    `mu1 (d,)` and covariance `P1 (d, d)` of $x_1$. Construction checks these trailing shapes
+    (leading axes are free there: a batch axis for `jax.vmap`, per-step `H`, `u`, `R`);
+    `validate` checks the rest.
+
+    Raises:
+        ValueError: at construction (and `_replace`), naming a field whose trailing shape does
+            not match `d` (from `mu1`) and `p` (from `H`).
 
     Examples:
         >>> import jax.numpy as jnp, sdessm
@@ -30,13 +63,19 @@ class SDEParams(NamedTuple):
         (1, [[1.0]])
     """
 
-    F: Float[Array, "d d"]  # drift
-    L: Float[Array, "d m"]  # diffusion; Q = L L^T
-    H: Float[Array, "p d"]  # observation matrix
-    u: Float[Array, " p"]  # observation offset
-    R: Float[Array, "p p"]  # observation noise covariance
-    mu1: Float[Array, " d"]  # mean of x_1
-    P1: Float[Array, "d d"]  # covariance of x_1
+    __slots__ = ()
+
+    def __new__(cls, F, L, H, u, R, mu1, P1):
+        self = tuple.__new__(cls, (F, L, H, u, R, mu1, P1))
+        _check_core(self, _SDE_CORE)
+        return self
+
+    @classmethod
+    def _make(cls, iterable) -> SDEParams:
+        return cls(*iterable)  # `_replace` comes here too
+
+    def __reduce__(self):
+        return _rebuild, (type(self), tuple(self))  # a copy is no new construction
 
     @property
     def state_dim(self) -> int:
@@ -87,13 +126,8 @@ class SDEParams(NamedTuple):
         return discretize_params(self, times, dt=dt)
 
 
-class LGSSMParams(NamedTuple):
-    r"""Linear-Gaussian state-space model $x_{k+1} = A_k x_k + q_k$, $y_k = H_k x_k + u_k + r_k$.
-
-    `A` and `Sigma` are `(d, d)` (shared by all transitions) or `(T-1, d, d)` (one per
-    transition, e.g. irregular steps). `H`, `u`, `R` are `(p, d)`, `(p,)`, `(p, p)` (shared) or
-    carry a leading axis of length `T` (per-step emissions $H_k, u_k, R_k$).
-    """
+class _LGSSMFields(NamedTuple):
+    """The fields of `LGSSMParams`; construction is checked by the subclass."""
 
     A: Float[Array, "*steps d d"]  # transition matrix
     Sigma: Float[Array, "*steps d d"]  # transition noise covariance
@@ -102,6 +136,36 @@ class LGSSMParams(NamedTuple):
     R: Float[Array, "*T p p"]
     mu1: Float[Array, " d"]
     P1: Float[Array, "d d"]
+
+
+class LGSSMParams(_LGSSMFields):
+    r"""Linear-Gaussian state-space model $x_{k+1} = A_k x_k + q_k$, $y_k = H_k x_k + u_k + r_k$.
+
+    `A` and `Sigma` are `(d, d)` (shared by all transitions) or `(T-1, d, d)` (one per
+    transition, e.g. irregular steps). `H`, `u`, `R` are `(p, d)`, `(p,)`, `(p, p)` (shared) or
+    carry a leading axis of length `T` (per-step emissions $H_k, u_k, R_k$).
+
+    Construction checks the trailing shapes, as for `SDEParams`: `A` and `Sigma` `(..., d, d)`,
+    `H (..., p, d)`, `u (..., p)`, `R (..., p, p)`, `mu1 (..., d)`, `P1 (..., d, d)`.
+
+    Raises:
+        ValueError: at construction (and `_replace`), naming a field whose trailing shape does
+            not match `d` (from `mu1`) and `p` (from `H`).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, A, Sigma, H, u, R, mu1, P1):
+        self = tuple.__new__(cls, (A, Sigma, H, u, R, mu1, P1))
+        _check_core(self, _LGSSM_CORE)
+        return self
+
+    @classmethod
+    def _make(cls, iterable) -> LGSSMParams:
+        return cls(*iterable)  # `_replace` comes here too
+
+    def __reduce__(self):
+        return _rebuild, (type(self), tuple(self))  # a copy is no new construction
 
     @property
     def state_dim(self) -> int:
@@ -139,6 +203,95 @@ class LGSSMParams(NamedTuple):
         for name in ("Sigma", "R", "P1"):
             check_covariance(name, getattr(self, name))
         return self
+
+
+# Trailing ("core") dimensions of each field, in field order: "d" the state dimension (from
+# `mu1`), "p" the observation dimension (from `H`), "m" free (the noise dimension of `L`).
+_SDE_CORE = ("dd", "dm", "pd", "p", "pp", "d", "dd")
+_LGSSM_CORE = ("dd", "dd", "pd", "p", "pp", "d", "dd")
+
+
+def _check_core(params, cores) -> None:
+    """The trailing dimensions of every field match `d` (from `mu1`) and `p` (from `H`).
+
+    The common case, every field an array of the right shape, is decided in one expression; any
+    other (a wrong shape, a field with no shape) goes to `_core_error`.
+    """
+    try:
+        s0, s1, H, u, R, mu1, P1 = [x.shape for x in params]
+        d, p = mu1[-1], H[-2]
+        dd = (d, d)
+        if (
+            s0[-2:] == dd
+            and (s1[-2:] == dd if cores[1] == "dd" else s1[-2:-1] == (d,))
+            and H[-2:] == (p, d)
+            and u[-1:] == (p,)
+            and R[-2:] == (p, p)
+            and P1[-2:] == dd
+        ):
+            return
+    except Exception:  # no shape, or too few axes: looked at closely below
+        pass
+    message = _core_error(params, cores)
+    if message is not None:
+        raise ValueError(message)
+
+
+def _core_error(params, cores) -> str | None:
+    """What is wrong with the trailing shapes, or None when a field has no shape (None, a Python
+    number such as an `in_axes` entry, an arbitrary object: the tree holds no parameters)."""
+    shapes = []
+    for x in params:
+        shape = getattr(x, "shape", None)
+        if not isinstance(shape, tuple):  # not an array, tracer or jax.ShapeDtypeStruct
+            if type(x) not in (list, tuple):
+                return None
+            try:  # nested lists of numbers; ragged or odd ones are left to `validate`
+                shape = np.shape(x)
+            except Exception:
+                return None
+        shapes.append(tuple(shape))
+    mu1, H = shapes[5], shapes[2]
+    if not mu1:
+        return f"`mu1` must have shape (..., d), a vector of length d; got {mu1}."
+    dims = {"d": mu1[-1], "p": H[-2] if len(H) >= 2 else None}
+    for name, core, shape in zip(params._fields, cores, shapes, strict=True):
+        free = "mp" if name == "H" else "m"  # p is read off H; m (noise dimension of L) is free
+        tail = shape[-len(core) :]
+        if len(tail) == len(core) and all(
+            c in free or n == dims[c] for c, n in zip(core, tail, strict=True)
+        ):
+            continue
+        expected = ", ".join(c if c in free else str(dims[c]) for c in core)
+        source = " and ".join(
+            f"{c} = {dims[c]} from `{'mu1' if c == 'd' else 'H'}`"
+            for c in "dp"
+            if c in core and c not in free
+        )
+        return f"`{name}` must have shape (..., {expected}) ({source}); got {shape}."
+    return None
+
+
+def _rebuild(cls, fields):
+    """`cls` holding `fields` as they are: a pickled or copied tree is no new construction."""
+    return tuple.__new__(cls, fields)
+
+
+def _register(cls) -> None:
+    """A pytree node of its own, so that JAX rebuilds it without the construction check (its
+    trees in `jax.tree.map`, `jax.jacfwd`, `out_axes` hold leaves of any shape); its key paths
+    are those of a NamedTuple (`.F`, `.L`, ...)."""
+    keys = tuple(jax.tree_util.GetAttrKey(name) for name in cls._fields)
+    jax.tree_util.register_pytree_with_keys(
+        cls,
+        lambda x: (tuple(zip(keys, x, strict=True)), None),
+        lambda _, children: tuple.__new__(cls, children),
+        lambda x: (x, None),
+    )
+
+
+_register(SDEParams)
+_register(LGSSMParams)
 
 
 def _check_form(name, x, base, T, offset, d, p):
