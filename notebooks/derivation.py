@@ -13,9 +13,9 @@
 # %% [markdown]
 # # The derivation, checked numerically
 #
-# sdessm implements the derivation *Expectation Maximization for SDE based SSMs*
-# (`derivation/em-for-sde-ssm.md`). This notebook checks each of its steps against an
-# independent computation:
+# sdessm implements the EM derivation for SDE-based state-space models written out in
+# `docs/derivation.md` (the page *The EM derivation* of this site). This notebook checks each
+# of its steps against an independent computation:
 #
 # - **(a) Exact discretisation.** Over a step $s$ the SDE $dx = F x\,dt + L\,dW$ has
 #   transitions $N(A x, \Sigma)$ with $A = e^{Fs}$ and
