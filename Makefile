@@ -3,6 +3,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# the demo runs sdessm as a user installs it (a regular, not an editable, install), in its own
+# environment, reinstalled when a source file changes
+DEMO_VENV ?= .venv-demo
+DEMO_BIN := $(DEMO_VENV)/bin
+SOURCES := $(shell find src models -name '*.py' -o -name '*.csv' -o -name '*.md')
 
 .PHONY: demo test lint docs bench clean
 
@@ -10,8 +15,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(DEMO_BIN)/python:
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_BIN)/python -m pip install --quiet --upgrade pip
+
+$(DEMO_VENV)/.installed: pyproject.toml $(SOURCES) | $(DEMO_BIN)/python
+	$(DEMO_BIN)/python -m pip install --quiet .
+	$(DEMO_BIN)/python -m pip install --quiet --no-deps --force-reinstall .
 	touch $@
 
 $(VENV)/.installed-test-docs: pyproject.toml | $(BIN)/python
@@ -22,8 +32,8 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	touch $@
 
-demo: $(VENV)/.installed
-	$(BIN)/sdessm demo --out demo-output
+demo: $(DEMO_VENV)/.installed
+	$(DEMO_BIN)/sdessm demo --out demo-output
 
 lint: $(VENV)/.installed-test-docs
 	$(BIN)/ruff check src tests models benchmarks docs notebooks
@@ -44,5 +54,6 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-* demo-output fit-output sample-output .pytest_cache site docs/notebooks \
+	rm -rf $(VENV) $(DEMO_VENV) .venv-* demo-output fit-output sample-output .pytest_cache site \
+		docs/notebooks \
 		.cache/mkdocs-jupyter

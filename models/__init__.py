@@ -3,7 +3,9 @@
 Each file defines `model(times, y=None)` (priors on named parameters, ending with
 `numpyro.sample("y", LTISDE(...), obs=y)`), `TRUE_PARAMS` (defaults for simulation), `to_sde`
 (named parameters -> `SDEParams`) and a docstring whose first line is its summary and which says
-what the data identify. Load one by name or from a file of your own:
+what the data identify. A model file of your own needs only `model` to be fitted or sampled;
+simulating it (`sdessm simulate`, `sdessm demo`) needs `TRUE_PARAMS` and `to_sde` too. Load one
+by name or from a file:
 
     >>> from sdessm.models import load, available
     >>> sorted(available())
@@ -20,7 +22,7 @@ import pkgutil
 from pathlib import Path
 from types import ModuleType
 
-_REQUIRED = ("model", "TRUE_PARAMS", "to_sde")
+_REQUIRED = ("model",)
 
 
 def available() -> dict[str, str]:
@@ -37,8 +39,9 @@ def load(name_or_path: str | Path) -> ModuleType:
     """A zoo model by name (`"damped_oscillator"`) or a model file of your own (`"my_model.py"`).
 
     Raises:
-        ValueError: an unknown name (the message lists the zoo), a missing file, or a module
-            without `model`, `TRUE_PARAMS` and `to_sde`.
+        ValueError: an unknown name (the message lists the zoo), a missing file, a file that
+            fails to import (the message names the file and the error), or a module without
+            `model`.
     """
     text = str(name_or_path)
     if text.endswith(".py") or "/" in text or "\\" in text:
@@ -47,7 +50,12 @@ def load(name_or_path: str | Path) -> ModuleType:
             raise ValueError(f"model file {path} does not exist.")
         spec = importlib.util.spec_from_file_location(f"sdessm_user_model_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:  # the user's code: say which file and what went wrong
+            raise ValueError(
+                f"model file {path} failed to load: {type(err).__name__}: {err}"
+            ) from err
     else:
         names = available()
         if text not in names:

@@ -114,9 +114,45 @@ def test_plots_are_figures(draws, tmp_path):
     figures = {
         "recovery": (dg.plot_recovery(table), 3),
         "trace": (dg.plot_trace_rank(idata), 6),
-        "em": (dg.plot_em_history(em), 1),
+        "em": (dg.plot_em_history(em), 2),  # the objective, and its gap to the final value
     }
     for name, (fig, n_axes) in figures.items():
         assert isinstance(fig, Figure) and len(fig.axes) == n_axes, name
         fig.savefig(tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_em_history_shows_the_gap_to_the_final_value_on_a_log_scale():
+    em = sdessm.EMResult(
+        params={},
+        discrete=None,
+        log_likelihoods=np.array([-10.0, -5.0, -4.9, -4.9]),
+        converged=True,
+        num_iters=3,
+        report={"stopped": "converged", "log_posteriors": np.array([-12.0, -6.0, -5.5, -5.4])},
+    )
+    fig = dg.plot_em_history(em)
+    gap_axes = fig.axes[1]
+    assert gap_axes.get_yscale() == "log"
+    ll_gap, post_gap = (line.get_ydata() for line in gap_axes.lines)
+    np.testing.assert_allclose(ll_gap, [5.1, 0.1])  # positive gaps only: the last is 0
+    np.testing.assert_allclose(post_gap, [6.6, 0.6, 0.1])
+
+
+def test_smoothed_observations_are_the_signal_h_m_plus_u_with_named_panels(key):
+    ou = load("ou")
+    sde = ou.to_sde(**{k: jnp.asarray(v) for k, v in ou.TRUE_PARAMS.items()})
+    times = np.arange(30) * 0.5
+    y = np.array(sdessm.simulate(key, sde, times)[1])
+    smoothed = sdessm.rts_smoother(sde, y, times)
+    fig = dg.plot_smoothed_observations(times, smoothed, y, sde, names=["flow"])
+    (ax,) = fig.axes
+    assert ax.get_ylabel() == "flow"
+    signal, data = (line.get_ydata() for line in ax.lines)
+    H, u = np.asarray(sde.H), np.asarray(sde.u)
+    np.testing.assert_allclose(signal, np.asarray(smoothed.smoothed_means) @ H[0] + u[0])
+    np.testing.assert_array_equal(data, y[:, 0])
+    # the state panel shows the data less the offset u, labelled with the column's name
+    fig = dg.plot_smoothed_states(times, smoothed, y, H=sde.H, u=sde.u, obs_names=["flow"])
+    shown = [line for line in fig.axes[0].lines if line.get_label() == "observed flow - u"]
+    np.testing.assert_allclose(shown[0].get_ydata(), y[:, 0] - u[0])

@@ -760,3 +760,29 @@ def test_gaussian_term_gradient_equals_differentiating_the_cholesky_form(rng):
         for f in (_gaussian_term, plain)
     ]
     np.testing.assert_allclose(hess[0], hess[1], rtol=1e-10, atol=1e-10 * np.abs(hess[1]).max())
+
+
+def test_fit_em_refuses_data_with_nothing_observed(key):
+    """No observed value, or a column with none: an error before any iteration, naming it."""
+    from sdessm.models import load
+
+    ou = load("ou")
+    times = np.arange(20) * 0.5
+    sde = ou.to_sde(**{k: jnp.asarray(v) for k, v in ou.TRUE_PARAMS.items()})
+    empty = np.full((20, 1), np.nan)
+    with pytest.raises(ValueError, match="no observed value"):
+        sdessm.fit_em(sde, empty, times, num_iters=3)
+    with pytest.raises(ValueError, match="no observed value"):
+        sdessm.fit_em(ou.model, empty, times, num_iters=3)
+    with pytest.raises(ValueError, match="the posterior would be the prior"):
+        sdessm.infer.fit_nuts(ou.model, empty, times, num_warmup=2, num_samples=2, num_chains=1)
+    two = sdessm.SDEParams(
+        *(
+            jnp.asarray(a)
+            for a in load("multivariate_ou").to_sde(**load("multivariate_ou").TRUE_PARAMS)
+        )
+    )
+    y = np.array(sdessm.simulate(key, two, times)[1])
+    y[:, 1] = np.nan
+    with pytest.raises(ValueError, match="column 1 of `y` has no observed value"):
+        sdessm.fit_em(two, y, times, num_iters=3)

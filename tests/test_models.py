@@ -43,9 +43,16 @@ def test_load_errors_and_user_files(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load(tmp_path / "missing.py")
     incomplete = tmp_path / "incomplete.py"
-    incomplete.write_text("def model(times, y=None):\n    pass\n")
-    with pytest.raises(ValueError, match=r"does not define \['TRUE_PARAMS', 'to_sde'\]"):
+    incomplete.write_text("TRUE_PARAMS = {}\n")
+    with pytest.raises(ValueError, match=r"does not define \['model'\]"):
         load(incomplete)
+    fit_only = tmp_path / "fit_only.py"  # enough to fit and sample: simulating needs more
+    fit_only.write_text("def model(times, y=None):\n    pass\n")
+    assert callable(load(fit_only).model)
+    broken = tmp_path / "broken.py"
+    broken.write_text("import numpyro\nmodel = numpyro.no_such_thing\n")
+    with pytest.raises(ValueError, match=r"model file .*broken.py failed to load: AttributeError"):
+        load(broken)
     mine = tmp_path / "my_ou.py"
     mine.write_text((ROOT / "models" / "ou.py").read_text())
     assert load(mine).TRUE_PARAMS == load("ou").TRUE_PARAMS

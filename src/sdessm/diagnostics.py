@@ -28,6 +28,15 @@ from .kalman import SmootherResult
 from .params import SDEParams
 
 
+def _band(smoothed: SmootherResult):
+    """`(means (T, d), sds (T, d))` of one sequence's smoothed states."""
+    means = np.asarray(smoothed.smoothed_means)
+    if means.ndim != 2:
+        raise ValueError(f"`smoothed` must hold one sequence ((T, d) means); got {means.shape}.")
+    covs = np.asarray(smoothed.smoothed_covs)
+    return means, np.sqrt(np.clip(np.diagonal(covs, axis1=-2, axis2=-1), 0, None))
+
+
 def plot_smoothed_states(
     times,
     smoothed: SmootherResult,
@@ -35,8 +44,10 @@ def plot_smoothed_states(
     x_true=None,
     *,
     H=None,
+    u=None,
     level: float = 0.95,
     state_names=None,
+    obs_names=None,
 ) -> Figure:
     """One panel per state: smoothed mean with a `level` band, the true path, and the data.
 
@@ -45,11 +56,13 @@ def plot_smoothed_states(
         smoothed: an `rts_smoother` result for one sequence.
         y (ArrayLike | None): `(T, p)` observations (NaN = missing), drawn on the panel of each
             state that `H` reads directly (a row of `H` with a single non-zero entry equal
-            to 1).
+            to 1), less the offset `u` when it is given.
         x_true (ArrayLike | None): `(T, d)` true states, for simulated data.
         H (ArrayLike | None): the observation matrix that says which states the data show.
+        u (ArrayLike | None): `(p,)` observation offset, subtracted from the data drawn.
         level: coverage of the band (normal quantiles).
         state_names (Sequence[str] | None): labels of the states.
+        obs_names (Sequence[str] | None): labels of the data columns.
 
     Returns:
         A matplotlib `Figure` (not attached to pyplot; save it with `fig.savefig`).
@@ -57,13 +70,8 @@ def plot_smoothed_states(
     from scipy.stats import norm
 
     times = np.asarray(times)
-    means = np.asarray(smoothed.smoothed_means)
-    if means.ndim != 2:
-        raise ValueError(f"`smoothed` must hold one sequence ((T, d) means); got {means.shape}.")
+    means, sd = _band(smoothed)
     T, d = means.shape
-    sd = np.sqrt(
-        np.clip(np.diagonal(np.asarray(smoothed.smoothed_covs), axis1=-2, axis2=-1), 0, None)
-    )
     z = norm.ppf(0.5 + level / 2)
     names = state_names or [f"x[{i}]" for i in range(d)]
     fig = Figure(figsize=(10, 2.6 * d), layout="constrained")
@@ -86,16 +94,71 @@ def plot_smoothed_states(
             for j in range(Hn.shape[0]):
                 row = Hn[j]
                 if np.count_nonzero(row) == 1 and row[i] == 1.0:
+                    label = obs_names[j] if obs_names is not None else f"y[{j}]"
+                    offset = 0.0 if u is None else float(np.asarray(u)[j])
+                    shown = f"{label} - u" if offset else label
                     ax.plot(
                         times,
-                        np.asarray(y)[:, j],
+                        np.asarray(y)[:, j] - offset,
                         ".",
                         color="tab:red",
                         ms=3,
-                        label=f"observed y[{j}]",
+                        label=f"observed {shown}",
                     )
         ax.set_ylabel(names[i])
         ax.legend(loc="upper right", fontsize="small", ncols=4)
+    axes[-1].set_xlabel("time")
+    return fig
+
+
+def plot_smoothed_observations(
+    times, smoothed: SmootherResult, y, sde, *, level: float = 0.95, names=None
+) -> Figure:
+    r"""One panel per data column: the data and the smoothed signal $H m_k + u$ with a `level`
+    band (of $H P_k H^\top$, the signal without observation noise).
+
+    Args:
+        times (ArrayLike): `(T,)` observation times.
+        smoothed: an `rts_smoother` result for one sequence.
+        y (ArrayLike): `(T, p)` observations (NaN = missing).
+        sde (SDEParams | LGSSMParams): the parameters smoothed with (shared emissions `H`, `u`).
+        level: coverage of the band (normal quantiles).
+        names (Sequence[str] | None): labels of the columns (default `y[j]`).
+
+    Returns:
+        A matplotlib `Figure` (not attached to pyplot; save it with `fig.savefig`).
+    """
+    from scipy.stats import norm
+
+    times, y = np.asarray(times), np.asarray(y)
+    means = np.asarray(smoothed.smoothed_means)
+    if means.ndim != 2:
+        raise ValueError(f"`smoothed` must hold one sequence ((T, d) means); got {means.shape}.")
+    H, u = np.asarray(sde.H), np.asarray(sde.u)
+    if H.ndim != 2:
+        raise ValueError("`sde` must have shared emissions: H of shape (p, d).")
+    signal = means @ H.T + u
+    covs = np.einsum("pi,tij,qj->tpq", H, np.asarray(smoothed.smoothed_covs), H)
+    sd = np.sqrt(np.clip(np.diagonal(covs, axis1=-2, axis2=-1), 0, None))
+    z = norm.ppf(0.5 + level / 2)
+    p = H.shape[0]
+    names = list(names) if names is not None else [f"y[{j}]" for j in range(p)]
+    fig = Figure(figsize=(10, 2.6 * p), layout="constrained")
+    axes = fig.subplots(p, 1, sharex=True, squeeze=False)[:, 0]
+    for j, ax in enumerate(axes):
+        ax.fill_between(
+            times,
+            signal[:, j] - z * sd[:, j],
+            signal[:, j] + z * sd[:, j],
+            color="tab:blue",
+            alpha=0.25,
+            lw=0,
+            label=f"smoothed signal, {level:.0%} band",
+        )
+        ax.plot(times, signal[:, j], color="tab:blue", lw=1.5, label="smoothed signal")
+        ax.plot(times, y[:, j], ".", color="tab:red", ms=3, label="data")
+        ax.set_ylabel(names[j])
+        ax.legend(loc="upper right", fontsize="small", ncols=3)
     axes[-1].set_xlabel("time")
     return fig
 
@@ -328,18 +391,36 @@ def plot_forecast(
 
 
 def plot_em_history(result) -> Figure:
-    """The EM log-likelihood per iteration (and the log-posterior for MAP): it never falls."""
-    lls = np.asarray(result.log_likelihoods)
-    fig = Figure(figsize=(6, 3.2), layout="constrained")
-    ax = fig.subplots()
-    ax.plot(np.arange(lls.size), lls, ".-", color="tab:blue", label="log-likelihood")
+    """EM's progress: the objective per iteration (left; it never falls), and its distance below
+    the final value on a log scale (right), which shows the late iterations that the left panel
+    flattens: a straight descent is linear convergence, a plateau a stall."""
+    lls = np.asarray(result.log_likelihoods, dtype=float)
     posts = result.report.get("log_posteriors")
+    fig = Figure(figsize=(10, 3.4), layout="constrained")
+    ax, gap_ax = fig.subplots(1, 2)
+    curves = [("log-likelihood", lls, "tab:blue")]
     if posts is not None:
-        ax.plot(np.arange(len(posts)), posts, ".-", color="tab:orange", label="log-posterior")
+        curves.append(("log-posterior", np.asarray(posts, dtype=float), "tab:orange"))
+    for label, values, colour in curves:
+        its = np.arange(values.size)
+        ax.plot(its, values, ".-", color=colour, label=label)
+        gap = values[-1] - values[:-1]
+        keep = gap > 0
+        if keep.any():
+            gap_ax.semilogy(its[:-1][keep], gap[keep], ".-", color=colour, label=label)
     ax.set_xlabel("EM iteration")
     ax.set_ylabel("objective")
-    ax.set_title(f"EM ({result.report.get('stopped', '')})", fontsize="medium")
     ax.legend(fontsize="small")
+    gap_ax.set_xlabel("EM iteration")
+    gap_ax.set_ylabel("final value - value")
+    if gap_ax.lines:
+        gap_ax.legend(fontsize="small")
+    else:
+        gap_ax.text(
+            0.5, 0.5, "no iteration before the last", ha="center", transform=gap_ax.transAxes
+        )
+    stopped = result.report.get("stopped", "")
+    fig.suptitle(f"EM: {result.num_iters} iterations, {stopped}", fontsize="medium")
     return fig
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-from ._checks import float64
+from ._checks import check_something_observed, float64
 from .discretize import _discretize, group_steps
 from .kalman import _filter_one, _loglik_one, _map_sequences, _map_sequences_jit, prepare
 from .mstep import R_STRUCTURES, closed_form_mstep, expected_complete_loglik, maximize
@@ -674,6 +674,8 @@ def fit_em(
         raise ValueError("`y` must hold at least 2 time steps for EM.")
     is_sde = isinstance(sde0, SDEParams)
     fixed = _free_fields(sde0, fixed, B) if structure is None else frozenset()
+    if not {"H", "u", "R"} <= fixed:
+        check_something_observed(yb, "EM would estimate its emission parameters from nothing")
     transitions_free = structure is None and not ({"F", "L"} <= fixed or {"A", "Sigma"} <= fixed)
     if transitions_free and _observed_transitions(yb) == 0:
         raise ValueError(
@@ -886,6 +888,19 @@ def fit_em(
 _SYMMETRIC = ("Q", "Sigma", "R", "P1")
 
 
+def _leaf_labels(tree) -> list[str]:
+    """A label per scalar of a pytree, in `ravel_pytree`'s order: `theta[3]` for an array,
+    `omega` or `F[0,1]` for the sites of a dict (a NumPyro model's parameters)."""
+    if not isinstance(tree, dict):
+        return [f"theta[{i}]" for i in range(jax.flatten_util.ravel_pytree(tree)[0].size)]
+    labels = []
+    for name, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = ".".join(str(getattr(k, "key", k)) for k in name)
+        shape = np.shape(leaf)
+        labels += [key + (f"[{','.join(map(str, ix))}]" if ix else "") for ix in np.ndindex(shape)]
+    return labels
+
+
 def _coordinates(result: EMResult):
     """Free coordinates of the estimate: `(labels, vector, rebuild, unravel)`.
 
@@ -895,8 +910,12 @@ def _coordinates(result: EMResult):
     ctx = result._context
     if ctx["structure"] is not None and not isinstance(result.params, SDEParams):
         flat, unravel = jax.flatten_util.ravel_pytree(result.params)
-        labels = [f"theta[{i}]" for i in range(flat.size)]
-        return labels, flat, lambda v: (ctx["structure"](unravel(v)), None), unravel
+        return (
+            _leaf_labels(result.params),
+            flat,
+            lambda v: (ctx["structure"](unravel(v)), None),
+            unravel,
+        )
     if isinstance(result.params, SDEParams):
         base = result.params._asdict()
         base["Q"] = result.params.Q

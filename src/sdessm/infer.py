@@ -32,7 +32,7 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
-from ._checks import float64
+from ._checks import check_something_observed, float64
 from .params import SDEParams
 
 #: Attribute names under which `fit_nuts` stores the EM estimate and the truth (JSON).
@@ -200,6 +200,12 @@ def _trace_model(model, y, times, kwargs) -> TracedModel:
         if "unique" in str(err):
             raise ValueError(f"the model's sample sites clash: {err}") from None
         raise
+    except ValueError:
+        raise
+    except Exception as err:  # the model's own code: say where, keep the traceback as the cause
+        raise ValueError(
+            f"the model failed when called as `model(times, y=y)`: {type(err).__name__}: {err}"
+        ) from err
     sites = {n: s for n, s in trace.items() if s["type"] == "sample"}
     lti = [n for n, s in sites.items() if _is_ltisde(s["fn"])]
     if len(lti) != 1:
@@ -315,7 +321,9 @@ def fit_em_model(
         result = fit_em(tm.sde(values), y, times, **marker, **em_kwargs)
         params = _as_numpy(from_sde(result.sde))
         report = dict(result.report, model_sites=tm.names)
-        return dataclasses.replace(result, params=params, report=report)
+        # standard errors and later calls work in the named coordinates, as for other models
+        context = dict(result._context, structure=tm.sde, log_prior=None)
+        return dataclasses.replace(result, params=params, report=report, _context=context)
 
     structure = tm.sde_at
     log_prior = tm.log_prior_at if objective == "map" else None
@@ -418,6 +426,7 @@ def fit_nuts(
     from .em import EMResult
 
     tm = trace_model(model, y, times, model_kwargs)
+    check_something_observed(tm.y, "the posterior would be the prior")
     em_values = None
     if init is None:
         strategy = init_to_median(num_samples=15)
