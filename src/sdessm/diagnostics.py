@@ -28,13 +28,36 @@ from .kalman import SmootherResult
 from .params import SDEParams
 
 
-def _band(smoothed: SmootherResult):
-    """`(means (T, d), sds (T, d))` of one sequence's smoothed states."""
+def _smoothed_moments(smoothed: SmootherResult, H=None, u=None):
+    """`(means, sds)`, each `(T, n)`: of one sequence's smoothed states (n = d), or of the
+    signal $H x + u$ (n = p) when `H` and `u` are given."""
     means = np.asarray(smoothed.smoothed_means)
     if means.ndim != 2:
         raise ValueError(f"`smoothed` must hold one sequence ((T, d) means); got {means.shape}.")
     covs = np.asarray(smoothed.smoothed_covs)
+    if H is not None:
+        means = means @ H.T + u
+        covs = np.einsum("pi,tij,qj->tpq", H, covs, H)
     return means, np.sqrt(np.clip(np.diagonal(covs, axis1=-2, axis2=-1), 0, None))
+
+
+def _band_panels(times, means, sds, level: float, names, what: str):
+    """A figure with one panel per column of `means`: the curve and its `level` normal band."""
+    from scipy.stats import norm
+
+    z = norm.ppf(0.5 + level / 2)
+    n = means.shape[1]
+    fig = Figure(figsize=(10, 2.6 * n), layout="constrained")
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    for i, ax in enumerate(axes):
+        low, high = means[:, i] - z * sds[:, i], means[:, i] + z * sds[:, i]
+        ax.fill_between(
+            times, low, high, color="tab:blue", alpha=0.25, lw=0, label=f"{what}, {level:.0%} band"
+        )
+        ax.plot(times, means[:, i], color="tab:blue", lw=1.5, label=what)
+        ax.set_ylabel(names[i])
+    axes[-1].set_xlabel("time")
+    return fig, axes
 
 
 def plot_smoothed_states(
@@ -67,26 +90,11 @@ def plot_smoothed_states(
     Returns:
         A matplotlib `Figure` (not attached to pyplot; save it with `fig.savefig`).
     """
-    from scipy.stats import norm
-
     times = np.asarray(times)
-    means, sd = _band(smoothed)
-    T, d = means.shape
-    z = norm.ppf(0.5 + level / 2)
-    names = state_names or [f"x[{i}]" for i in range(d)]
-    fig = Figure(figsize=(10, 2.6 * d), layout="constrained")
-    axes = fig.subplots(d, 1, sharex=True, squeeze=False)[:, 0]
+    means, sd = _smoothed_moments(smoothed)
+    names = state_names or [f"x[{i}]" for i in range(means.shape[1])]
+    fig, axes = _band_panels(times, means, sd, level, names, "smoothed mean")
     for i, ax in enumerate(axes):
-        ax.fill_between(
-            times,
-            means[:, i] - z * sd[:, i],
-            means[:, i] + z * sd[:, i],
-            color="tab:blue",
-            alpha=0.25,
-            lw=0,
-            label=f"smoothed {level:.0%} band",
-        )
-        ax.plot(times, means[:, i], color="tab:blue", lw=1.5, label="smoothed mean")
         if x_true is not None:
             ax.plot(times, np.asarray(x_true)[:, i], color="k", lw=1, ls="--", label="true state")
         if y is not None and H is not None:
@@ -105,9 +113,7 @@ def plot_smoothed_states(
                         ms=3,
                         label=f"observed {shown}",
                     )
-        ax.set_ylabel(names[i])
         ax.legend(loc="upper right", fontsize="small", ncols=4)
-    axes[-1].set_xlabel("time")
     return fig
 
 
@@ -128,38 +134,16 @@ def plot_smoothed_observations(
     Returns:
         A matplotlib `Figure` (not attached to pyplot; save it with `fig.savefig`).
     """
-    from scipy.stats import norm
-
     times, y = np.asarray(times), np.asarray(y)
-    means = np.asarray(smoothed.smoothed_means)
-    if means.ndim != 2:
-        raise ValueError(f"`smoothed` must hold one sequence ((T, d) means); got {means.shape}.")
     H, u = np.asarray(sde.H), np.asarray(sde.u)
     if H.ndim != 2:
         raise ValueError("`sde` must have shared emissions: H of shape (p, d).")
-    signal = means @ H.T + u
-    covs = np.einsum("pi,tij,qj->tpq", H, np.asarray(smoothed.smoothed_covs), H)
-    sd = np.sqrt(np.clip(np.diagonal(covs, axis1=-2, axis2=-1), 0, None))
-    z = norm.ppf(0.5 + level / 2)
-    p = H.shape[0]
-    names = list(names) if names is not None else [f"y[{j}]" for j in range(p)]
-    fig = Figure(figsize=(10, 2.6 * p), layout="constrained")
-    axes = fig.subplots(p, 1, sharex=True, squeeze=False)[:, 0]
+    signal, sd = _smoothed_moments(smoothed, H, u)
+    names = list(names) if names is not None else [f"y[{j}]" for j in range(H.shape[0])]
+    fig, axes = _band_panels(times, signal, sd, level, names, "smoothed signal")
     for j, ax in enumerate(axes):
-        ax.fill_between(
-            times,
-            signal[:, j] - z * sd[:, j],
-            signal[:, j] + z * sd[:, j],
-            color="tab:blue",
-            alpha=0.25,
-            lw=0,
-            label=f"smoothed signal, {level:.0%} band",
-        )
-        ax.plot(times, signal[:, j], color="tab:blue", lw=1.5, label="smoothed signal")
         ax.plot(times, y[:, j], ".", color="tab:red", ms=3, label="data")
-        ax.set_ylabel(names[j])
         ax.legend(loc="upper right", fontsize="small", ncols=3)
-    axes[-1].set_xlabel("time")
     return fig
 
 
