@@ -970,6 +970,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except _Failed as err:
         return _fail(str(err), EXIT_FAILED)
+    except FloatingPointError as err:  # a computation that left the valid region
+        return _fail(f"the computation failed: {err}", EXIT_FAILED)
     except ValueError as err:  # the user's input: a message that names it
         return _fail(str(err))
     except KeyboardInterrupt:
