@@ -3,9 +3,10 @@
 Each file defines `model(times, y=None)` (priors on named parameters, ending with
 `numpyro.sample("y", LTISDE(...), obs=y)`), `TRUE_PARAMS` (defaults for simulation), `to_sde`
 (named parameters -> `SDEParams`) and a docstring whose first line is its summary and which says
-what the data identify. A model file of your own needs only `model` to be fitted or sampled;
-simulating it (`sdessm simulate`, `sdessm demo`) needs `TRUE_PARAMS` and `to_sde` too. Load one
-by name or from a file:
+what the data identify. The structured ones also have `start_from_data(times, y)`, EM's
+start in the data's own units (`docs/em.md`). A model file of your own needs only `model` to be
+fitted or sampled; simulating it (`sdessm simulate`, `sdessm demo`) needs `TRUE_PARAMS` and
+`to_sde` too. Load one by name or from a file:
 
     >>> from sdessm.models import load, available
     >>> sorted(available())

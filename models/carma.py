@@ -46,11 +46,13 @@ Identified: the data fix the spectral density and mu and noise, hence
 """
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints, transforms
 
 from sdessm.discretize import stationary_covariance
+from sdessm.moments import moments, spectral_peaks
 from sdessm.params import SDEParams
 from sdessm.ppl import LTISDE
 
@@ -130,6 +132,28 @@ def to_sde(sigma, mu, noise, omega=(), zeta=(), lam=None, b=()):
         mu1=jnp.zeros(p, dtype=dtype),
         P1=stationary_covariance(F, L @ L.T),
     )
+
+
+def start_from_data(times, y, *, p=P, q=Q):
+    """A start in the data's units: omega at the floor(p/2) highest peaks of the periodogram,
+    zeta = 0.3, lam (odd p) from the lag-one autocorrelation, b = 0, mu the mean, the noise with a
+    tenth of the variance and sigma scaled so that the stationary variance holds the rest."""
+    p, q = int(p), int(q)
+    m = moments(times, y, lags=1)
+    g0, k = float(m.variance[0]), p // 2
+    named = {"mu": float(m.mean[0]), "noise": np.sqrt(0.1 * g0)}
+    if k:
+        named["omega"] = spectral_peaks(times, y, k)
+        named["zeta"] = np.full(k, 0.3)
+    if p % 2:
+        rho = np.clip(np.nan_to_num(m.autocorrelation[1, 0], nan=0.5), 0.05, 0.98)
+        named["lam"] = -np.log(rho) / m.step
+    if q:
+        named["b"] = np.zeros(q)
+    unit = to_sde(1.0, **named)
+    variance = float((unit.H @ unit.P1 @ unit.H.T)[0, 0])
+    named["sigma"] = np.sqrt(0.9 * g0 / variance)
+    return named
 
 
 def _ordered_frequencies(k):

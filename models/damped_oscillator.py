@@ -16,9 +16,11 @@ unconstrained 2-D model is identified only up to a change of state coordinates).
 """
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from sdessm.moments import moments, spectral_peaks
 from sdessm.params import SDEParams
 from sdessm.ppl import LTISDE
 
@@ -36,6 +38,20 @@ def to_sde(omega, zeta, sigma, noise):
         mu1=jnp.zeros(2),
         P1=jnp.diag(jnp.stack([sigma**2 / (4 * zeta * omega**3), sigma**2 / (4 * zeta * omega)])),
     )
+
+
+def start_from_data(times, y):
+    """A start in the data's units: omega at the highest peak of the periodogram, zeta = 0.1,
+    noise with a tenth of the variance and sigma from the rest (position variance
+    sigma^2 / (4 zeta omega^3))."""
+    g0 = float(moments(times, y, lags=0).variance[0])
+    omega, zeta = float(spectral_peaks(times, y, 1)[0]), 0.1
+    return {
+        "omega": omega,
+        "zeta": zeta,
+        "sigma": np.sqrt(4 * zeta * omega**3 * 0.9 * g0),
+        "noise": np.sqrt(0.1 * g0),
+    }
 
 
 def model(times, y=None):

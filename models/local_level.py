@@ -11,9 +11,11 @@ Identified: sigma and noise (their ratio sets how much the smoother averages), a
 """
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from sdessm.moments import differences, moments
 from sdessm.params import SDEParams
 from sdessm.ppl import LTISDE
 
@@ -31,6 +33,21 @@ def to_sde(sigma, noise, level0):
         mu1=jnp.reshape(level0, (1,)),
         P1=1e-8 * jnp.eye(1),  # the first level is the sampled level0
     )
+
+
+def start_from_data(times, y):
+    """A start in the data's units: level0 the first observation; sigma and noise from the
+    increments d of y, for which a random walk plus noise has var(d) = sigma^2 step + 2 noise^2
+    and cov(d_k, d_(k+1)) = -noise^2."""
+    m = moments(times, y, lags=0)
+    d = moments(*differences(times, y), lags=1)
+    v0, v1 = float(d.variance[0]), float(d.autocovariance[1, 0])
+    noise2 = np.clip(-v1 if np.isfinite(v1) else 0.25 * v0, 0.01 * v0, 0.49 * v0)
+    return {
+        "sigma": np.sqrt((v0 - 2 * noise2) / m.step),
+        "noise": np.sqrt(noise2),
+        "level0": float(m.first[0]),
+    }
 
 
 def model(times, y=None):

@@ -14,9 +14,11 @@ The initial state is N(0, I). Identified: F, Q = L L^T and the noise (H = I fixe
 """
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from sdessm.moments import moments
 from sdessm.params import SDEParams
 from sdessm.ppl import LTISDE
 
@@ -44,6 +46,25 @@ def to_sde(a1, a2, b12, b21, L_diag, L_off, noise):
         mu1=jnp.zeros(2),
         P1=jnp.eye(2),
     )
+
+
+def start_from_data(times, y):
+    """A start in the data's units: uncoupled, each rate from its column's autocovariances at
+    one and two steps (g_2 / g_1 = exp(-a step), free of the noise), each diffusion from nine
+    tenths of its variance (sigma^2 / (2 a)), the noise from a tenth."""
+    m = moments(times, y, lags=2)
+    g1, g2 = m.autocovariance[1], m.autocovariance[2]
+    ratio = np.where((g1 > 0) & (g2 > 0), g2 / np.where(g1 > 0, g1, 1.0), 0.5)
+    rates = -np.log(np.clip(ratio, 0.05, 0.98)) / m.step
+    return {
+        "a1": rates[0],
+        "a2": rates[1],
+        "b12": 0.0,
+        "b21": 0.0,
+        "L_diag": np.sqrt(2 * rates * 0.9 * m.variance),
+        "L_off": 0.0,
+        "noise": np.sqrt(0.1 * np.mean(m.variance)),
+    }
 
 
 def model(times, y=None):

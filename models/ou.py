@@ -14,9 +14,11 @@ Identified: all four, given a record long against 1/theta and steps not much lon
 """
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from sdessm.moments import moments
 from sdessm.params import SDEParams
 from sdessm.ppl import LTISDE
 
@@ -34,6 +36,22 @@ def to_sde(theta, sigma, u, noise):
         mu1=jnp.zeros(1),
         P1=sigma**2 / (2 * theta) * jnp.eye(1),
     )
+
+
+def start_from_data(times, y):
+    """A start in the data's units, from the autocovariances g_k of y at k steps: an OU process
+    plus noise has g_2 / g_1 = exp(-theta step) and g_1 = exp(-theta step) sigma^2 / (2 theta)."""
+    m = moments(times, y)
+    g0, g1, g2 = (float(g) for g in m.autocovariance[:, 0])
+    rho = np.clip(g2 / g1 if g1 > 0 and g2 > 0 else 0.1, 0.05, 0.98)
+    variance = np.clip(g1 / rho if g1 > 0 else 0.5 * g0, 0.1 * g0, 0.95 * g0)
+    theta = -np.log(rho) / m.step
+    return {
+        "theta": theta,
+        "sigma": np.sqrt(2 * theta * variance),
+        "u": float(m.mean[0]),
+        "noise": np.sqrt(g0 - variance),
+    }
 
 
 def model(times, y=None):

@@ -37,8 +37,8 @@ y = np.array(sdessm.simulate(jax.random.key(5), sde, times)[1])
 y[::9] = np.nan
 start = {"theta": 1.0, "sigma": 0.5, "u": 0.0, "noise": 0.5}
 res = sdessm.fit_em(ou.model, y, times, init=start, num_iters=int(sys.argv[2]), tol=0.0,
-                    progress=False, checkpoint=sys.argv[1] if sys.argv[1] != "-" else None,
-                    checkpoint_every=1)
+                    finish="none", progress=False,
+                    checkpoint=sys.argv[1] if sys.argv[1] != "-" else None, checkpoint_every=1)
 print(json.dumps({"params": {k: float(v) for k, v in res.params.items()},
                   "lls": [float(v) for v in res.log_likelihoods]}))
 """
@@ -61,6 +61,7 @@ def _fit(times, y, num_iters, checkpoint=None, **kw):
         init=START,
         num_iters=num_iters,
         tol=0.0,
+        finish="none",
         progress=False,
         checkpoint=checkpoint,
         **kw,
@@ -107,7 +108,7 @@ def test_sde_paths_resume_exactly(tmp_path):
     start = truth._replace(F=-np.eye(2), L=0.3 * np.eye(2), R=0.2 * np.eye(2))
     for times in (np.arange(80) * 0.2, np.cumsum(rng.uniform(0.05, 0.4, 80))):
         y = np.array(sdessm.simulate(jax.random.key(1), truth, times)[1])
-        kw = dict(fixed=("H", "u", "mu1", "P1"), tol=0.0, progress=False)
+        kw = dict(fixed=("H", "u", "mu1", "P1"), tol=0.0, finish="none", progress=False)
         whole = sdessm.fit_em(start, y, times, num_iters=8, **kw)
         path = tmp_path / f"sde{len(np.unique(np.diff(times).round(9)))}.npz"
         sdessm.fit_em(start, y, times, num_iters=3, checkpoint=path, **kw)

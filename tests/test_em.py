@@ -83,7 +83,9 @@ def test_sde_em_loglik_never_decreases(rng, key, path):
         y[rng.uniform(size=y.shape) < cfg["missing"]] = np.nan
         y[:, -1] = 0.0  # no padding here
     init = _perturbed(rng, truth)
-    res = sdessm.fit_em(init, y, num_iters=12, progress=False, tol=0.0, **kw, **cfg["fit"])
+    res = sdessm.fit_em(
+        init, y, num_iters=12, progress=False, tol=0.0, finish="none", **kw, **cfg["fit"]
+    )
     _assert_monotone(res.log_likelihoods)
     assert res.num_iters == 12 and len(res.log_likelihoods) == 13
     # the last entry is the exact log-likelihood of the returned (recovered) SDE parameters
@@ -224,7 +226,7 @@ def test_discrete_em_iterates_match_pykalman(rng, key):
         "initial_state_mean",
         "initial_state_covariance",
     ]
-    res = sdessm.fit_em(init, y, num_iters=8, tol=0.0, fixed=("u",), progress=False)
+    res = sdessm.fit_em(init, y, num_iters=8, tol=0.0, finish="none", fixed=("u",), progress=False)
     for k in range(1, 9):
         kf = pykalman.KalmanFilter(
             transition_matrices=A,
@@ -307,7 +309,9 @@ def test_closed_form_and_numerical_mstep_agree(rng, key):
     )
     _, y = sdessm.simulate(key, truth, dt=0.3, num_timesteps=300, num_sequences=3)
     init = _perturbed(rng, truth)._replace(H=np.eye(2))
-    kw = dict(dt=0.3, fixed=("H", "R", "mu1", "P1"), num_iters=20, tol=0.0, progress=False)
+    kw = dict(
+        dt=0.3, fixed=("H", "R", "mu1", "P1"), num_iters=20, tol=0.0, finish="none", progress=False
+    )
     closed = sdessm.fit_em(init, y, **kw)
     # a zero log-prior sends F, L and u through the numerical (L-BFGS) M-step
     numerical = sdessm.fit_em(
@@ -470,8 +474,8 @@ def test_padding_does_not_change_the_fit(rng, key):
     y[1, 25:] = np.nan  # the second sequence is 25 long
     longer = np.concatenate([y, np.full((2, 10, 1), np.nan)], axis=1)
     init = _perturbed(rng, truth)
-    a = sdessm.fit_em(init, y, dt=0.3, num_iters=5, tol=0.0, progress=False)
-    b = sdessm.fit_em(init, longer, dt=0.3, num_iters=5, tol=0.0, progress=False)
+    a = sdessm.fit_em(init, y, dt=0.3, num_iters=5, tol=0.0, finish="none", progress=False)
+    b = sdessm.fit_em(init, longer, dt=0.3, num_iters=5, tol=0.0, finish="none", progress=False)
     np.testing.assert_allclose(a.log_likelihoods, b.log_likelihoods, rtol=1e-10)
     for x1, x2 in zip(a.discrete, b.discrete, strict=True):
         np.testing.assert_allclose(x1, x2, rtol=1e-8, atol=1e-12)
@@ -481,7 +485,7 @@ def test_lgssm_fit_and_progress_bar(rng, key, capsys):
     truth = _sde(rng, 2, 2)
     _, y = sdessm.simulate(key, truth, dt=0.3, num_timesteps=50, num_sequences=2)
     init = _perturbed(rng, truth).discretize(dt=0.3)
-    res = sdessm.fit_em(init, y, num_iters=4, tol=0.0, progress=True)
+    res = sdessm.fit_em(init, y, num_iters=4, tol=0.0, finish="none", progress=True)
     assert isinstance(res.params, sdessm.LGSSMParams)
     _assert_monotone(res.log_likelihoods)
     assert "EM" in capsys.readouterr().err
@@ -532,7 +536,9 @@ def test_known_per_step_offset(rng, key):
     with_offset = truth._replace(u=offset)
     _, y = sdessm.simulate(key, with_offset, dt=0.3, num_timesteps=T, num_sequences=2)
     init = _perturbed(rng, truth)._replace(u=offset)
-    res = sdessm.fit_em(init, y, dt=0.3, fixed=("u",), num_iters=10, tol=0.0, progress=False)
+    res = sdessm.fit_em(
+        init, y, dt=0.3, fixed=("u",), num_iters=10, tol=0.0, finish="none", progress=False
+    )
     _assert_monotone(res.log_likelihoods)
     np.testing.assert_array_equal(res.params.u, offset)
     np.testing.assert_allclose(
@@ -579,10 +585,13 @@ def test_squarem_reaches_the_plain_em_fixed_point_in_fewer_steps(key):
     truth = {"log": jnp.log(jnp.array([2.0, 0.1, 0.6, 0.15]))}
     _, y = sdessm.simulate(key, _oscillator(truth), dt=0.1, num_timesteps=150)
     init = {"log": jnp.log(jnp.array([1.5, 0.3, 1.0, 0.3]))}
-    kw = dict(dt=0.1, structure=_oscillator, num_iters=1500, tol=1e-11, progress=False)
+    kw = dict(
+        dt=0.1, structure=_oscillator, num_iters=1500, tol=1e-11, finish="none", progress=False
+    )
     plain = sdessm.fit_em(init, y, accelerate=False, **kw)
     fast = sdessm.fit_em(init, y, **kw)
-    assert plain.converged and fast.converged
+    for res in (plain, fast):  # both stopped by EM's own rule, before the iteration limit
+        assert res.report["stopped"] == "the gain per iteration fell below tol = 1e-11"
     _assert_monotone(fast.log_likelihoods)
     np.testing.assert_allclose(fast.log_likelihood, plain.log_likelihood, rtol=1e-8)
     np.testing.assert_allclose(fast.params["log"], plain.params["log"], rtol=1e-3, atol=1e-4)
@@ -628,6 +637,7 @@ def test_map_on_sde_params(rng, key):
         log_prior=log_prior,
         num_iters=8,
         tol=0.0,
+        finish="none",
         mstep_iters=10,
         progress=False,
     )

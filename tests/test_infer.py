@@ -154,8 +154,8 @@ def test_bad_models_and_data(ou_data):
 
 def test_init_must_belong_to_the_model(ou_data):
     times, y = ou_data
-    with pytest.raises(ValueError, match=re.escape("missing ['noise', 'u']")):
-        sdessm.fit_em(OU.model, y, times, init={"theta": 0.5, "sigma": 1.0})
+    with pytest.raises(ValueError, match=re.escape("not in the model ['rate']")):
+        sdessm.fit_em(OU.model, y, times, init={"theta": 0.5, "rate": 1.0})
     with pytest.raises(ValueError, match=re.escape("`init['theta']` must have shape ()")):
         sdessm.fit_em(OU.model, y, times, init=dict(OU.TRUE_PARAMS, theta=[0.5, 0.6]))
     other = sdessm.fit_em(OSC.model, *_osc_data()[::-1], num_iters=2, progress=False)

@@ -17,7 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-EXIT_USAGE, EXIT_FAILED = 2, 1
+EXIT_USAGE, EXIT_FAILED, EXIT_WARNINGS = 2, 1, 3
 
 
 class _Failed(Exception):
@@ -61,6 +61,32 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
     return value
+
+
+def _site_values(text: str) -> dict[str, float | list[float]]:
+    """`name=value,...`; a vector site as `name=[v1,v2]` (each a finite number)."""
+    import re
+
+    pairs = re.findall(r"\s*([A-Za-z_]\w*)\s*=\s*(\[[^\]]*\]|[^,\[\]]+)\s*(?:,|$)", text)
+    rebuilt = ",".join(f"{name}={value}" for name, value in pairs)
+    if not pairs or rebuilt.replace(" ", "") != text.replace(" ", ""):
+        raise argparse.ArgumentTypeError(
+            f"must be name=value pairs separated by commas, e.g. theta=0.5,u=1 or omega=[1,2]; "
+            f"got {text!r}"
+        )
+    out: dict[str, float | list[float]] = {}
+    for name, value in pairs:
+        if name in out:
+            raise argparse.ArgumentTypeError(f"names {name!r} twice")
+        items = value.strip("[]").split(",") if value.startswith("[") else [value]
+        numbers = []
+        for item in items:
+            number = _number(item.strip())
+            if not math.isfinite(number):
+                raise argparse.ArgumentTypeError(f"{name} must be finite, got {item.strip()}")
+            numbers.append(number)
+        out[name] = numbers if value.startswith("[") else numbers[0]
+    return out
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -266,38 +292,62 @@ def _em_table(em):
     return pd.DataFrame(rows).T, se, note
 
 
+def _em_summary(em, loglik: str) -> str:
+    """One line: EM's iterations and why it stopped, the log-likelihood, and the verdict."""
+    polish = em.report.get("polish") or {}
+    newton = f" + {polish['newton_iterations']} Newton" if polish.get("gain", 0.0) > 0 else ""
+    verdict = "converged (a certified maximum)" if em.converged else "NOT converged (see below)"
+    return f"{em.num_iters} EM{newton} iterations ({em.report['stopped']}); {loglik}; {verdict}"
+
+
 def _em_verdict(em, args, note, caught: list[str]) -> list[tuple[str, str]]:
     """`(kind, text)` notes on how the EM fit ended, each with what to try."""
-    stopped = em.report.get("stopped", "")
+    report = em.report
+    stopped, convergence = report.get("stopped", ""), report.get("convergence", "")
+    polish = report.get("polish") or {}
+    finish = (
+        f", then Newton steps on the exact log-likelihood gained {polish['gain']:.4g}"
+        if polish.get("gain", 0.0) > 0
+        else ""
+    )
+    history = f"EM ran {em.num_iters} iterations ({stopped}){finish}."
     notes = []
+    boundary = report.get("boundary") or {}
     if em.converged:
-        notes.append(
-            (
-                "ok",
-                f"EM stopped after {em.num_iters} iterations: the objective changed by less "
-                "than the tolerance (1e-8 relative) in the last iteration. Such a stall usually "
-                "marks a maximum; the gradient itself was not checked.",
-            )
+        notes.append(("ok", f"Converged: {convergence}. {history}"))
+    elif boundary:
+        where = "; ".join(
+            f"{name} = {value:.3g} (bound {bound:g})" for name, (value, bound) in boundary.items()
         )
-    elif stopped == "reached num_iters":
         notes.append(
             (
                 "warning",
-                f"EM did not converge: it stopped at the iteration limit ({em.num_iters}) while "
-                "the log-likelihood was still rising. Try more iterations (--iters "
-                f"{4 * args.iters}), a simpler model, or another start.",
+                f"Not converged to an interior maximum: {where} sits at the edge of its range, "
+                f"where the likelihood keeps rising. {history} The data do not support this "
+                "part of the model: try a model without it, another start (--init NAME=VALUE), "
+                "or --objective map (the prior keeps it away from the edge).",
+            )
+        )
+    elif report.get("flat_direction"):
+        notes.append(
+            (
+                "warning",
+                f"Not converged: {convergence}. {history} Try a model with fewer free "
+                "parameters, another start (--init NAME=VALUE), or --objective map (the priors "
+                "then bound the flat directions).",
             )
         )
     else:
-        notes.append(("warning", f"EM stopped early: {stopped}."))
-    if note:
         notes.append(
             (
                 "warning",
-                f"{note[0].upper()}{note[1:]} Try a simpler model, fewer free parameters, or "
-                "--objective map (the priors then bound the flat directions).",
+                f"Not converged: {convergence or stopped}. {history} Try more iterations "
+                f"(--iters {4 * args.iters}), another start (--init NAME=VALUE), times in "
+                "units that make the typical step near 1, or a simpler model.",
             )
         )
+    if note and em.converged:  # otherwise the note above says it already
+        notes.append(("warning", f"{note[0].upper()}{note[1:]}"))
     notes.extend(("warning", text) for text in caught)
     return notes
 
@@ -348,11 +398,11 @@ def fit_command(args: argparse.Namespace) -> int:
     _check_out(args)
     future = _future_times(times, args.forecast) if args.forecast else None
     print(f"EM ({args.objective}) of {args.model} on {len(times)} rows of {names}", flush=True)
-    em, caught = _fit_em(args, module, times, y, args.objective)
+    em, caught = _fit_em(args, module, times, y, args.objective, init=args.init)
     table, se, note = _em_table(em)
     notes = _em_verdict(em, args, note, caught)
     ll = em.log_likelihood
-    print(f"{em.num_iters} iterations ({em.report['stopped']}); log-likelihood {ll:.6g}")
+    print(_em_summary(em, f"log-likelihood {ll:.6g}"))
     print(table.to_string(float_format=lambda v: f"{v:.5g}", na_rep="-"))
     _print_warnings(notes)
 
@@ -376,13 +426,18 @@ def fit_command(args: argparse.Namespace) -> int:
         "standard_errors_note": note,
         "log_likelihood": ll,
         "converged": em.converged,
+        "convergence": em.report.get("convergence"),
+        "gradient_norm": em.report.get("gradient_norm"),
+        "predicted_gain": em.report.get("predicted_gain"),
+        "boundary": em.report.get("boundary"),
         "stopped": em.report["stopped"],
         "iterations": em.num_iters,
         "warnings": [text for kind, text in notes if kind != "ok"],
         "versions": versions(),
     }
-    outcome = {"log-likelihood": f"{ll:.10g}", "iterations": str(em.num_iters)}
-    outcome["stopped because"] = em.report["stopped"]
+    outcome = {"log-likelihood": f"{ll:.10g}", "EM iterations": str(em.num_iters)}
+    outcome["EM stopped because"] = em.report["stopped"]
+    outcome["convergence"] = em.report.get("convergence", "")
     _write_results(
         args,
         {
@@ -406,7 +461,12 @@ def fit_command(args: argparse.Namespace) -> int:
             ("Versions", versions()),
         ],
     )
-    return 0
+    return _status(args, notes)
+
+
+def _status(args, notes) -> int:
+    """0, or with `--strict` `EXIT_WARNINGS` when a note is a warning."""
+    return EXIT_WARNINGS if args.strict and any(kind != "ok" for kind, _ in notes) else 0
 
 
 def _print_warnings(notes) -> None:
@@ -542,9 +602,11 @@ def sample_command(args: argparse.Namespace) -> int:
     _check_out(args)
     future = _future_times(times, args.forecast) if args.forecast else None
     init, caught = None, []
+    if args.init is not None and not args.init_from_em:
+        raise ValueError("--init sets the start of EM: give it with --init-from-em.")
     if args.init_from_em:
         print(f"EM (MAP) of {args.model} to start the chains", flush=True)
-        init, caught = _fit_em(args, module, times, y, "map")
+        init, caught = _fit_em(args, module, times, y, "map", init=args.init)
     print(
         f"NUTS of {args.model} on {len(times)} rows of {names}: {args.chains} chains x "
         f"({args.warmup} warmup + {args.draws} draws)",
@@ -582,7 +644,7 @@ def sample_command(args: argparse.Namespace) -> int:
             ("Versions", versions()),
         ],
     )
-    return 0
+    return _status(args, notes)
 
 
 # --------------------------------------------------------------------------- demo, simulate
@@ -668,12 +730,10 @@ def demo(args: argparse.Namespace) -> int:
     names = [f"y{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["y"]
 
     print("[2/5] EM (MAP) from a wrong start", flush=True)
-    em, caught = _fit_em(args, module, times, y, "map", init=_start_values(truth))
-    print(
-        f"      {em.num_iters} iterations ({em.report['stopped']}); log-likelihood "
-        f"{em.log_likelihoods[0]:.2f} -> {em.log_likelihood:.2f}",
-        flush=True,
-    )
+    start = {**_start_values(truth), **(args.init or {})}
+    em, caught = _fit_em(args, module, times, y, "map", init=start)
+    ll = f"log-likelihood {em.log_likelihoods[0]:.2f} -> {em.log_likelihood:.2f}"
+    print(f"      {_em_summary(em, ll)}", flush=True)
     print(
         f"[3/5] NUTS: {args.chains} chains x ({args.warmup} warmup + {args.draws} draws)",
         flush=True,
@@ -753,7 +813,7 @@ def demo(args: argparse.Namespace) -> int:
         ],
     )
     print(f"done in {time.perf_counter() - clock:.0f} s")
-    return 0
+    return _status(args, notes)
 
 
 def simulate_command(args: argparse.Namespace) -> int:
@@ -852,6 +912,20 @@ def _add_simulation(p, n: int, dt: float, missing: float) -> None:
 
 def _add_em(p) -> None:
     p.add_argument("--iters", type=_count(1), default=500, help="most EM iterations")
+    p.add_argument(
+        "--init",
+        type=_site_values,
+        default=None,
+        metavar="NAME=VALUE,...",
+        help="start EM at these parameter values, in the data's units (e.g. theta=0.5,u=1; a "
+        "vector as omega=[1,2]); parameters not named start from the model's default",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"exit with status {EXIT_WARNINGS} (results written all the same) when the fit did "
+        "not converge, sits on a boundary, or another warning was printed",
+    )
     p.add_argument(
         "--psd",
         choices=("report", "nearest"),

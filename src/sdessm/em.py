@@ -36,6 +36,22 @@ DECREASE_RTOL = 1e-9
 SAFEGUARD_HALVINGS = 3
 #: A recovered eigenvalue of F with |Im lambda| above this fraction of pi / dt is reported.
 NYQUIST_FRACTION = 0.9
+#: With `polish`, EM hands over to the Newton finish once an iteration gains less than this
+#: (log-likelihood units): EM's linear convergence is slowest exactly there.
+HANDOVER = 1e-3
+#: With `polish`, EM also hands over when it crawls: each of the last CRAWL_WINDOW gains more
+#: than CRAWL_RATIO times the previous one (then over 4x the last gain remains to be gained).
+CRAWL_WINDOW, CRAWL_RATIO = 5, 0.8
+#: Most free coordinates for which the finish computes the exact Hessian (a square of that size).
+MAX_CERTIFIED_COORDINATES = 200
+#: What may follow EM in `fit_em` (see its `finish`).
+FINISHES = ("polish", "certify", "none")
+#: Most trust-region Newton iterations of the polish; then at most NEWTON_STEPS plain Newton
+#: steps, each halved at most NEWTON_HALVINGS times, to meet the certificate's `tol`.
+POLISH_ITERATIONS = 200
+NEWTON_STEPS, NEWTON_HALVINGS = 8, 20
+#: The observed information counts as singular below this fraction of its largest eigenvalue.
+FLAT_RTOL = 1e-10
 
 
 class NoRealLogarithmError(ValueError):
@@ -338,6 +354,15 @@ def _total_loglik(sde: SDEParams, y, reps, groups, complete, same_mask=False):
     return jnp.sum(_map_sequences_jit(_loglik_one, lg, y, batched, complete, same_mask))
 
 
+def _crawling(objectives) -> bool:
+    """EM converging linearly and slowly: each of the last `CRAWL_WINDOW` gains is more than
+    `CRAWL_RATIO` times the one before, so what is left is many times the last gain."""
+    gains = np.diff(np.asarray(objectives[-CRAWL_WINDOW - 1 :], dtype=float))
+    if len(gains) < CRAWL_WINDOW or np.any(gains <= 0):
+        return False
+    return bool(np.all(gains[1:] > CRAWL_RATIO * gains[:-1]))
+
+
 def _halvings(old, new, halvings: int):
     """`new`, then `old + (new - old) / 2^j` for j = 1..halvings."""
     return [new] + [
@@ -488,7 +513,8 @@ def fit_em(
     model_kwargs: dict | None = None,
     dt: float | None = None,
     num_iters: int = 500,
-    tol: float = 1e-8,
+    tol: float = 1e-6,
+    finish: str = "polish",
     fixed=None,
     R_structure: str = "full",
     emissions: str = "shared",
@@ -539,7 +565,19 @@ def fit_em(
             paths).
         dt: a uniform step instead of `times`.
         num_iters: most EM iterations.
-        tol: stop when the objective changes by less than `tol * max(1, |objective|)`.
+        tol: the accuracy asked for, in log-likelihood units (absolute, whatever the length of
+            the series). EM stops when an iteration gains less (with `finish="polish"`: less
+            than `HANDOVER` = 1e-3, or when it crawls, where EM is slowest); the fit has
+            `converged` only when the observed information at the estimate is positive definite
+            and a Newton step would gain at most `tol` (`report["convergence"]` says which, or
+            why not).
+        finish: what follows EM. `"polish"`: maximise the exact objective from the EM estimate
+            by trust-region Newton steps (JAX gradient and Hessian; a step is kept only if it
+            does not lower the objective, and saddle points are left) in the free coordinates of
+            the standard errors (EM is robust far from the optimum and slow near it; Newton is
+            the opposite), then certify the result. `"certify"`: EM's estimate as it is,
+            certified or not. `"none"`: EM's estimate, unchecked (`converged` is False, and the
+            report says so): for studying EM itself.
         fixed (Sequence[str] | None): field names held at their `init` value, e.g. `("H", "u")`;
             `"Q"` and `"L"` both name the diffusion. Defaults to `("P1",)` for one sequence
             (where the M-step would collapse P1 onto the smoothed covariance of a single draw)
@@ -605,6 +643,7 @@ def fit_em(
             model_kwargs=model_kwargs,
             num_iters=num_iters,
             tol=tol,
+            finish=finish,
             psd=psd,
             mstep_iters=mstep_iters,
             progress=progress,
@@ -636,6 +675,9 @@ def fit_em(
     num_iters = check_count("num_iters", num_iters)
     mstep_iters = check_count("mstep_iters", mstep_iters)
     tol = check_nonnegative("tol", tol)
+    if finish not in FINISHES:
+        raise ValueError(f"`finish` must be one of {FINISHES}; got {finish!r}.")
+    polish = finish == "polish"
     if fixed is not None and structure is None:
         names = (fixed,) if isinstance(fixed, str) else fixed
         try:
@@ -831,7 +873,9 @@ def fit_em(
             lls.append(ll)
             objectives.append(objective)
             change = abs(objectives[-1] - objectives[-2]) if len(objectives) > 1 else np.inf
-            if change <= tol * max(1.0, abs(objective)):
+            if change <= (max(tol, HANDOVER) if polish else tol) or (
+                polish and _crawling(objectives)
+            ):
                 converged = True
                 if checkpoint is not None:
                     stop = {"reason": "converged", "converged": True}
@@ -848,6 +892,14 @@ def fit_em(
             bar.update(1)
             bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
     report.setdefault("stopped", "converged" if converged else "reached num_iters")
+    if report["stopped"] == "converged":  # EM's own rule: an iteration gained less than a bound
+        last = objectives[-1] - objectives[-2] if len(objectives) > 1 else 0.0
+        if polish and last > max(tol, HANDOVER):
+            report["stopped"] = "EM crawled: its gains shrank by less than 20% per iteration"
+        else:
+            report["stopped"] = "the gain per iteration fell below " + (
+                f"{max(tol, HANDOVER):g}" if polish else f"tol = {tol:g}"
+            )
     if log_prior is not None:
         report["log_posteriors"] = np.asarray(objectives)
 
@@ -876,12 +928,22 @@ def fit_em(
         structure=build if numerical else None,
         log_prior=log_prior_fn if log_prior is not None else None,
     )
+    if numerical and structure is None:  # MAP on SDEParams: its coordinates are theta's
+        context["theta"] = state
     result = EMResult(
         params, discrete, np.asarray(lls), converged, len(lls) - 1, report, sde, context
     )
     if is_sde and not (numerical or continuous):
         sde = _recover(result, sde0, float(reps[0]), fixed, psd, report)
         result = dataclasses.replace(result, params=sde, sde=sde)
+    if devices is not None or per_step or offset is not None:
+        report["convergence"] = "not certified: the exact finish does not cover " + (
+            "sharded sequences" if devices is not None else "per-step emissions"
+        )
+        return dataclasses.replace(result, converged=False)
+    result = _finish(result, finish, tol, progress)
+    if is_sde and not numerical and len(reps) == 1 and result.sde is not None:
+        _report_drift(np.asarray(result.sde.F), float(reps[0]), result.report, warn=False)
     return result
 
 
@@ -908,10 +970,13 @@ def _coordinates(result: EMResult):
     have none (discrete fits); `unravel` maps a vector back to theta for structured fits.
     """
     ctx = result._context
-    if ctx["structure"] is not None and not isinstance(result.params, SDEParams):
-        flat, unravel = jax.flatten_util.ravel_pytree(result.params)
+    if ctx["structure"] is not None and (
+        "theta" in ctx or not isinstance(result.params, SDEParams)
+    ):
+        theta = ctx.get("theta", result.params)
+        flat, unravel = jax.flatten_util.ravel_pytree(theta)
         return (
-            _leaf_labels(result.params),
+            _leaf_labels(theta),
             flat,
             lambda v: (ctx["structure"](unravel(v)), None),
             unravel,
@@ -965,15 +1030,16 @@ def _coordinates(result: EMResult):
     return labels, vector, rebuild, None
 
 
-@float64
-def _covariance(result: EMResult):
-    """(labels, estimate vector, inverse observed information, unravel) in free coordinates."""
+def _objective(result: EMResult):
+    """The exact objective in the free coordinates of `_coordinates`:
+    `(labels, v0, objective, rebuild, unravel)`, `objective(v)` the marginal log-likelihood of
+    all sequences (plus the log-prior of a MAP fit in structured coordinates), jittable."""
     ctx = result._context
     y = jnp.asarray(ctx["y"])
     yb = y if y.ndim == 3 else y[None]
     labels, v0, rebuild, unravel = _coordinates(result)
 
-    def loglik(v):
+    def objective(v):
         params, Q = rebuild(v)
         if isinstance(params, SDEParams):
             _, _, lg = _continuous_discrete(params, ctx["reps"], ctx["groups"], Q)
@@ -985,24 +1051,236 @@ def _covariance(result: EMResult):
             total = total + ctx["log_prior"](unravel(v))
         return total
 
+    return labels, v0, objective, rebuild, unravel
+
+
+def _information(objective, v):
+    """The observed information `-hessian(objective)(v)`, symmetrised, as NumPy."""
+    hessian = np.asarray(jax.jit(jax.hessian(objective))(jnp.asarray(v)))
+    return -0.5 * (hessian + hessian.T)
+
+
+def _flat_coordinates(labels, info) -> list[tuple[str, float]] | None:
+    """None when `info` is positive definite, else the largest components of its flattest
+    direction, `[(label, component), ...]`."""
+    if not np.all(np.isfinite(info)):
+        return [(label, float("nan")) for label in labels[:4]]
+    w, V = np.linalg.eigh(info)
+    if w.min() > FLAT_RTOL * max(1.0, np.abs(w).max()):
+        return None
+    top = np.argsort(-np.abs(V[:, 0]))[:4]
+    return [(labels[i], float(V[i, 0])) for i in top]
+
+
+def _flat_direction(labels, info) -> str | None:
+    """None when `info` is positive definite, else the coordinates of its flattest direction."""
+    flat = _flat_coordinates(labels, info)
+    return None if flat is None else ", ".join(f"{name} ({c:+.2f})" for name, c in flat)
+
+
+@float64
+def _covariance(result: EMResult):
+    """(labels, estimate vector, inverse observed information, unravel) in free coordinates."""
+    ctx = result._context
+    labels, v0, objective, _, unravel = _objective(result)
     if ctx["log_prior"] is not None and unravel is None:
         raise ValueError(
             "standard errors of a MAP fit are given in the structured coordinates: fit with "
             "`structure=` to get them."
         )
-    hessian = np.asarray(jax.jit(jax.hessian(loglik))(v0))
-    info = -0.5 * (hessian + hessian.T)
-    w, V = np.linalg.eigh(info)
-    if not np.all(np.isfinite(w)) or w.min() <= 1e-10 * max(1.0, np.abs(w).max()):
-        direction = V[:, 0]
-        top = np.argsort(-np.abs(direction))[:4]
-        names = ", ".join(f"{labels[i]} ({direction[i]:+.2f})" for i in top)
+    cached = ctx.get("information")  # computed by the finish of `fit_em` at this very point
+    if cached is not None and np.allclose(cached[0], np.asarray(v0), rtol=1e-12, atol=1e-14):
+        info = cached[1]
+    else:
+        info = _information(objective, v0)
+    flat = _flat_direction(labels, info)
+    if flat is not None:
+        w = np.linalg.eigvalsh(info)
         raise ValueError(
-            f"the observed information is not positive definite (smallest eigenvalue {w.min():.3g}"
-            f"): the estimate is on a boundary or the data do not identify the direction "
-            f"{names}. Fix some of these parameters (e.g. H) and refit."
+            f"the observed information is not positive definite (smallest eigenvalue "
+            f"{w.min():.3g}): the estimate is on a boundary or the data do not identify the "
+            f"direction {flat}. Fix some of these parameters (e.g. H) and refit."
         )
+    w, V = np.linalg.eigh(info)
     return labels, np.asarray(v0), (V / w) @ V.T, unravel
+
+
+def _valid(v, rebuild, unravel) -> bool:
+    """Whether the coordinates `v` of `_coordinates` give valid parameters: the covariances
+    among them (Q, R, P1, Sigma) positive semi-definite (no round-off allowed: the public
+    filter factorises them). A structured model is valid by construction."""
+    if unravel is not None:
+        return True
+    params, Q = rebuild(jnp.asarray(v))
+    covariances = [Q] + [getattr(params, name, None) for name in ("R", "P1", "Sigma")]
+    return all(
+        x is None or np.ndim(x) != 2 or np.linalg.eigvalsh(np.asarray(x)).min() >= 0
+        for x in covariances
+    )
+
+
+def _at(result: EMResult, v, rebuild, unravel):
+    """The `EMResult` with its parameters at the coordinates `v` (same history and context), or
+    None when `v` leaves the valid region (a covariance that is not PSD)."""
+    ctx = result._context
+    v = jnp.asarray(v)
+    if not _valid(v, rebuild, unravel):
+        return None
+    if unravel is not None:
+        theta = unravel(v)
+        sde = ctx["structure"](theta)
+        params = sde if "theta" in ctx else theta
+        context = dict(ctx, theta=theta) if "theta" in ctx else dict(ctx)
+    else:
+        params, Q = rebuild(v)
+        context = dict(ctx)
+        if isinstance(params, SDEParams):
+            if Q is not None:
+                Q = np.asarray(Q)
+                params = params._replace(L=jnp.asarray(_psd_factor(Q), dtype=params.L.dtype))
+            sde = params
+        else:
+            sde = None
+    if sde is not None:
+        _, _, discrete = _continuous_discrete(sde, ctx["reps"], ctx["groups"])
+        if ctx["groups"].ndim == 1 and ctx["reps"].shape[0] == 1:
+            discrete = discrete._replace(A=discrete.A[0], Sigma=discrete.Sigma[0])
+    else:
+        discrete = params
+    return dataclasses.replace(result, params=params, discrete=discrete, sde=sde, _context=context)
+
+
+def _finish(result: EMResult, finish: str, tol: float, progress: bool = False) -> EMResult:
+    """Polish the EM estimate on the exact objective and certify it.
+
+    With `polish`, trust-region Newton steps (SciPy's `trust-exact`, JAX gradient and Hessian)
+    and then, if needed, halving Newton steps on the exact marginal log-likelihood (plus
+    log-prior), from the EM estimate, in the free coordinates of the standard errors; a point is
+    kept only if it does not lower the objective. Then the
+    certificate: the fit has converged when the observed information is positive definite and
+    the gain a Newton step predicts, g' I^-1 g / 2, is at most `tol` (log-likelihood units).
+    Otherwise the report says why: a flat direction (a boundary, or a direction the data do not
+    identify, named by its coordinates), or the gain still predicted.
+    """
+    import scipy.optimize
+
+    report = dict(result.report)
+    if finish == "none":
+        report["convergence"] = "not checked (finish='none')"
+        return dataclasses.replace(result, converged=False, report=report)
+    polish = finish == "polish"
+    labels, v0, objective, rebuild, unravel = _objective(result)
+    n = len(labels)
+    if n == 0:
+        report["convergence"] = "nothing to certify: every parameter is fixed"
+        return dataclasses.replace(result, converged=True, report=report)
+    if n > MAX_CERTIFIED_COORDINATES:
+        report["convergence"] = (
+            f"not certified: {n} free coordinates, more than the {MAX_CERTIFIED_COORDINATES} for "
+            "which the exact Hessian is computed"
+        )
+        return dataclasses.replace(result, converged=False, report=report)
+    value_and_grad = jax.jit(jax.value_and_grad(objective))
+    v = np.asarray(v0, dtype=float)
+    start = value = float(value_and_grad(jnp.asarray(v))[0])
+    hessian = jax.jit(jax.hessian(objective))
+    if polish:
+
+        def negative(x):
+            f, g = value_and_grad(jnp.asarray(x))
+            f, g = float(f), np.asarray(g, dtype=float)
+            if not (np.isfinite(f) and np.all(np.isfinite(g)) and _valid(x, rebuild, unravel)):
+                return np.inf, np.zeros_like(x)
+            return -f, -g
+
+        def curvature(x):
+            h = -np.asarray(hessian(jnp.asarray(x)), dtype=float)
+            return 0.5 * (h + h.T) if np.all(np.isfinite(h)) else np.eye(len(x))
+
+        bar = _progress_bar()(desc="Newton finish", disable=not progress, leave=False)
+        with warnings.catch_warnings(), bar:
+            warnings.simplefilter("ignore", RuntimeWarning)  # trial points that meet +inf
+            warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
+            res = scipy.optimize.minimize(
+                negative,
+                v,
+                jac=True,
+                hess=curvature,
+                method="trust-exact",
+                options=dict(maxiter=POLISH_ITERATIONS, gtol=1e-10),
+                callback=lambda x: bar.update(1),
+            )
+        if np.isfinite(res.fun) and -res.fun >= value and _at(result, res.x, rebuild, unravel):
+            v, value = np.asarray(res.x, dtype=float), float(-res.fun)
+        report["polish"] = {"newton_iterations": int(res.nit), "gain": value - start}
+    for step in range(NEWTON_STEPS + 1):
+        h = np.asarray(hessian(jnp.asarray(v)))
+        info = -0.5 * (h + h.T)
+        g = np.asarray(value_and_grad(jnp.asarray(v))[1], dtype=float)
+        flat_coordinates = _flat_coordinates(labels, info)
+        flat = _flat_direction(labels, info)
+        gain = float(0.5 * g @ np.linalg.solve(info, g)) if flat is None else np.inf
+        if flat is not None or gain <= tol or not polish or step == NEWTON_STEPS:
+            break
+        direction = np.linalg.solve(info, g)
+        for k in range(NEWTON_HALVINGS):
+            trial = v + 0.5**k * direction
+            f = float(value_and_grad(jnp.asarray(trial))[0])
+            if np.isfinite(f) and f >= value and _at(result, trial, rebuild, unravel):
+                v, value = trial, f
+                break
+        else:
+            break  # no step that does not lower the objective: round-off level
+    finished = _at(result, v, rebuild, unravel) if polish else result
+    report.update(
+        gradient_norm=float(np.linalg.norm(g)),
+        predicted_gain=gain if np.isfinite(gain) else None,
+        flat_direction=flat,
+        flat_coordinates=flat_coordinates,
+        coordinates=(list(labels), np.asarray(v, dtype=float)),
+    )
+    if flat is not None:
+        report["convergence"] = (
+            "not certified: the log-likelihood is flat along the direction "
+            f"{flat} (an estimate on a boundary, or a direction the data do not identify)"
+        )
+    elif gain <= tol:
+        report["convergence"] = (
+            f"certified: the observed information is positive definite and a Newton step would "
+            f"gain {gain:.2g} <= tol = {tol:g} in log-likelihood"
+        )
+    else:
+        report["convergence"] = (
+            f"not certified: a Newton step would still gain {gain:.3g} > tol = {tol:g} in "
+            "log-likelihood"
+        )
+    lls = np.asarray(finished.log_likelihoods)
+    if value > start:  # the finish moved the estimate: its log-likelihood is the last entry
+        ll = float(_objective_loglik(finished))
+        lls = np.append(lls, ll)
+        if "log_posteriors" in report:
+            report["log_posteriors"] = np.append(report["log_posteriors"], value)
+    context = dict(finished._context, information=(np.asarray(v, dtype=float), info))
+    return dataclasses.replace(
+        finished,
+        log_likelihoods=lls,
+        converged=flat is None and gain <= tol,
+        report=report,
+        _context=context,
+    )
+
+
+def _objective_loglik(result: EMResult) -> float:
+    """The marginal log-likelihood (without log-prior) of the result's parameters."""
+    ctx = result._context
+    y = jnp.asarray(ctx["y"])
+    yb = y if y.ndim == 3 else y[None]
+    if result.sde is not None:
+        _, _, lg = _continuous_discrete(result.sde, ctx["reps"], ctx["groups"])
+        batched = ctx["groups"].ndim == 2
+    else:
+        lg, batched = result.discrete, False
+    return float(jnp.sum(_map_sequences(_filter_one, lg, yb, batched).log_likelihood))
 
 
 @float64
@@ -1026,11 +1304,11 @@ def _standard_errors(result: EMResult):
     return out
 
 
-def _report_drift(F, dt, report):
+def _report_drift(F, dt, report, warn: bool = True):
     eig = np.linalg.eigvals(F)
     report["eigenvalues_F"] = eig
     report["nyquist_margin"] = float(np.pi / dt - np.abs(eig.imag).max())
-    if np.abs(eig.imag).max() > NYQUIST_FRACTION * np.pi / dt:
+    if warn and np.abs(eig.imag).max() > NYQUIST_FRACTION * np.pi / dt:
         warnings.warn(
             f"an eigenvalue of F has |Im lambda| = {np.abs(eig.imag).max():.4g}, near the Nyquist "
             f"limit pi/dt = {np.pi / dt:.4g}: frequencies are identified only modulo 2 pi / dt, "

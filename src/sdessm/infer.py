@@ -24,9 +24,11 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import warnings
 from collections.abc import Callable
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
@@ -235,8 +237,9 @@ def _trace_model(model, y, times, kwargs) -> TracedModel:
     return TracedModel(model, times, y, kwargs, site, supports, shapes)
 
 
-def _initial_values(tm: TracedModel, init, key) -> dict:
-    """Site values to start from: given (a dict, or an EMResult of this model) or prior medians."""
+def _initial_values(tm: TracedModel, init, key, partial: bool = False) -> dict:
+    """Site values to start from: given (a dict, or an EMResult of this model) or the default
+    start (`_best_start`); with `partial`, a dict may give some sites, the others default."""
     from .em import EMResult
 
     if isinstance(init, EMResult):
@@ -246,14 +249,67 @@ def _initial_values(tm: TracedModel, init, key) -> dict:
                 "model with `fit_em(model, ...)` first."
             )
         return tm.check_values(init.params, "init")
+    if partial and isinstance(init, dict) and set(init) < set(tm.names):  # others: default
+        return tm.check_values({**_initial_values(tm, None, key), **init}, "init")
     if init is not None:
         return tm.check_values(init, "init")
+    return _best_start(tm, key)
+
+
+#: Perturbations of the model's start from the data tried beside it, and their scale (a standard
+#: deviation in the unconstrained coordinates: a factor of about 1.6 on a positive site).
+JITTERED_STARTS, JITTER = 6, 0.5
+
+
+def _prior_medians(tm: TracedModel, key) -> dict:
     from numpyro.infer import init_to_median
 
     seeded = handlers.substitute(handlers.seed(tm.model, key), substitute_fn=init_to_median)
     with _numpyro_config():
         trace = handlers.trace(seeded).get_trace(tm.times, y=tm.y, **tm.kwargs)
     return {k: jnp.asarray(trace[k]["value"], dtype=float) for k in tm.names}
+
+
+def _best_start(tm: TracedModel, key) -> dict:
+    """The default start: of the prior medians, the model's start from the data
+    (`start_from_data(times, y, **model_kwargs)` in the model's module, if it has one) and
+    `JITTERED_STARTS` random perturbations of it, the one with the highest exact
+    log-likelihood (evaluated on all of them at once)."""
+    from .kalman import log_likelihood
+
+    candidates = [_prior_medians(tm, key)]
+    from_data = getattr(inspect.getmodule(tm.model), "start_from_data", None)
+    if from_data is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # e.g. a constant column
+                start = tm.check_values(from_data(tm.times, tm.y, **tm.kwargs), "start_from_data")
+        except (ValueError, TypeError, ArithmeticError) as err:
+            warnings.warn(
+                f"the model's start_from_data failed ({type(err).__name__}: {err}); EM starts "
+                "from the prior medians.",
+                stacklevel=3,
+            )
+        else:
+            flat, unravel = jax.flatten_util.ravel_pytree(tm.unconstrain(start))
+            steps = JITTER * jax.random.normal(
+                jax.random.fold_in(key, 1), (JITTERED_STARTS, flat.shape[0])
+            )
+            candidates += [start] + [tm.constrain(unravel(flat + step)) for step in steps]
+    if len(candidates) == 1:
+        return candidates[0]
+    zs = jax.tree.map(lambda *v: jnp.stack(v), *[tm.unconstrain(c) for c in candidates])
+    y, times = jnp.asarray(tm.y), jnp.asarray(tm.times)
+
+    @jax.jit
+    @jax.vmap
+    def loglik(z):
+        return jnp.sum(log_likelihood(tm.sde_at(z), y, times))
+
+    with _numpyro_config():
+        values = np.asarray(loglik(zs))
+    values = np.where(np.isfinite(values), values, -np.inf)
+    return candidates[int(np.argmax(values))]
 
 
 def _closed_form_marker(model):
@@ -291,10 +347,13 @@ def fit_em_model(
         y (ArrayLike): `(T, p)` or `(B, T, p)` observations, NaN = missing.
         times (ArrayLike): `(T,)` observation times.
         objective: `"mle"` (maximum likelihood) or `"map"` (posterior mode of the named sites).
-        init (dict | None): starting site values (constrained) or None for the prior medians.
+        init (dict | None): starting site values (constrained); the sites it leaves out (all of
+            them when None) take the default start: the best by exact log-likelihood of the
+            prior medians, the model's `start_from_data` and perturbations of it
+            (`docs/em.md`).
         model_kwargs: further keyword arguments of the model.
-        seed: seeds the prior medians (Monte Carlo) when `init` is None.
-        **em_kwargs (Any): `num_iters`, `tol`, `mstep_iters`, `progress`, `psd`.
+        seed: seeds the default start (prior medians by Monte Carlo, perturbations).
+        **em_kwargs (Any): `num_iters`, `tol`, `finish`, `mstep_iters`, `progress`, `psd`.
 
     Returns:
         (EMResult): `params` is a dict of site values.
@@ -314,15 +373,19 @@ def fit_em_model(
     if times is None:
         raise ValueError("`times` is required to fit a NumPyro model.")
     tm = trace_model(model, y, times, model_kwargs)
-    values = _initial_values(tm, init, jax.random.key(seed))
+    values = _initial_values(tm, init, jax.random.key(seed), partial=True)
     closed = _closed_form_marker(model)
     if objective == "mle" and closed is not None and _uniform(times):
         marker, from_sde = closed
         result = fit_em(tm.sde(values), y, times, **marker, **em_kwargs)
-        params = _as_numpy(from_sde(result.sde))
         report = dict(result.report, model_sites=tm.names)
+        try:
+            params = _as_numpy(from_sde(result.sde))
+        except ValueError:  # the maximum is at a singular Q, outside this model's L
+            params, report = _nudged_inside(from_sde, result.sde, report)
+            result = dataclasses.replace(result, converged=False)
         # standard errors and later calls work in the named coordinates, as for other models
-        context = dict(result._context, structure=tm.sde, log_prior=None)
+        context = dict(result._context, structure=tm.sde, log_prior=None, information=None)
         return dataclasses.replace(result, params=params, report=report, _context=context)
 
     structure = tm.sde_at
@@ -337,9 +400,66 @@ def fit_em_model(
         result._context,
         structure=tm.sde,
         log_prior=tm.log_prior if objective == "map" else None,
+        information=None,  # the finish's was in the unconstrained coordinates
     )
     report = dict(result.report, model_sites=tm.names, objective=objective)
+    report["boundary"] = _at_boundary(tm, params, report)
     return dataclasses.replace(result, params=params, report=report, _context=context)
+
+
+#: How far inside a singular diffusion Q a model whose L has a positive diagonal is put, as a
+#: fraction of Q's largest eigenvalue.
+NUDGE = 1e-10
+
+
+def _nudged_inside(from_sde, sde: SDEParams, report: dict):
+    """Site values of a closed-form fit whose Q is singular (a boundary of a model whose L has a
+    positive diagonal): Q + NUDGE * max eig(Q) I instead, with the report saying so."""
+    Q = np.asarray(sde.Q)
+    w = np.linalg.eigvalsh(Q)
+    Q = Q + NUDGE * max(w.max(), np.finfo(float).tiny) * np.eye(len(Q))
+    params = _as_numpy(from_sde(sde._replace(L=np.linalg.cholesky(Q))))
+    report = dict(report, boundary={"Q": (float(w.min()), 0.0)})
+    report["convergence"] = (
+        f"not certified: the maximum has a singular diffusion Q (smallest eigenvalue "
+        f"{w.min():.3g}), a boundary of this model, whose L has a positive diagonal; the "
+        f"estimate is moved inside by {NUDGE:g} of Q's scale"
+    )
+    return params, report
+
+
+#: An unconstrained coordinate beyond this (a factor e^12 from the bound of an exp transform)
+#: on a flat direction of the log-likelihood: the site sits at the edge of its support.
+BOUNDARY_COORDINATE = 12.0
+
+
+def _at_boundary(tm: TracedModel, params: dict, report: dict) -> dict:
+    """Sites at the edge of their support, `{site: (value, bound)}`: on the flat direction
+    of the fit's certificate, with an unconstrained coordinate beyond `BOUNDARY_COORDINATE`
+    (a variance collapsing to 0, a damping ratio at 1, ...)."""
+    flat = report.get("flat_coordinates") or []
+    labels, values = report.get("coordinates", ([], []))
+    coordinate = dict(zip(labels, values, strict=True))
+    out = {}
+    for label, component in flat:
+        site = label.split("[")[0]
+        z = coordinate.get(label)
+        if site not in tm.supports or z is None or not abs(component) >= 0.3:
+            continue
+        if abs(z) < BOUNDARY_COORDINATE:
+            continue
+        support = tm.supports[site]
+        while hasattr(support, "base_constraint"):  # a vector site: its elements' support
+            support = support.base_constraint
+        bound = getattr(support, "lower_bound" if z < 0 else "upper_bound", None)
+        if bound is None:  # an unbounded side (e.g. a positive site growing without bound)
+            bound = float("inf") if z > 0 else float("-inf")
+        index = label[len(site) :]
+        value = np.asarray(params[site])
+        if index:
+            value = value[tuple(int(i) for i in index.strip("[]").split(","))]
+        out[label] = (float(value), float(np.max(np.asarray(bound))))
+    return out
 
 
 def _default_chain_method(tm: TracedModel, num_chains: int) -> str:
