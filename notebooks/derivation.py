@@ -321,7 +321,7 @@ def mstep_by_hand(params, y):
 
 
 by_hand = mstep_by_hand(guess, y_small)
-one_step = sdessm.fit_em(guess, y_small, num_iters=1, progress=False).params
+one_step = sdessm.fit_em(guess, y_small, num_iters=1, finish="none", progress=False).params
 mstep_errors = {k: rel_err(getattr(one_step, k), getattr(by_hand, k)) for k in by_hand._fields}
 print("relative error, fit_em(num_iters=1) vs the derivation's M-step by hand:")
 print({k: f"{v:.1e}" for k, v in mstep_errors.items()})
@@ -355,7 +355,7 @@ osc_start = sdessm.SDEParams(
 )
 with warnings.catch_warnings():
     warnings.simplefilter("error", sdessm.NyquistWarning)
-    em = sdessm.fit_em(osc_start, y_osc, dt=dt, num_iters=200, progress=False)
+    em = sdessm.fit_em(osc_start, y_osc, dt=dt, num_iters=200, finish="none", progress=False)
 lls = em.log_likelihoods
 increments = np.diff(lls)
 print(f"{em.num_iters} iterations ({em.report['stopped']}), path: {em.report['path']}")
@@ -568,7 +568,7 @@ dense_mstep = {
     "R": (Eyy - Eyx @ W_ref.T - W_ref @ Eyx.T + W_ref @ Exx @ W_ref.T) / T_m,
     "mu1": pm[xs[0]],
 }
-one = sdessm.fit_em(guess, y_miss, num_iters=1, progress=False).params
+one = sdessm.fit_em(guess, y_miss, num_iters=1, finish="none", progress=False).params
 stat_errors = {k: rel_err(getattr(one, k), v) for k, v in dense_mstep.items()}
 print("relative error, fit_em(num_iters=1) vs the M-step on brute-force statistics:")
 print({k: f"{v:.1e}" for k, v in stat_errors.items()})

@@ -11,7 +11,7 @@ import scipy.optimize
 from reference import random_spd, random_stable_drift
 
 import sdessm
-from sdessm.em import EMResult, _continuous_discrete, _group_steps, _recover
+from sdessm.em import EMResult, _continuous_discrete, _group_steps, _recover, diffusion_from_sigma
 from sdessm.kalman import prepare
 from sdessm.mstep import closed_form_mstep, expected_complete_loglik
 from sdessm.params import LGSSMParams
@@ -397,6 +397,41 @@ def test_sde_from_discrete_round_trip(rng):
         F_hat, Q_hat = sdessm.sde_from_discrete(A, Sigma, 0.4)
         np.testing.assert_allclose(F_hat, F, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(Q_hat, L @ L.T, rtol=1e-8, atol=1e-10)
+
+
+def test_diffusion_from_sigma_inverts_the_discretisation(rng):
+    """Q back from Van Loan's Sigma under a known drift, stiff modes included (A singular in
+    float64, where the logarithm does not exist)."""
+    for d, stiff in ((1, False), (2, False), (3, False), (2, True)):
+        F = random_stable_drift(rng, d)
+        if stiff:
+            F = np.diag([-500.0, -0.2])
+        L = rng.normal(size=(d, d))
+        A, Sigma = sdessm.discretize(F, L, 0.1)
+        Q = diffusion_from_sigma(F, np.asarray(A), np.asarray(Sigma))
+        np.testing.assert_allclose(Q, L @ L.T, rtol=1e-8, atol=1e-10)
+
+
+def test_stiff_known_drift_with_a_rank_one_diffusion_runs_finite_and_monotone(key):
+    """F = diag(-500, -0.2) held fixed (one mode decays within a step: A is singular), L of
+    rank one, learning L, H, u, R and mu1: EM runs, never lowers the log-likelihood, and Q comes
+    from Sigma without a logarithm."""
+    truth = sdessm.SDEParams(
+        F=np.diag([-500.0, -0.2]),
+        L=np.array([[0.0], [0.5]]),
+        H=np.array([[1.0, 0.0]]),
+        u=np.zeros(1),
+        R=np.array([[0.05]]),
+        mu1=np.zeros(2),
+        P1=np.eye(2),
+    )
+    _, y = sdessm.simulate(key, truth, dt=0.1, num_timesteps=200)
+    start = truth._replace(L=np.array([[0.1], [0.3]]), H=np.array([[0.8, 0.1]]), R=[[0.1]])
+    res = sdessm.fit_em(start, y, dt=0.1, fixed=("F", "P1"), finish="none", progress=False)
+    assert np.all(np.isfinite(res.log_likelihoods))
+    _assert_monotone(res.log_likelihoods)
+    np.testing.assert_array_equal(res.params.F, truth.F)
+    assert np.linalg.eigvalsh(np.asarray(res.params.Q)).min() >= -1e-10
 
 
 def test_no_real_logarithm(rng):

@@ -161,6 +161,29 @@ def _psd_factor(Q):
 
 
 @float64
+def diffusion_from_sigma(F, A, Sigma) -> np.ndarray:
+    r"""The diffusion $Q$ whose step covariance under a known drift is `Sigma`.
+
+    $\Sigma = \int_0^{\Delta t} e^{Fs} Q e^{F^\top s} ds$ gives $A Q A^\top - Q = F \Sigma +
+    \Sigma F^\top$ with $A = e^{F \Delta t}$: a Stein equation, solved exactly, with a unique
+    solution when no two eigenvalues of A multiply to 1 (any stable F). Unlike the matrix
+    logarithm it needs no invertible A, so stiff modes that decay within one step are fine.
+
+    Examples:
+        >>> import numpy as np, sdessm
+        >>> F = np.diag([-500.0, -0.2])
+        >>> A, Sigma = sdessm.discretize(F, [[0.3, 0.0], [0.1, 0.5]], 0.1)
+        >>> Q = diffusion_from_sigma(F, A, Sigma)
+        >>> np.round(Q, 10).tolist()
+        [[0.09, 0.03], [0.03, 0.26]]
+    """
+    import scipy.linalg
+
+    F, A, Sigma = (np.asarray(x, dtype=float) for x in (F, A, Sigma))
+    Q = scipy.linalg.solve_discrete_lyapunov(A, -(F @ Sigma + Sigma @ F.T))
+    return 0.5 * (Q + Q.T)
+
+
 def sde_from_discrete(A, Sigma, dt: float) -> tuple[np.ndarray, np.ndarray]:
     r"""Recover $(F, Q)$ from the discrete transition $(A, \Sigma)$ over a step `dt`.
 
@@ -1231,7 +1254,8 @@ def _finish(result: EMResult, finish: str, tol: float, progress: bool = False) -
                 break
         else:
             break  # no step that does not lower the objective: round-off level
-    finished = _at(result, v, rebuild, unravel) if polish else result
+    moved = not np.array_equal(v, np.asarray(v0, dtype=float))  # only to valid points
+    finished = _at(result, v, rebuild, unravel) if moved else result
     report.update(
         gradient_norm=float(np.linalg.norm(g)),
         predicted_gain=gain if np.isfinite(gain) else None,
@@ -1255,7 +1279,7 @@ def _finish(result: EMResult, finish: str, tol: float, progress: bool = False) -
             "log-likelihood"
         )
     lls = np.asarray(finished.log_likelihoods)
-    if value > start:  # the finish moved the estimate: its log-likelihood is the last entry
+    if moved:  # the finish moved the estimate: its log-likelihood is the last entry
         ll = float(_objective_loglik(finished))
         lls = np.append(lls, ll)
         if "log_posteriors" in report:
@@ -1321,12 +1345,14 @@ def _report_drift(F, dt, report, warn: bool = True):
 def _recover(result: EMResult, init: SDEParams, dt: float, fixed, psd: str, report: dict):
     """SDEParams from the discrete fit (uniform step `dt`)."""
     lg = result.discrete
-    try:
-        F, Q = sde_from_discrete(np.asarray(lg.A), np.asarray(lg.Sigma), dt)
-    except NoRealLogarithmError as err:
-        raise NoRealLogarithmError(str(err), result) from None
-    if "F" in fixed:
-        F = np.asarray(init.F)
+    if "F" in fixed:  # A = exp(F dt) is known: Q from Sigma alone, no logarithm needed
+        F = np.asarray(init.F, dtype=float)
+        Q = diffusion_from_sigma(F, np.asarray(lg.A, dtype=float), np.asarray(lg.Sigma))
+    else:
+        try:
+            F, Q = sde_from_discrete(np.asarray(lg.A), np.asarray(lg.Sigma), dt)
+        except NoRealLogarithmError as err:
+            raise NoRealLogarithmError(str(err), result) from None
     _report_drift(F, dt, report)
     w = np.linalg.eigvalsh(Q)
     report["Q_min_eigenvalue"] = float(w.min())
