@@ -373,6 +373,7 @@ def fit_em_model(
     if times is None:
         raise ValueError("`times` is required to fit a NumPyro model.")
     tm = trace_model(model, y, times, model_kwargs)
+    check_something_observed(tm.y, "EM would estimate its emission parameters from nothing")
     values = _initial_values(tm, init, jax.random.key(seed), partial=True)
     closed = _closed_form_marker(model)
     if objective == "mle" and closed is not None and _uniform(times):
