@@ -75,7 +75,7 @@ def run():
     yield "fit_em", fit
     yield "fit_em Q", (fit.params.Q, fit.params.L @ fit.params.L.T)
     yield "standard_errors", fit.standard_errors()  # through `covariance`'s computation
-    yield "fit_em lgssm", sdessm.fit_em(lg, y, num_iters=3, progress=False)
+    yield "fit_em lgssm", sdessm.fit_em(lg, y, num_iters=3, fixed=("H", "P1"), progress=False)
     yield "sde_from_discrete", sdessm.sde_from_discrete(*sdessm.discretize(P.F, P.L, 0.5), 0.5)
     yield "forecast", sdessm.forecast(P, y, times, future)
     start = {"theta": 0.6, "sigma": 0.7, "u": 0.9, "noise": 0.3}

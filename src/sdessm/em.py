@@ -22,6 +22,7 @@ import scipy.linalg
 
 from ._checks import check_something_observed, float64
 from .discretize import _discretize, group_steps
+from .identify import check_identified
 from .kalman import _filter_one, _loglik_one, _map_sequences, _map_sequences_jit, prepare
 from .mstep import R_STRUCTURES, closed_form_mstep, expected_complete_loglik, maximize
 from .params import LGSSMParams, SDEParams
@@ -604,8 +605,11 @@ def fit_em(
         fixed (Sequence[str] | None): field names held at their `init` value, e.g. `("H", "u")`;
             `"Q"` and `"L"` both name the diffusion. Defaults to `("P1",)` for one sequence
             (where the M-step would collapse P1 onto the smoothed covariance of a single draw)
-            and `()` for several; an explicit value replaces the default. Not with `structure`
-            (keep constants inside it).
+            and `()` for several; an explicit value replaces the default. With the default,
+            a start whose free fields the law of y cannot identify (a change of basis of the
+            state, say, with H free) is refused before EM, naming the direction and the fields
+            to hold (`sdessm.identify`); an explicit `fixed` is run as asked. Not with
+            `structure` (keep constants inside it).
         R_structure: `"full"`, `"diagonal"` or `"isotropic"` observation noise (closed form).
         emissions: `"shared"` or `"per_step"` (own H_k, u_k, R_k per time step, learned from B
             i.i.d. sequences).
@@ -738,6 +742,7 @@ def fit_em(
     if T < 2:
         raise ValueError("`y` must hold at least 2 time steps for EM.")
     is_sde = isinstance(sde0, SDEParams)
+    fixed_given = fixed
     fixed = _free_fields(sde0, fixed, B) if structure is None else frozenset()
     if not {"H", "u", "R"} <= fixed:
         check_something_observed(yb, "EM would estimate its emission parameters from nothing")
@@ -787,6 +792,10 @@ def fit_em(
     y_host = yb  # the data as given (a sharded array may not be addressable here in full)
     if devices is not None:
         yb = shard_sequences(yb, devices)
+    if fixed_given is None and finish != "none" and not numerical and not per_step:
+        if offset is None and not any(lg0.time_varying().values()):
+            steps = reps[np.reshape(groups, (-1, T - 1))[0]] if is_sde else np.zeros(T - 1)
+            check_identified(sde0, fixed, R_structure, steps)
 
     if numerical:
         if structure is None:
