@@ -524,7 +524,9 @@ assert max(errors.values()) < 1e-9
 # posterior gives all of them at once (the missing $y$ entries are part of the Gaussian
 # vector), so we can apply the derivation's M-step to the brute-force statistics and compare
 # with one `fit_em` iteration on the same data. A discrete model on uniform steps keeps the
-# closed form for every field.
+# closed form for every field. A step with nothing observed is left out of the emission sums
+# (`emitted` below): as a latent observation it would only pull $H$, $u$, $R$ toward their
+# current values, which changes the path of EM but not its fixed points.
 
 # %%
 y_miss = y_small[:12].copy()
@@ -552,11 +554,12 @@ ys = [slice(T_m * d + k * p, T_m * d + (k + 1) * p) for k in range(T_m)]
 S00 = sum(second[xs[k], xs[k]] for k in range(T_m - 1))
 S11 = sum(second[xs[k], xs[k]] for k in range(1, T_m))
 S10 = sum(second[xs[k + 1], xs[k]] for k in range(T_m - 1))
-Eyx = sum(np.hstack([second[ys[k], xs[k]], pm[ys[k]][:, None]]) for k in range(T_m))
-Eyy = sum(second[ys[k], ys[k]] for k in range(T_m))
+emitted = [k for k in range(T_m) if not np.isnan(y_miss[k]).all()]
+Eyx = sum(np.hstack([second[ys[k], xs[k]], pm[ys[k]][:, None]]) for k in emitted)
+Eyy = sum(second[ys[k], ys[k]] for k in emitted)
 Exx = sum(
     np.block([[second[xs[k], xs[k]], pm[xs[k]][:, None]], [pm[xs[k]][None, :], np.ones((1, 1))]])
-    for k in range(T_m)
+    for k in emitted
 )
 A_ref = S10 @ np.linalg.inv(S00)
 W_ref = Eyx @ np.linalg.inv(Exx)
@@ -565,7 +568,7 @@ dense_mstep = {
     "Sigma": (S11 - A_ref @ S10.T) / (T_m - 1),
     "H": W_ref[:, :-1],
     "u": W_ref[:, -1],
-    "R": (Eyy - Eyx @ W_ref.T - W_ref @ Eyx.T + W_ref @ Exx @ W_ref.T) / T_m,
+    "R": (Eyy - Eyx @ W_ref.T - W_ref @ Eyx.T + W_ref @ Exx @ W_ref.T) / len(emitted),
     "mu1": pm[xs[0]],
 }
 one = sdessm.fit_em(guess, y_miss, num_iters=1, finish="none", progress=False).params

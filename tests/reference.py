@@ -171,7 +171,8 @@ def dense_complete_posterior(params, y):
 
 
 def dense_stats(params, ys):
-    """Reference E-step sums over sequences ys (B, T, p), emissions summed over steps."""
+    """Reference E-step sums over sequences ys (B, T, p), emissions summed over steps; an
+    all-NaN step adds no emission."""
     d = len(params[-2])
     out = dict(x1=0.0, x1x1=0.0, S00=0.0, S10=0.0, S11=0.0, yy=0.0, yx=0.0, xx=0.0)
     for y in ys:
@@ -185,6 +186,8 @@ def dense_stats(params, ys):
             out["S11"] = out["S11"] + second(k + 1, k + 1)[:d, :d]
             out["S10"] = out["S10"] + second(k + 1, k)[:d, :d]
         for k in range(T):
+            if np.all(np.isnan(y[k])):
+                continue
             z = second(k, k)
             xhat = np.zeros((d + 1, d + 1))
             xhat[:d, :d], xhat[:d, d], xhat[d, :d], xhat[d, d] = (

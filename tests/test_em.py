@@ -832,3 +832,35 @@ def test_fit_em_refuses_data_with_nothing_observed(key):
     y[:, 1] = np.nan
     with pytest.raises(ValueError, match="column 1 of `y` has no observed value"):
         sdessm.fit_em(two, y, times, num_iters=3)
+
+
+def test_all_nan_steps_keep_the_fixed_point_of_em(key):
+    """All-NaN steps add no emission statistic: EM's fixed point is still the maximum of the
+    exact likelihood (one iteration from the certified maximum stays there), and that likelihood
+    is the one of the data without those steps, on the irregular times that are left."""
+    truth = sdessm.SDEParams(
+        F=np.array([[-0.5, 1.0], [-1.0, -0.3]]), L=0.5 * np.eye(2), H=np.eye(2),
+        u=np.array([1.0, -1.0]), R=0.3 * np.eye(2), mu1=np.zeros(2), P1=np.eye(2),
+    )  # fmt: skip
+    times = np.arange(150) * 0.2
+    y = np.array(sdessm.simulate(key, truth, times)[1])
+    rows = np.random.default_rng(1).uniform(size=150) < 0.4
+    rows[[0, -1]] = False
+    y[rows] = np.nan
+    y[5, 0] = np.nan  # and a partly missing one
+    start = truth._replace(F=-np.eye(2), L=np.eye(2), R=np.eye(2), u=np.zeros(2))
+    fit = sdessm.fit_em(start, y, times, fixed=("P1", "H"), progress=False)
+    assert fit.converged
+    again = sdessm.fit_em(
+        fit.params, y, times, fixed=("P1", "H"), num_iters=1, finish="none", progress=False
+    )
+    for name in ("F", "Q", "u", "R", "mu1"):
+        np.testing.assert_allclose(
+            getattr(again.params, name), getattr(fit.params, name), atol=2e-5, err_msg=name
+        )
+    kept = ~rows
+    np.testing.assert_allclose(
+        sdessm.log_likelihood(fit.params, y[kept], times[kept]),
+        sdessm.log_likelihood(fit.params, y, times),
+        rtol=1e-12,
+    )

@@ -37,6 +37,7 @@ def test_stats_match_dense_posterior(rng, missing, d, p):
     if missing:
         ys[rng.uniform(size=ys.shape) < missing] = np.nan
         ys[:, -1, 0] = 0.3  # keep the last row observed: no padding here
+        ys[:, 2] = np.nan  # an all-NaN step inside: no emission statistic
     lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
     stats, logliks = estep(lg, y)
     ref = dense_stats(arrays, ys)
@@ -46,7 +47,7 @@ def test_stats_match_dense_posterior(rng, missing, d, p):
         np.testing.assert_allclose(got, value, rtol=RTOL, atol=ATOL, err_msg=name)
     assert float(stats.num_sequences) == 3
     np.testing.assert_allclose(stats.num_transitions, [15.0])
-    assert float(stats.num_emissions) == 18
+    assert float(stats.num_emissions) == np.sum(np.any(~np.isnan(ys), axis=-1))  # not all-NaN
     np.testing.assert_allclose(logliks, sdessm.kalman_filter(lg, ys).log_likelihood, rtol=1e-12)
 
 
@@ -80,13 +81,19 @@ def test_groups_split_transitions(rng):
 def test_per_step_emission_stats(rng):
     _, _, arrays, _ = random_problem(rng, 5, 2, 2, per_step_emissions=True)
     ys = rng.normal(size=(4, 5, 2))
-    ys[0, 1] = np.nan
+    ys[0, 1, 0] = np.nan
     lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
     per, _ = expected_stats(lg, y, per_step=True)
     total, _ = expected_stats(lg, y)
     assert per.yy.shape == (5, 2, 2) and per.num_emissions.shape == (5,)
     np.testing.assert_allclose(per.yx.sum(0), total.yx, rtol=1e-12)
     np.testing.assert_allclose(per.num_emissions, [4.0] * 5)
+    # an all-NaN step stays latent per step (a step no sequence observes keeps H_k, u_k, R_k)
+    # and adds nothing to the shared sums
+    ys[0, 1] = np.nan
+    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    np.testing.assert_allclose(expected_stats(lg, y, per_step=True)[0].num_emissions, [4.0] * 5)
+    assert float(expected_stats(lg, y)[0].num_emissions) == 19
 
 
 @pytest.mark.parametrize("per_step", [False, True])
@@ -151,6 +158,8 @@ def plain_stats(lg, ys, groups=None, num_groups=1, per_step=False):
             out["S10"][g] += C[k] + np.outer(m[k + 1], m[k])
             out["num_transitions"][g] += 1
         for k in range(length):
+            if not per_step and not obs[k].any():
+                continue  # an all-NaN step adds no shared emission statistic
             H, u, R = at("H", k), at("u", k), at("R", k)
             o, mis = obs[k], ~obs[k]
             J, c, cov = np.zeros((p, d)), np.where(o, ys[b, k], 0.0), np.zeros((p, p))

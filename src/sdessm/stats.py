@@ -13,8 +13,12 @@ $y_o$, the missing part is $y_m = J x_k + c + \varepsilon$ with $J = H_m - R_{mo
 $c = u_m + R_{mo} R_{oo}^{-1} (y_o - u_o)$ and
 $\varepsilon \sim N(0, R_{mm} - R_{mo} R_{oo}^{-1} R_{om})$, all under the current parameters.
 
-Trailing time steps of a sequence that are entirely NaN are padding: they add no emission and no
-transition, so padded and unpadded data give the same statistics.
+A time step that is entirely NaN adds no emission statistic: as latent observations its values
+would only pull H, u and R toward their current values (the same fixed points, reached more
+slowly). Its transitions stay: the state still moves. (With per-step emissions the latent
+treatment stays, so that a step no sequence observes keeps its H_k, u_k, R_k.) Trailing steps
+that are entirely NaN are padding: they add no emission and no transition either, so padded and
+unpadded data give the same statistics.
 
 How they are computed: the covariances, gains and log-determinants of the filter and smoother
 depend on the parameters and the NaN mask, not on the values of y. Sequences that share one mask
@@ -178,6 +182,8 @@ def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool,
         obs = ~jnp.isnan(y[0])
         obs_rest = obs[1:]
         w_emit, w_trans = _padding_weights(obs, dtype)
+        if not per_step:  # an all-NaN step adds no emission statistic (module docstring)
+            w_emit = w_emit * jnp.any(obs, axis=-1).astype(dtype)
         w_rest = w_emit[1:]
     compensate = jnp.finfo(dtype).bits < 64  # Kahan summation of the running sums
     shared, steps, first = _steps(params)
