@@ -1,5 +1,7 @@
 """Kalman filter and RTS smoother against dense Gaussian conditioning and finite differences."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -446,3 +448,34 @@ def test_q_of_numpy_parameters_stays_float64_when_x64_is_off(rng):
         Q = params.Q
     assert Q.dtype == np.float64
     np.testing.assert_array_equal(Q, L @ L.T)
+
+
+def test_log_likelihood_of_a_traced_y_takes_the_complete_path_when_it_can(rng):
+    """A traced `y` decides its path at run time (`lax.cond`): values and gradients equal those
+    with `y` closed over, with and without NaN; `complete` states the path outright."""
+    sde, _, _, y = random_problem(rng, 30, 2, 2)
+    params = sdessm.SDEParams(**sde)
+    y_nan = np.array(y)
+    y_nan[4, 0] = np.nan
+
+    def f(F, y, **kw):
+        return sdessm.log_likelihood(params._replace(F=F), y, dt=0.2, **kw)
+
+    A = jnp.asarray(params.F)
+    traced = jax.jit(jax.value_and_grad(f))
+    for data in (y, y_nan):
+        closed = jax.value_and_grad(lambda A, data=data: f(A, data))(A)
+        for got in (traced(A, data), jax.value_and_grad(f)(A, data, complete=False)):
+            np.testing.assert_allclose(got[0], closed[0], rtol=1e-12)
+            np.testing.assert_allclose(got[1], closed[1], rtol=1e-10, atol=1e-12)
+    promised = jax.jit(jax.value_and_grad(functools.partial(f, complete=True)))(A, y)
+    np.testing.assert_allclose(promised[0], traced(A, y)[0], rtol=1e-12)
+    conds = [  # the run-time choice is one `cond` more than the promised path
+        str(jax.make_jaxpr(functools.partial(f, **kw))(A, y)).count("cond[")
+        for kw in ({}, {"complete": True})
+    ]
+    assert conds[0] == conds[1] + 1
+    with pytest.raises(ValueError, match="`complete=True` promises no NaN"):
+        f(A, y_nan, complete=True)
+    with pytest.raises(ValueError, match="`complete` must be None, True or False"):
+        f(A, y, complete="yes")
