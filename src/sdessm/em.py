@@ -92,10 +92,13 @@ class EMResult:
             transition for irregular steps, with a leading B axis for per-sequence times).
         log_likelihoods: entry k is the exact marginal log-likelihood of the k-th iterate (entry 0
             at `init`); the last entry belongs to `params`.
-        converged: whether the relative change fell below `tol`.
-        num_iters: the number of EM iterations made.
+        converged: whether the estimate is a certified maximum: the observed information is
+            positive definite there and a Newton step would gain at most `tol`
+            (`report["convergence"]` says which, or why not).
+        num_iters: the number of EM iterations made (the Newton finish's in `report["polish"]`).
         report: diagnostics of the fit and of the SDE recovery (eigenvalues of F, most negative
-            eigenvalue of Q, Nyquist margin, why EM stopped; `log_posteriors` for MAP).
+            eigenvalue of Q, Nyquist margin, why EM stopped, the certificate, the gradient norm,
+            a flat direction; `log_posteriors` for MAP).
         sde: the fitted `SDEParams` (None for a discrete-only fit).
     """
 
@@ -1215,7 +1218,15 @@ def _finish(result: EMResult, finish: str, tol: float, progress: bool = False) -
     value_and_grad = jax.jit(jax.value_and_grad(objective))
     v = np.asarray(v0, dtype=float)
     start = value = float(value_and_grad(jnp.asarray(v))[0])
-    hessian = jax.jit(jax.hessian(objective))
+    hessian_at = jax.jit(jax.hessian(objective))
+    hessians = {}  # a point's Hessian costs a gradient per coordinate: computed once
+
+    def hessian(x):
+        x = np.asarray(x, dtype=float)
+        if x.tobytes() not in hessians:
+            hessians[x.tobytes()] = np.asarray(hessian_at(jnp.asarray(x)), dtype=float)
+        return hessians[x.tobytes()]
+
     if polish:
 
         def negative(x):
@@ -1226,7 +1237,7 @@ def _finish(result: EMResult, finish: str, tol: float, progress: bool = False) -
             return -f, -g
 
         def curvature(x):
-            h = -np.asarray(hessian(jnp.asarray(x)), dtype=float)
+            h = -hessian(x)
             return 0.5 * (h + h.T) if np.all(np.isfinite(h)) else np.eye(len(x))
 
         bar = _progress_bar()(desc="Newton finish", disable=not progress, leave=False)
@@ -1246,7 +1257,7 @@ def _finish(result: EMResult, finish: str, tol: float, progress: bool = False) -
             v, value = np.asarray(res.x, dtype=float), float(-res.fun)
         report["polish"] = {"newton_iterations": int(res.nit), "gain": value - start}
     for step in range(NEWTON_STEPS + 1):
-        h = np.asarray(hessian(jnp.asarray(v)))
+        h = hessian(v)
         info = -0.5 * (h + h.T)
         g = np.asarray(value_and_grad(jnp.asarray(v))[1], dtype=float)
         flat_coordinates = _flat_coordinates(labels, info)
