@@ -48,10 +48,12 @@ docs: $(VENV)/.installed-test-docs
 	$(BIN)/python notebooks/execute.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-# sdessm next to dynamax, pykalman and statsmodels, same data (about 15 minutes on 2 cores);
-# `make bench BENCH_ARGS=--quick` runs a subset in under 2 minutes
+# sdessm next to dynamax, pykalman and statsmodels, same data (about 15 minutes on 2 cores), then
+# the time to the maximum-likelihood estimate (about 40 minutes on one core);
+# `make bench BENCH_ARGS=--quick` runs subsets (the other options of BENCH_ARGS are run.py's)
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/time_to_mle.py $(filter --quick,$(BENCH_ARGS))
 
 clean:
 	rm -rf $(VENV) $(DEMO_VENV) .venv-* demo-output fit-output sample-output .pytest_cache site \
