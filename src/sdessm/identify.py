@@ -25,6 +25,8 @@ STEPS, VALUES = 4, 96
 RTOL = 1e-8
 #: Relative step of the central differences.
 STEP = 1e-6
+#: Most free coordinates judged (more are left to the certificate at the end of the fit).
+MAX_COORDINATES = 200
 #: Fields tried, in this order, when suggesting which to hold (not mu1 or P1: holding them pins
 #: a direction only through the first observations; not the drift, whose structure is the point
 #: of the model: a drift that needs it is said to need structure).
@@ -84,19 +86,27 @@ def _moved(fields, coord, h) -> dict[str, np.ndarray]:
     return {**fields, name: x}
 
 
-def _law(fields, steps) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of y_1..y_K, all observed, the steps (K - 1,) between them."""
-    d, K = len(fields["mu1"]), len(steps) + 1
-    if "F" in fields:
-        F, Q = fields["F"], fields["Q"]
-        transitions = {}
-        for h in np.unique(steps):  # Van Loan: exp([[-F, Q], [0, F^T]] h)
+def _transitions(fields, steps, cache: dict) -> list:
+    """(A, Sigma) of each step: Van Loan's exp([[-F, Q], [0, F^T]] h), once per (F, Q, h)."""
+    if "F" not in fields:
+        return [(fields["A"], fields["Sigma"])] * len(steps)
+    F, Q = fields["F"], fields["Q"]
+    d = len(F)
+    key = (F.tobytes(), Q.tobytes())
+    if key not in cache:
+        by_step = {}
+        for h in np.unique(steps):
             E = scipy.linalg.expm(np.block([[-F, Q], [np.zeros((d, d)), F.T]]) * h)
             A = E[d:, d:].T
-            transitions[h] = (A, A @ E[:d, d:])
-        transitions = [transitions[h] for h in steps]
-    else:
-        transitions = [(fields["A"], fields["Sigma"])] * (K - 1)
+            by_step[h] = (A, A @ E[:d, d:])
+        cache[key] = [by_step[h] for h in steps]
+    return cache[key]
+
+
+def _law(fields, steps, cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of y_1..y_K, all observed, the steps (K - 1,) between them."""
+    K = len(steps) + 1
+    transitions = _transitions(fields, steps, {} if cache is None else cache)
     means, rows = [fields["mu1"]], [[fields["P1"]]]  # rows[k][j] = Cov(x_k, x_j), j <= k
     for k, (A, Sigma) in enumerate(transitions):
         row = [A @ c for c in rows[k]]
@@ -111,20 +121,21 @@ def _law(fields, steps) -> tuple[np.ndarray, np.ndarray]:
 
 def _information(fields, coords, steps) -> np.ndarray:
     """Fisher information of the law of the stretch in `coords`, scaled to unit diagonal."""
-    dm, dS = [], []
+    dm, dS, cache = [], [], {}
     for coord in coords:
         name, ix = coord
         x = fields[name]
         scale = np.abs(x).max()
         h = STEP * max(abs(x[ix]) if ix != () else scale, scale if scale > 0 else 1.0)
-        (m1, S1), (m0, S0) = (_law(_moved(fields, coord, s), steps) for s in (h, -h))
+        (m1, S1), (m0, S0) = (_law(_moved(fields, coord, s), steps, cache) for s in (h, -h))
         dm.append((m1 - m0) / (2 * h))
         dS.append((S1 - S0) / (2 * h))
-    factor = scipy.linalg.cho_factor(_law(fields, steps)[1])
+    factor = scipy.linalg.cho_factor(_law(fields, steps, cache)[1])
     Jm = np.stack(dm, axis=1)
-    M = [scipy.linalg.cho_solve(factor, s) for s in dS]
+    M = np.stack([scipy.linalg.cho_solve(factor, s) for s in dS])  # S^-1 dS_a
     info = Jm.T @ scipy.linalg.cho_solve(factor, Jm)
-    info += 0.5 * np.array([[np.sum(a * b.T) for b in M] for a in M])
+    # + tr(S^-1 dS_a S^-1 dS_b) / 2
+    info += 0.5 * M.reshape(len(M), -1) @ np.swapaxes(M, 1, 2).reshape(len(M), -1).T
     scale = np.sqrt(np.clip(np.diag(info), 0.0, None))
     scale[scale == 0] = 1.0
     return info / np.outer(scale, scale)
@@ -146,6 +157,8 @@ def unidentified(params, fixed, R_structure: str, steps) -> tuple[str, tuple, in
     steps = np.asarray(steps, dtype=float)[: K - 1]
     point = _generic(fields, fixed, R_structure, np.random.default_rng(0))
     coords = [c for c in _coordinates(point, R_structure) if c[0] not in judged]
+    if len(coords) > MAX_COORDINATES:
+        return None
     try:
         info = _information(point, coords, steps)
     except (np.linalg.LinAlgError, ValueError):
