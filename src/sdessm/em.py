@@ -22,7 +22,7 @@ import scipy.linalg
 
 from ._checks import check_something_observed, float64
 from .discretize import _discretize, group_steps
-from .identify import check_identified
+from .identify import SYMMETRIC, check_identified
 from .kalman import _filter_one, _loglik_one, _map_sequences, _map_sequences_jit, prepare
 from .mstep import R_STRUCTURES, closed_form_mstep, expected_complete_loglik, maximize
 from .params import LGSSMParams, SDEParams
@@ -982,9 +982,6 @@ def fit_em(
     return result
 
 
-_SYMMETRIC = ("Q", "Sigma", "R", "P1")
-
-
 def _leaf_labels(tree) -> list[str]:
     """A label per scalar of a pytree, in `ravel_pytree`'s order: `theta[3]` for an array,
     `omega` or `F[0,1]` for the sites of a dict (a NumPyro model's parameters)."""
@@ -1034,7 +1031,7 @@ def _coordinates(result: EMResult):
             idx = [(0, 0)]
         elif name == "R" and ctx["R_structure"] == "diagonal":
             idx = [(i, i) for i in range(x.shape[-1])]
-        elif name in _SYMMETRIC and x.ndim == 2:
+        elif name in SYMMETRIC and x.ndim == 2:
             idx = [(i, j) for i in range(x.shape[0]) for j in range(i + 1)]
         else:
             idx = list(np.ndindex(x.shape))
@@ -1052,7 +1049,7 @@ def _coordinates(result: EMResult):
             for ix in idx:
                 x = x.at[ix].set(v[k])
                 k += 1
-            if name in _SYMMETRIC and x.ndim == 2:
+            if name in SYMMETRIC and x.ndim == 2:
                 if name == "R" and ctx["R_structure"] == "isotropic":
                     x = x[0, 0] * jnp.eye(x.shape[0], dtype=x.dtype)
                 else:
@@ -1341,7 +1338,7 @@ def _standard_errors(result: EMResult):
             shape = np.shape(result.params.Q if name == "Q" else getattr(result.params, name))
             out[name] = np.full(shape, np.nan)
         out[name][ix] = value
-        if name in _SYMMETRIC and len(ix) == 2:
+        if name in SYMMETRIC and len(ix) == 2:
             out[name][ix[::-1]] = value
     if "R" in out and result._context["R_structure"] == "isotropic":
         out["R"] = np.where(np.eye(out["R"].shape[0], dtype=bool), out["R"][0, 0], np.nan)

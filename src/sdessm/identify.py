@@ -31,6 +31,7 @@ MAX_COORDINATES = 200
 #: a direction only through the first observations; not the drift, whose structure is the point
 #: of the model: a drift that needs it is said to need structure).
 CANDIDATES = ("H", "u", "R", "Q", "Sigma")
+#: Fields held as symmetric matrices: the lower triangle is their free coordinates.
 SYMMETRIC = ("Q", "Sigma", "R", "P1")
 
 
