@@ -10,8 +10,8 @@ calibration": draw parameters from the prior and data from the model given them
 set by NUTS (one chain, `--warmup` adaptation steps, then `L * thin` draws thinned to `L`), and
 record the rank of the true value among the `L` draws, `#{draws < truth}` in `0..L`. If the
 posterior is computed correctly the ranks are uniform on `0..L`; per parameter, a chi-square test
-of the counts in `--bins` equal bins gives a p-value (small: miscalibrated; with 4 parameters
-expect one below 0.05 about one run in five even when all is well).
+of the counts in `--bins` equal bins gives a p-value (small: miscalibrated; with 5 parameters
+expect one below 0.05 about one run in four even when all is well).
 
 Each fit is NumPyro's NUTS kernel (its functional form, `numpyro.infer.hmc.hmc`, with the
 defaults of `numpyro.infer.NUTS`: diagonal mass matrix, target acceptance 0.8, tree depth <= 10,
@@ -47,12 +47,20 @@ import sdessm.models  # noqa: E402
 from sdessm.io import atomic_path  # noqa: E402
 
 zoo = sdessm.models.load("damped_oscillator")
-PARAMS = ("omega", "zeta", "sigma", "noise")
+PARAMS = ("omega", "zeta", "sigma", "u", "noise")
+
+
+def _model(times):
+    """The zoo model with its priors' scales fixed by the times alone (y in standard units): the
+    default scales come from the data, and calibration needs one prior for drawing and fitting."""
+    from sdessm.priors import data_scales
+
+    return functools.partial(zoo.model, times, scales=data_scales(times))
 
 
 def prior_draws(key, times, n: int) -> dict[str, np.ndarray]:
     """`n` parameter sets from the prior and one data set `(T, 1)` from each."""
-    draws = Predictive(functools.partial(zoo.model, times), num_samples=n)(key)
+    draws = Predictive(_model(times), num_samples=n)(key)
     return {k: np.asarray(v) for k, v in draws.items()}
 
 
@@ -64,7 +72,7 @@ def nuts_fitter(times, y_example, *, warmup: int, L: int, thin: int):
     `(B, 2)` counts the divergent transitions in warmup and after it; `steps` `(B,)` the leapfrog
     steps of all `warmup + L * thin` iterations.
     """
-    model = functools.partial(zoo.model, times)
+    model = _model(times)
     init = initialize_model(
         jax.random.key(0), model, model_kwargs={"y": y_example}, dynamic_args=True
     )

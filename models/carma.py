@@ -13,15 +13,23 @@ root has a negative real part and every prior draw is stationary.
 Parameters and units (time in the units of `times`, y in its own units):
 
 - omega (radians / time), shape (floor(p/2),): natural frequencies of the quadratic factors,
-  increasing. omega_1 ~ LogNormal(0, 1) and each log-ratio log(omega_{j+1} / omega_j) ~
-  LogNormal(log 0.7, 0.7) (median ratio 2): positive increments of log omega.
+  increasing. omega_1 ~ `sdessm.priors.frequency` (LogNormal with 95% of its mass between
+  2 pi / span of the record and the Nyquist frequency pi / step) and each log-ratio
+  log(omega_{j+1} / omega_j) ~ LogNormal(log 0.7, 0.7) (median ratio 2): positive increments of
+  log omega.
 - zeta (dimensionless), shape (floor(p/2),): damping ratios; LogNormal(log 0.3, 1) each
   (median 0.3; about 11% prior mass above 1, so overdamped factors, two real roots, are allowed).
-- lam (1 / time), odd p only: the real root -lam; LogNormal(0, 1).
-- sigma (y / time^(p - 1/2)): diffusion of z^(p-1); HalfNormal(2).
-- b (time^j for b_j), shape (q,): moving-average coefficients b_1 .. b_q; Normal(0, 1) each.
-- mu (y): the mean of y; Normal(0, 10).
-- noise (y): observation noise sd; HalfNormal(1).
+- lam (1 / time), odd p only: the real root -lam; `sdessm.priors.rate` (LogNormal with 95% of
+  its mass between 1 / span and 1 / step).
+- sigma (y / time^(p - 1/2)): diffusion of z^(p-1); given the rest, HalfNormal with the
+  stationary sd of the noise-free part ~ HalfNormal(2 spread).
+- b (time^j for b_j), shape (q,): moving-average coefficients b_1 .. b_q; given omega_1,
+  b_j omega_1^j ~ Normal(0, 1) each.
+- mu (y): the mean of y; Normal(level, 2.5 spread).
+- noise (y): observation noise sd; HalfNormal(spread).
+
+level and spread are the median and robust sd of y (`sdessm.priors.data_scales`): the priors are
+in the data's own units, so a fit reads the same in any units of y and of time.
 
 Orders: `P` and `Q` (module constants) are the defaults of `model(times, y, p=P, q=Q)`;
 `to_sde` reads p and q from the shapes of `omega`, `lam` and `b`. The initial state is the
@@ -51,6 +59,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints, transforms
 
+from sdessm import priors
 from sdessm.discretize import stationary_covariance
 from sdessm.moments import moments, spectral_peaks
 from sdessm.params import SDEParams
@@ -156,17 +165,19 @@ def start_from_data(times, y, *, p=P, q=Q):
     return named
 
 
-def _ordered_frequencies(k):
-    """Prior of k increasing positive frequencies: log omega_1 and log log-ratios are Normal."""
-    loc = jnp.concatenate([jnp.zeros(1), jnp.full(k - 1, jnp.log(0.7))])
-    scale = jnp.concatenate([jnp.ones(1), jnp.full(k - 1, 0.7)])
+def _ordered_frequencies(k, first):
+    """Prior of k increasing positive frequencies: log omega_1 ~ log of the LogNormal `first`,
+    and log log-ratios are Normal."""
+    loc = jnp.concatenate([jnp.reshape(first.loc, (1,)), jnp.full(k - 1, jnp.log(0.7))])
+    scale = jnp.concatenate([jnp.reshape(first.scale, (1,)), jnp.full(k - 1, 0.7)])
     base = dist.Normal(loc, scale).to_event(1)
     ordered = [transforms.OrderedTransform(), transforms.ExpTransform(constraints.ordered_vector)]
     return dist.TransformedDistribution(base, ordered)
 
 
-def model(times, y=None, *, p=P, q=Q):
-    """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`.
+def model(times, y=None, *, p=P, q=Q, scales=None):
+    """NumPyro model: priors on the named parameters, in the units of `scales`, then `y` from
+    `LTISDE` at `times`.
 
     Args:
         times (ArrayLike): observation times `(T,)`.
@@ -174,22 +185,29 @@ def model(times, y=None, *, p=P, q=Q):
             simulate.
         p (int): the AR order, >= 1.
         q (int): the MA order, 0 <= q < p.
+        scales (DataScales | None): the location, spread and time scales of the priors
+            (`sdessm.priors.DataScales`); by default `sdessm.priors.data_scales(times, y)`.
     """
     p, q = int(p), int(q)
     if p < 1 or not 0 <= q < p:
         raise ValueError(f"CARMA(p, q) needs p >= 1 and 0 <= q < p; got p = {p}, q = {q}.")
     k = p // 2
+    s = priors.data_scales(times, y) if scales is None else scales
     named = {}
     if k:
-        named["omega"] = numpyro.sample("omega", _ordered_frequencies(k))
+        named["omega"] = numpyro.sample("omega", _ordered_frequencies(k, priors.frequency(s)))
         named["zeta"] = numpyro.sample(
             "zeta", dist.LogNormal(jnp.full(k, jnp.log(0.3)), jnp.ones(k)).to_event(1)
         )
     if p % 2:
-        named["lam"] = numpyro.sample("lam", dist.LogNormal(0.0, 1.0))
-    named["sigma"] = numpyro.sample("sigma", dist.HalfNormal(2.0))
+        named["lam"] = numpyro.sample("lam", priors.rate(s))
     if q:
-        named["b"] = numpyro.sample("b", dist.Normal(jnp.zeros(q), jnp.ones(q)).to_event(1))
-    named["mu"] = numpyro.sample("mu", dist.Normal(0.0, 10.0))
-    named["noise"] = numpyro.sample("noise", dist.HalfNormal(1.0))
+        time = 1.0 / jnp.asarray(named["omega"])[0]  # b_j has units time^j
+        b_scale = time ** jnp.arange(1, q + 1, dtype=time.dtype)
+        named["b"] = numpyro.sample("b", dist.Normal(jnp.zeros(q), b_scale).to_event(1))
+    unit = to_sde(1.0, 0.0, 1.0, **named)  # sigma = 1: the stationary variance per sigma^2
+    sd_per_sigma = jnp.sqrt((unit.H @ unit.P1 @ unit.H.T)[0, 0])
+    named["sigma"] = numpyro.sample("sigma", dist.HalfNormal(2.0 * s.spread[0] / sd_per_sigma))
+    named["mu"] = numpyro.sample("mu", priors.location(s))
+    named["noise"] = numpyro.sample("noise", priors.scale(s))
     numpyro.sample("y", LTISDE(*to_sde(**named), times=times), obs=y)

@@ -2,10 +2,13 @@
 
 Parameters and units:
 
-- sigma (y / sqrt(time)): how fast the level wanders; HalfNormal(1).
-- noise (y): observation noise sd; HalfNormal(1).
-- level0 (y): the level at the first observation; Normal(0, 10) (diffuse against typical data;
-  rescale y first if it is far from 0).
+- sigma (y / sqrt(time)): how fast the level wanders; HalfNormal(spread / sqrt(step)) (the
+  level moves by about spread or less in one step).
+- noise (y): observation noise sd; HalfNormal(spread).
+- level0 (y): the level at the first observation; Normal(level, 2.5 spread).
+
+level and spread are the median and robust sd of y, step the median time step
+(`sdessm.priors.data_scales`): the priors are in the data's own units.
 
 Identified: sigma and noise (their ratio sets how much the smoother averages), and level0.
 """
@@ -15,6 +18,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from sdessm import priors
 from sdessm.moments import differences, moments
 from sdessm.params import SDEParams
 from sdessm.ppl import LTISDE
@@ -50,9 +54,11 @@ def start_from_data(times, y):
     }
 
 
-def model(times, y=None):
-    """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`."""
-    sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
-    noise = numpyro.sample("noise", dist.HalfNormal(1.0))
-    level0 = numpyro.sample("level0", dist.Normal(0.0, 10.0))
+def model(times, y=None, *, scales=None):
+    """NumPyro model: priors on the named parameters, in the units of `scales` (by default
+    `sdessm.priors.data_scales(times, y)`), then `y` from `LTISDE` at `times`."""
+    s = priors.data_scales(times, y) if scales is None else scales
+    sigma = numpyro.sample("sigma", dist.HalfNormal(s.spread[0] / jnp.sqrt(s.step)))
+    noise = numpyro.sample("noise", priors.scale(s))
+    level0 = numpyro.sample("level0", priors.location(s))
     numpyro.sample("y", LTISDE(*to_sde(sigma, noise, level0), times=times), obs=y)

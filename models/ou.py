@@ -2,11 +2,15 @@
 
 Parameters and units (time in the units of `times`, y in its own units):
 
-- theta (1/time): mean-reversion rate; LogNormal(log 0.5, 1) puts the correlation time 1/theta
-  between about 0.3 and 15 time units.
-- sigma (y / sqrt(time)): diffusion; HalfNormal(2).
-- u (y): the long-run mean; Normal(0, 10).
-- noise (y): observation noise sd; HalfNormal(1).
+- theta (1/time): mean-reversion rate; `sdessm.priors.rate`: LogNormal with 95% of its mass
+  between 1/span and 1/step of the record.
+- sigma (y / sqrt(time)): diffusion; given theta, HalfNormal(2 spread sqrt(2 theta)), i.e. the
+  stationary sd sigma / sqrt(2 theta) ~ HalfNormal(2 spread).
+- u (y): the long-run mean; Normal(level, 2.5 spread).
+- noise (y): observation noise sd; HalfNormal(spread).
+
+level and spread are the median and robust sd of y (`sdessm.priors.data_scales`): the priors are
+in the data's own units, so a fit reads the same in any units of y and of time.
 
 The initial state is drawn from the stationary law N(0, sigma^2 / (2 theta)).
 Identified: all four, given a record long against 1/theta and steps not much longer than 1/theta
@@ -18,6 +22,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from sdessm import priors
 from sdessm.moments import moments
 from sdessm.params import SDEParams
 from sdessm.ppl import LTISDE
@@ -54,10 +59,12 @@ def start_from_data(times, y):
     }
 
 
-def model(times, y=None):
-    """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`."""
-    theta = numpyro.sample("theta", dist.LogNormal(jnp.log(0.5), 1.0))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
-    u = numpyro.sample("u", dist.Normal(0.0, 10.0))
-    noise = numpyro.sample("noise", dist.HalfNormal(1.0))
+def model(times, y=None, *, scales=None):
+    """NumPyro model: priors on the named parameters, in the units of `scales` (by default
+    `sdessm.priors.data_scales(times, y)`), then `y` from `LTISDE` at `times`."""
+    s = priors.data_scales(times, y) if scales is None else scales
+    theta = numpyro.sample("theta", priors.rate(s))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0 * s.spread[0] * jnp.sqrt(2.0 * theta)))
+    u = numpyro.sample("u", priors.location(s))
+    noise = numpyro.sample("noise", priors.scale(s))
     numpyro.sample("y", LTISDE(*to_sde(theta, sigma, u, noise), times=times), obs=y)

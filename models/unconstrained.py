@@ -6,17 +6,21 @@ the state has no units of its own, and they fix its origin and scale.
 
 Parameters and units (time in the units of `times`, y in its own units, the state unitless):
 
-- F (1 / time), (d, d): drift; entries Normal(-I, 1), centred at the stable drift -I (unit
-  relaxation rates). This favours but does not force stability (an eigenvalue with positive real
-  part in about a third of the draws for d = 2, half for d = 3): the data decide. Centred at a
-  multiple of I with iid entries, the prior is unchanged by a rotation of the state,
-  F -> O F O^T.
-- L_diag (1 / sqrt(time)), (d,): diagonal of L; HalfNormal(1) each.
+- F (1 / time), (d, d): drift; entries Normal(-r I, r), centred at the stable drift -r I, where
+  r = 1 / sqrt(step span) is the rate in the middle (on a log scale) of those the record can
+  resolve, between 1 / span and 1 / step. This favours but does not force stability (an
+  eigenvalue with positive real part in about a third of the draws for d = 2, half for d = 3):
+  the data decide. Centred at a multiple of I with iid entries, the prior is unchanged by a
+  rotation of the state, F -> O F O^T.
+- L_diag (1 / sqrt(time)), (d,): diagonal of L; HalfNormal(sqrt(r)) each.
 - L_offdiag (1 / sqrt(time)), (d (d - 1) / 2,): entries of L below the diagonal, row by row (the
-  order of `jnp.tril_indices(d, -1)`); Normal(0, 1) each. Absent for d = 1.
-- H (y), (p, d): observation matrix; Normal(0, 1) each.
-- u (y), (p,): observation offset (the mean of y when F is stable); Normal(0, 10) each.
-- noise (y), (p,): observation noise sds, R = diag(noise^2); HalfNormal(1) each.
+  order of `jnp.tril_indices(d, -1)`); Normal(0, sqrt(r)) each. Absent for d = 1.
+- H (y), (p, d): observation matrix; Normal(0, spread_i) in row i.
+- u (y), (p,): observation offset (the mean of y when F is stable); Normal(level_i, 2.5 spread_i).
+- noise (y), (p,): observation noise sds, R = diag(noise^2); HalfNormal(spread_i) each.
+
+level, spread (per column of y), step and span are `sdessm.priors.data_scales`: the priors are
+in the data's own units, so a fit reads the same in any units of y and of time.
 
 `STATE_DIM` and `OBS_DIM` are the defaults of `model(times, y, state_dim=..., obs_dim=...)`
 (obs_dim is read from y when y is given); `to_sde` reads d and p from the shapes of F and H.
@@ -47,6 +51,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from sdessm import priors
 from sdessm.params import SDEParams
 from sdessm.ppl import LTISDE
 
@@ -151,8 +156,9 @@ def from_sde(params: SDEParams) -> dict:
     }
 
 
-def model(times, y=None, *, state_dim=STATE_DIM, obs_dim=None):
-    """NumPyro model: priors on the named parameters, then `y` from `LTISDE` at `times`.
+def model(times, y=None, *, state_dim=STATE_DIM, obs_dim=None, scales=None):
+    """NumPyro model: priors on the named parameters, in the units of `scales`, then `y` from
+    `LTISDE` at `times`.
 
     Args:
         times (ArrayLike): observation times `(T,)`.
@@ -160,6 +166,8 @@ def model(times, y=None, *, state_dim=STATE_DIM, obs_dim=None):
             simulate.
         state_dim (int): d.
         obs_dim (int | None): p; read from the last axis of `y` when `y` is given, else `OBS_DIM`.
+        scales (DataScales | None): the location, spread and time scales of the priors
+            (`sdessm.priors.DataScales`); by default `sdessm.priors.data_scales(times, y)`.
     """
     d = int(state_dim)
     p = OBS_DIM if obs_dim is None else int(obs_dim)
@@ -169,16 +177,19 @@ def model(times, y=None, *, state_dim=STATE_DIM, obs_dim=None):
         p = int(np.shape(y)[-1])
     if d < 1 or p < 1:
         raise ValueError(f"`state_dim` and `obs_dim` must be >= 1; got {d} and {p}.")
+    s = priors.data_scales(times, y, obs_dim=p) if scales is None else scales
+    r = 1.0 / jnp.sqrt(s.step * s.span)
     named = {
-        "F": numpyro.sample("F", dist.Normal(-jnp.eye(d), jnp.ones((d, d))).to_event(2)),
-        "L_diag": numpyro.sample("L_diag", dist.HalfNormal(jnp.ones(d)).to_event(1)),
+        "F": numpyro.sample("F", dist.Normal(-r * jnp.eye(d), jnp.full((d, d), r)).to_event(2)),
+        "L_diag": numpyro.sample("L_diag", dist.HalfNormal(jnp.full(d, jnp.sqrt(r))).to_event(1)),
     }
     if d > 1:
         m = d * (d - 1) // 2
         named["L_offdiag"] = numpyro.sample(
-            "L_offdiag", dist.Normal(jnp.zeros(m), jnp.ones(m)).to_event(1)
+            "L_offdiag", dist.Normal(jnp.zeros(m), jnp.full(m, jnp.sqrt(r))).to_event(1)
         )
-    named["H"] = numpyro.sample("H", dist.Normal(jnp.zeros((p, d)), jnp.ones((p, d))).to_event(2))
-    named["u"] = numpyro.sample("u", dist.Normal(jnp.zeros(p), jnp.full(p, 10.0)).to_event(1))
-    named["noise"] = numpyro.sample("noise", dist.HalfNormal(jnp.ones(p)).to_event(1))
+    H_scale = jnp.broadcast_to(s.spread[:, None], (p, d))
+    named["H"] = numpyro.sample("H", dist.Normal(jnp.zeros((p, d)), H_scale).to_event(2))
+    named["u"] = numpyro.sample("u", dist.Normal(s.level, 2.5 * s.spread).to_event(1))
+    named["noise"] = numpyro.sample("noise", dist.HalfNormal(s.spread).to_event(1))
     numpyro.sample("y", LTISDE(*to_sde(**named), times=times), obs=y)

@@ -63,7 +63,7 @@ def test_demo_writes_results_plots_and_report(tmp_path, capsys):
     assert results["truth"]["omega"] == 2.0 and set(results["em"]["params"]) == set(
         results["truth"]
     )
-    assert set(results["recovery"]) == {"noise", "omega", "sigma", "zeta"}
+    assert set(results["recovery"]) == {"noise", "omega", "sigma", "u", "zeta"}
     history = np.loadtxt(out / "em_history.csv", delimiter=",", skiprows=1)
     np.testing.assert_allclose(history[-1, 1], results["em"]["log_likelihood"])
     assert np.all(np.diff(history[:, 2]) >= -1e-9 * abs(history[-1, 2]))  # MAP: log-posterior

@@ -99,7 +99,6 @@ def test_the_default_start_is_the_best_candidate_by_exact_loglik():
 
     others = [_prior_medians(tm, jax.random.key(0)), module.start_from_data(times, y)]
     assert loglik(best) >= max(loglik(v) for v in others) - 1e-9
-    assert loglik(best) > loglik(others[0]) + 100  # far better than the prior medians
 
 
 def test_a_partial_init_takes_the_rest_from_the_default():
