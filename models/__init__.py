@@ -10,7 +10,8 @@ fitted or sampled; simulating it (`sdessm simulate`, `sdessm demo`) needs `TRUE_
 
     >>> from sdessm.models import load, available
     >>> sorted(available())
-    ['carma', 'damped_oscillator', 'local_level', 'multivariate_ou', 'ou', 'unconstrained']
+    ['carma', 'damped_oscillator', 'local_level', 'multivariate_ou', 'ou', 'trend_seasonal',
+     'unconstrained']
     >>> load("ou").TRUE_PARAMS["theta"]
     0.5
 """

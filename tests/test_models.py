@@ -23,7 +23,15 @@ import sdessm
 from sdessm.discretize import stationary_covariance
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["carma", "damped_oscillator", "local_level", "multivariate_ou", "ou", "unconstrained"]
+NAMES = [
+    "carma",
+    "damped_oscillator",
+    "local_level",
+    "multivariate_ou",
+    "ou",
+    "trend_seasonal",
+    "unconstrained",
+]
 STATIONARY = ["carma", "damped_oscillator", "ou"]  # x_1 from the stationary law (others: fixed P1)
 RTOL, ATOL = 1e-10, 1e-12
 
@@ -481,3 +489,39 @@ def test_unconstrained_em_closed_form_marker(key):
     named = unconstrained.from_sde(result.sde)
     assert set(named) == set(unconstrained.TRUE_PARAMS)
     np.testing.assert_allclose(result.sde.P1, np.eye(2))
+
+
+# --- the trend plus seasonal cycle --------------------------------------------------------------
+
+
+def test_trend_seasonal_is_a_trend_and_damped_rotations():
+    """F's eigenvalues are 0 (twice: level and slope) and -lam +- i j omega for each harmonic; the
+    cycle's initial law is stationary; y sees the level and the first coordinate of each
+    harmonic."""
+    module = load("trend_seasonal")
+    values = dict(module.TRUE_PARAMS, sigma=[1.3, 0.5, 0.2])  # three harmonics
+    sde = module.to_sde(**values)
+    omega, lam = values["omega"], values["lam"]
+    want = [0.0, 0.0] + [complex(-lam, s * j * omega) for j in (1, 2, 3) for s in (1, -1)]
+    got = np.linalg.eigvals(np.asarray(sde.F))
+    order = lambda z: (z.imag, z.real)  # noqa: E731
+    np.testing.assert_allclose(sorted(got, key=order), sorted(want, key=order), atol=1e-12)
+    F, Q, P1 = (np.asarray(a)[2:, 2:] for a in (sde.F, sde.Q, sde.P1))
+    stationary = scipy.linalg.solve_continuous_lyapunov(F, -Q)
+    np.testing.assert_allclose(P1, stationary, rtol=1e-12, atol=1e-14 * np.max(P1))
+    assert np.asarray(sde.H).tolist() == [[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]]
+    assert np.asarray(sde.mu1)[:2].tolist() == [values["level0"], values["slope0"]]
+
+
+def test_trend_seasonal_start_finds_the_period_and_the_trend():
+    module = load("trend_seasonal")
+    times = 1958.0 + np.arange(480) / 12.0  # 40 years, monthly
+    _, y = sdessm.simulate(jax.random.key(4), module.to_sde(**module.TRUE_PARAMS), times)
+    y = np.array(y)
+    y[::7] = np.nan
+    start = module.start_from_data(times, y)
+    assert start["omega"] == pytest.approx(2 * np.pi, rel=0.01)  # one cycle a year
+    assert start["slope0"] == pytest.approx(module.TRUE_PARAMS["slope0"], rel=0.5)
+    assert abs(start["level0"] - module.TRUE_PARAMS["level0"]) < 5 * np.nanstd(np.diff(y[:, 0]))
+    weeks = module.start_from_data(times * 52.0, y)  # the same data, time in weeks
+    assert weeks["omega"] == pytest.approx(start["omega"] / 52.0, rel=1e-6)
