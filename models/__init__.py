@@ -9,7 +9,7 @@ fitted or sampled; simulating it (`sdessm simulate`, `sdessm demo`) needs `TRUE_
 `to_sde` too. Load one by name or from a file:
 
     >>> from sdessm.models import load, available
-    >>> sorted(available())
+    >>> sorted(available())  # doctest: +NORMALIZE_WHITESPACE
     ['carma', 'damped_oscillator', 'local_level', 'multivariate_ou', 'ou', 'trend_seasonal',
      'unconstrained']
     >>> load("ou").TRUE_PARAMS["theta"]

@@ -156,6 +156,16 @@ def from_sde(params: SDEParams) -> dict:
     }
 
 
+def start_from_data(times, y, *, state_dim=STATE_DIM, obs_dim=None, scales=None):
+    """A start in the data's units: the canonical-correlation realisation of `y`
+    (`sdessm.realisation.subspace_start`, in the basis where the stationary covariance is about
+    I, which is this model's P1 = I), its noise from the diagonal of the residual covariance."""
+    from sdessm.realisation import subspace_start
+
+    start = subspace_start(y, times, state_dim=int(state_dim))
+    return from_sde(start._replace(R=np.diag(np.diag(start.R))))
+
+
 def model(times, y=None, *, state_dim=STATE_DIM, obs_dim=None, scales=None):
     """NumPyro model: priors on the named parameters, in the units of `scales`, then `y` from
     `LTISDE` at `times`.

@@ -25,6 +25,7 @@ from .kalman import log_likelihood as log_likelihood
 from .kalman import rts_smoother as rts_smoother
 from .params import LGSSMParams as LGSSMParams
 from .params import SDEParams as SDEParams
+from .realisation import subspace_start as subspace_start
 from .simulate import simulate as simulate
 
 __version__ = "0.1.0"
