@@ -184,7 +184,9 @@ def _with_real_logarithm(A: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.real(V @ np.diag(fixed) @ np.linalg.inv(V)), True
 
 
-def subspace_start(y, times=None, *, state_dim: int, dt=None, horizon: int | None = None):
+def subspace_start(
+    y, times=None, *, state_dim: int, dt: float | None = None, horizon: int | None = None
+):
     r"""An `SDEParams` start for `fit_em` from the data alone: the canonical-correlation
     realisation of `y` (`subspace_lgssm`) mapped to the SDE at the median step (module
     docstring).
