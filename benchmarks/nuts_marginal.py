@@ -5,7 +5,8 @@
     python benchmarks/nuts_marginal.py --out nuts.json  # also write the numbers as JSON
 
 Both models are the zoo's damped oscillator (position observed every `dt`), with the same priors
-on omega, zeta, sigma and noise, on the same simulated data (`TRUE_PARAMS`, float64):
+(in the data's units, `sdessm.priors`) on omega, zeta, sigma, u and noise, on the same simulated
+data (`TRUE_PARAMS`, float64):
 
 - marginal: `sdessm.models.load("damped_oscillator").model`, whose `LTISDE` likelihood
   integrates the states out with the Kalman filter;
@@ -17,7 +18,7 @@ on omega, zeta, sigma and noise, on the same simulated data (`TRUE_PARAMS`, floa
 Each runs NumPyro NUTS with the same chains, warmup, draws and seed. The wall time of warmup +
 sampling is split into compilation (the union of the intervals JAX reports as tracing, lowering
 and backend compilation, via `jax.monitoring`) and the rest ("run"). ESS is the minimum over the
-four parameters of ArviZ's bulk ESS on the `(chain, draw)` arrays; ESS/s divides it by the run
+five parameters of ArviZ's bulk ESS on the `(chain, draw)` arrays; ESS/s divides it by the run
 time. Prints a table and the ratio marginal / explicit of ESS/s (> 1 means marginalising wins).
 """
 
@@ -40,10 +41,11 @@ jax.config.update("jax_enable_x64", True)
 import sdessm.models  # noqa: E402
 
 import sdessm  # noqa: E402
+from sdessm import priors  # noqa: E402
 from sdessm.io import atomic_path  # noqa: E402
 
 zoo = sdessm.models.load("damped_oscillator")
-PARAMS = ("omega", "zeta", "sigma", "noise")
+PARAMS = ("omega", "zeta", "sigma", "u", "noise")
 
 
 class CompileClock:
@@ -74,12 +76,16 @@ class CompileClock:
 
 
 def explicit_model(times, y=None):
-    """The zoo model with the states sampled (non-centred) instead of marginalised."""
-    omega = numpyro.sample("omega", dist.LogNormal(jnp.log(2.0), 0.7))
+    """The zoo model with the states sampled (non-centred) instead of marginalised; its priors
+    are the zoo model's, line for line."""
+    s = priors.data_scales(times, y)
+    omega = numpyro.sample("omega", priors.frequency(s))
     zeta = numpyro.sample("zeta", dist.Beta(2.0, 8.0))
-    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0))
-    noise = numpyro.sample("noise", dist.HalfNormal(0.5))
-    sde = zoo.to_sde(omega, zeta, sigma, noise)
+    amplitude = jnp.sqrt(4.0 * zeta * omega**3)
+    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0 * s.spread[0] * amplitude))
+    u = numpyro.sample("u", priors.location(s))
+    noise = numpyro.sample("noise", priors.scale(s))
+    sde = zoo.to_sde(omega, zeta, sigma, noise, u)
     T, d = len(times), sde.F.shape[0]
     dt = float(times[1] - times[0])  # `main` builds a uniform grid
     A, Sigma = sdessm.discretize(sde.F, sde.L, dt)
