@@ -207,7 +207,14 @@ def model(times, y=None, *, p=P, q=Q, scales=None):
         named["b"] = numpyro.sample("b", dist.Normal(jnp.zeros(q), b_scale).to_event(1))
     unit = to_sde(1.0, 0.0, 1.0, **named)  # sigma = 1: the stationary variance per sigma^2
     sd_per_sigma = jnp.sqrt((unit.H @ unit.P1 @ unit.H.T)[0, 0])
-    named["sigma"] = numpyro.sample("sigma", dist.HalfNormal(2.0 * s.spread[0] / sd_per_sigma))
-    named["mu"] = numpyro.sample("mu", priors.location(s))
-    named["noise"] = numpyro.sample("noise", priors.scale(s))
-    numpyro.sample("y", LTISDE(*to_sde(**named), times=times), obs=y)
+    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0 * s.spread[0] / sd_per_sigma))
+    mu = numpyro.sample("mu", priors.location(s))
+    noise = numpyro.sample("noise", priors.scale(s))
+    # to_sde(sigma, mu, noise, **named), without solving for the stationary law a second time
+    params = unit._replace(
+        L=sigma * unit.L,
+        u=jnp.reshape(mu, (1,)).astype(unit.u.dtype),
+        R=noise**2 * unit.R,
+        P1=sigma**2 * unit.P1,
+    )
+    numpyro.sample("y", LTISDE(*params, times=times), obs=y)

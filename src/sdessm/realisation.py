@@ -212,20 +212,17 @@ def subspace_start(
         >>> round(float(start.F[0, 0]), 1), round(float(start.u[0]), 1)
         (-0.5, 3.0)
     """
+    from ._checks import check_dt, check_times
     from .em import sde_from_discrete
 
     if (times is None) == (dt is None):
         raise ValueError("give exactly one of `times` and `dt`.")
     if times is not None:
-        t = np.asarray(times, dtype=float)
-        steps = np.diff(t, axis=-1)
-        if steps.size == 0 or not np.all(steps > 0):
-            raise ValueError("`times` must be strictly increasing, with at least two of them.")
-        step = float(np.median(steps))
+        check_times("times", times, np.shape(y)[-2])
+        step = float(np.median(np.diff(np.asarray(times, dtype=float), axis=-1)))
     else:
+        check_dt("dt", dt)
         step = float(dt)
-        if not step > 0:
-            raise ValueError(f"`dt` must be > 0; got {dt}.")
     discrete = subspace_lgssm(y, state_dim=state_dim, horizon=horizon)
     A, moved = _with_real_logarithm(discrete.A)
     if moved:
