@@ -1,8 +1,11 @@
-"""MkDocs hooks: the command-line reference, generated from the real parser, and a local MathJax.
+"""MkDocs hooks: the command-line reference and the module map, generated from the code, and a
+local MathJax.
 
 `cli_reference()` renders `sdessm --help` and the `--help` of every subcommand, taken from
 `sdessm.cli.build_parser()` at a fixed terminal width, so `docs/cli.md` cannot drift from the
-code. The build replaces the line `<!-- cli-help -->` of `docs/cli.md` with it.
+code. The build replaces the line `<!-- cli-help -->` of `docs/cli.md` with it, and the line
+`<!-- module-map -->` of `docs/architecture.md` with `module_map()`, a table of the package's
+modules (lines, and the first sentence of each docstring).
 
 `mathjax_files()` lists the part of MathJax 3 that the site needs to typeset its formulas, taken
 from the package `django-static-mathjax` (the `docs` extra), and `on_files` adds them to the site
@@ -19,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PLACEHOLDER = "<!-- cli-help -->"
+MODULE_MAP = "<!-- module-map -->"
 COLUMNS = "100"
 
 #: The distribution that ships MathJax 3 (its files under `mathjax/static/mathjax/`).
@@ -69,13 +73,34 @@ def cli_reference() -> str:
     return "\n".join(blocks)
 
 
+def module_map() -> str:
+    """Markdown: a table of the modules of `src/sdessm`, their lines and their docstring's first
+    sentence."""
+    import ast
+
+    package = Path(__file__).resolve().parent.parent / "src" / "sdessm"
+    rows = ["| module | lines | role |", "|---|---|---|"]
+    for path in sorted(package.glob("*.py")):
+        text = path.read_text()
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        first = " ".join(doc.split("\n\n")[0].split())
+        role = (first.split(". ")[0].rstrip(".") + ".").replace("|", "\\|")
+        rows.append(f"| `{path.name}` | {len(text.splitlines())} | {role} |")
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    if page.file.src_uri == "cli.md":
-        if PLACEHOLDER not in markdown:
+    generated = {
+        "cli.md": (PLACEHOLDER, cli_reference),
+        "architecture.md": (MODULE_MAP, module_map),
+    }
+    if page.file.src_uri in generated:
+        placeholder, render = generated[page.file.src_uri]
+        if placeholder not in markdown:
             from mkdocs.exceptions import PluginError
 
-            raise PluginError(f"docs/cli.md lost its placeholder line {PLACEHOLDER}")
-        markdown = markdown.replace(PLACEHOLDER, cli_reference())
+            raise PluginError(f"docs/{page.file.src_uri} lost its placeholder line {placeholder}")
+        markdown = markdown.replace(placeholder, render())
     return markdown
 
 

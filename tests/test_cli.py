@@ -94,7 +94,7 @@ def test_saved_results_load_back_exactly(tmp_path, monkeypatch):
         fits.append(real_fit_em(*args, **kwargs))
         return fits[-1]
 
-    monkeypatch.setattr("sdessm.em.fit_em", keep)
+    monkeypatch.setattr("sdessm.fit.fit_em", keep)
     times = np.arange(60) * 0.25
     sde = OU.to_sde(**{k: jnp.asarray(v) for k, v in OU.TRUE_PARAMS.items()})
     y = np.array(sdessm.simulate(jax.random.key(0), sde, times)[1])
@@ -376,7 +376,7 @@ def workdir(tmp_path, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    for module, name in (("em", "fit_em"), ("infer", "fit_nuts"), ("simulate", "simulate")):
+    for module, name in (("fit", "fit_em"), ("infer", "fit_nuts"), ("simulate", "simulate")):
         monkeypatch.setattr(importlib.import_module(f"sdessm.{module}"), name, no_work)
     return tmp_path
 
@@ -538,7 +538,7 @@ def test_model_file_without_simulation_parts_fits(workdir, monkeypatch, capsys):
         reached.append(model.__module__)
         raise FloatingPointError("stop here")
 
-    monkeypatch.setattr(importlib.import_module("sdessm.em"), "fit_em", stop)
+    monkeypatch.setattr(importlib.import_module("sdessm.fit"), "fit_em", stop)
     monkeypatch.setattr(importlib.import_module("sdessm.infer"), "fit_nuts", stop)
     assert cli.main(["fit", "data.csv", "--model", "fit_only.py"]) == 1
     assert cli.main(["sample", "data.csv", "--model", "fit_only.py"]) == 1
@@ -552,7 +552,7 @@ def test_psd_option_reaches_the_fit(workdir, monkeypatch, capsys):
         seen.update(kwargs)
         raise FloatingPointError("the objective is nan")
 
-    monkeypatch.setattr("sdessm.em.fit_em", fake)
+    monkeypatch.setattr("sdessm.fit.fit_em", fake)
     code = cli.main(["fit", "data.csv", "--model", "ou", "--psd", "nearest", "--iters", "7"])
     err = capsys.readouterr().err.strip().splitlines()
     assert (seen["psd"], seen["num_iters"]) == ("nearest", 7)
@@ -563,7 +563,7 @@ def test_psd_option_reaches_the_fit(workdir, monkeypatch, capsys):
     def not_psd(*args, **kwargs):
         raise sdessm.NotPSDError("Q is not PSD; pass psd='nearest' ...", None, np.diag([1, -1]))
 
-    monkeypatch.setattr("sdessm.em.fit_em", not_psd)
+    monkeypatch.setattr("sdessm.fit.fit_em", not_psd)
     code = cli.main(["fit", "data.csv", "--model", "unconstrained"])
     err = capsys.readouterr().err.strip().splitlines()
     # the advice names the command line's option, not the Python argument

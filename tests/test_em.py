@@ -11,10 +11,12 @@ import scipy.optimize
 from reference import random_spd, random_stable_drift
 
 import sdessm
-from sdessm.em import EMResult, _continuous_discrete, _group_steps, _recover, diffusion_from_sigma
+from sdessm.discretize import continuous_discrete, diffusion_from_sigma
+from sdessm.em import _group_steps, _recover
 from sdessm.kalman import prepare
 from sdessm.mstep import closed_form_mstep, expected_complete_loglik
 from sdessm.params import LGSSMParams
+from sdessm.results import EMResult
 from sdessm.stats import expected_stats
 
 
@@ -165,7 +167,7 @@ def test_expected_complete_loglik_gradient_matches_finite_differences(rng, key):
     y[rng.uniform(size=y.shape) < 0.2] = np.nan
     start = _perturbed(rng, truth)
     reps, groups = _group_steps(y, times, None)
-    A_g, Sigma_g, per_transition = _continuous_discrete(start, reps, groups)
+    A_g, Sigma_g, per_transition = continuous_discrete(start, reps, groups)
     _, yb, _ = prepare(per_transition, y)
     e_step = jax.jit(expected_stats, static_argnums=3, static_argnames="complete")
     stats, _ = e_step(per_transition, yb, groups, len(reps), complete=False)

@@ -6,18 +6,21 @@ Exact discretisation, Kalman filtering and RTS smoothing, and exact simulation. 
 points compute in float64 (enabled for the duration of each call, not globally).
 """
 
+import importlib
+
 from .discretize import discretize as discretize
 from .discretize import discretize_params as discretize_params
-from .em import EMResult as EMResult
-from .em import NoRealLogarithmError as NoRealLogarithmError
-from .em import NotPSDError as NotPSDError
-from .em import NyquistWarning as NyquistWarning
-from .em import fit_em as fit_em
-from .em import sde_from_discrete as sde_from_discrete
+from .discretize import sde_from_discrete as sde_from_discrete
+from .errors import NoRealLogarithmError as NoRealLogarithmError
+from .errors import NotPSDError as NotPSDError
+from .errors import NyquistWarning as NyquistWarning
+from .fit import fit_em as fit_em
 from .forecast import Forecast as Forecast
 from .forecast import PosteriorForecast as PosteriorForecast
 from .forecast import forecast as forecast
 from .forecast import forecast_posterior as forecast_posterior
+from .information import covariance as covariance
+from .information import standard_errors as standard_errors
 from .kalman import FilterResult as FilterResult
 from .kalman import SmootherResult as SmootherResult
 from .kalman import kalman_filter as kalman_filter
@@ -26,18 +29,46 @@ from .kalman import rts_smoother as rts_smoother
 from .params import LGSSMParams as LGSSMParams
 from .params import SDEParams as SDEParams
 from .realisation import subspace_start as subspace_start
+from .results import EMResult as EMResult
 from .simulate import simulate as simulate
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    """`sdessm.ppl` (NumPyro) is imported on first use, not with `import sdessm`."""
-    if name == "ppl":
-        import importlib
+#: Names whose modules import NumPyro, ArviZ or matplotlib: loaded on first use, so that
+#: `import sdessm` (and the command line's first line of output) stays fast.
+_LAZY = {
+    "fit_nuts": ("infer", "fit_nuts"),
+    "fit_em_model": ("infer", "fit_em_model"),
+    "LTISDE": ("ppl", "LTISDE"),
+    "identifiable": ("diagnostics", "identifiable"),
+    "recovery_table": ("diagnostics", "recovery_table"),
+    "load_model": ("models", "load"),
+}
+#: Every submodule, reachable as an attribute after `import sdessm` alone (`sdessm.models.load`).
+_SUBMODULES = (
+    "checkpoint", "cli", "datasets", "diagnostics", "discretize", "em", "errors", "fit", "forecast",
+    "identify", "infer", "information", "io", "kalman", "models", "moments", "mstep",
+    "parallel", "params", "ppl", "priors", "realisation", "report", "results", "simulate",
+    "stats",
+)  # fmt: skip
 
-        return importlib.import_module(".ppl", __name__)
-    raise AttributeError(f"module 'sdessm' has no attribute {name!r}")
+
+def __getattr__(name: str):
+    """The names of `_LAZY` and the submodules, imported on first use."""
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'sdessm' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = [
@@ -61,4 +92,8 @@ __all__ = [
     "log_likelihood",
     "rts_smoother",
     "simulate",
+    "standard_errors",
+    "covariance",
+    "subspace_start",
+    *_LAZY,
 ]

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import numbers
 import operator
+import warnings
 
 import jax
 import numpy as np
@@ -281,3 +282,13 @@ def check_key(name: str, key) -> None:
         return
     got = f"dtype {dtype}, shape {shape}" if dtype is not None else type(key).__name__
     raise TypeError(f"`{name}` must be a JAX random key, e.g. `jax.random.key(0)`; got {got}.")
+
+
+def progress_bar():
+    """tqdm's notebook bar in Jupyter when ipywidgets is there, else the text bar, silently."""
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        from tqdm.auto import tqdm
+    return tqdm

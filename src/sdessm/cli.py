@@ -245,7 +245,8 @@ def _identified_functional(module):
 
 def _fit_em(args, module, times, y, objective: str, init=None):
     """EM with its warnings recorded: `(result, warning lines)`."""
-    from .em import NoRealLogarithmError, NotPSDError, fit_em
+    from .errors import NoRealLogarithmError, NotPSDError
+    from .fit import fit_em
 
     with _recorded_warnings() as caught:
         try:

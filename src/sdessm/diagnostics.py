@@ -26,6 +26,7 @@ from ._checks import float64
 from .discretize import stationary_covariance
 from .kalman import SmootherResult
 from .params import SDEParams
+from .results import EMResult
 
 
 def _smoothed_moments(smoothed: SmootherResult, H=None, u=None):
@@ -195,8 +196,6 @@ def _attached(idata, attr: str):
 
 
 def _site_values(x) -> dict | None:
-    from .em import EMResult
-
     if x is None or isinstance(x, dict):
         return x
     if isinstance(x, EMResult):

@@ -26,6 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import (
@@ -37,6 +38,7 @@ from ._checks import (
     concrete,
     float64,
 )
+from .errors import NoRealLogarithmError
 from .params import LGSSMParams, SDEParams, as_arrays, as_float_array, as_real_array
 
 #: Largest $\max(\|F\|_1, \|F\|_\infty) h$ at which the series are evaluated.
@@ -300,3 +302,119 @@ def stationary_covariance(F: Float[ArrayLike, "d d"], Q: Float[ArrayLike, "d d"]
     kron_sum = jnp.kron(F, eye) + jnp.kron(eye, F)
     P = jnp.linalg.solve(kron_sum, -jnp.reshape(Q, (d * d,))).reshape(d, d)
     return symmetrize(P)
+
+
+# ----------------------------------------------------------------- back from the discrete model
+
+
+def psd_factor(Q):
+    """Cholesky factor of Q, or V sqrt(lambda) for a singular PSD Q."""
+    w, V = np.linalg.eigh(Q)
+    if w.min() > 1e-12 * max(1.0, np.abs(w).max()):
+        return np.linalg.cholesky(Q)
+    return V * np.sqrt(np.clip(w, 0.0, None))
+
+
+@float64
+def diffusion_from_sigma(F, A, Sigma) -> np.ndarray:
+    r"""The diffusion $Q$ whose step covariance under a known drift is `Sigma`.
+
+    $\Sigma = \int_0^{\Delta t} e^{Fs} Q e^{F^\top s} ds$ gives $A Q A^\top - Q = F \Sigma +
+    \Sigma F^\top$ with $A = e^{F \Delta t}$: a Stein equation, solved exactly, with a unique
+    solution when no two eigenvalues of A multiply to 1 (any stable F). Unlike the matrix
+    logarithm it needs no invertible A, so stiff modes that decay within one step are fine.
+
+    Examples:
+        >>> import numpy as np, sdessm
+        >>> F = np.diag([-500.0, -0.2])
+        >>> A, Sigma = sdessm.discretize(F, [[0.3, 0.0], [0.1, 0.5]], 0.1)
+        >>> Q = diffusion_from_sigma(F, A, Sigma)
+        >>> np.round(Q, 10).tolist()
+        [[0.09, 0.03], [0.03, 0.26]]
+    """
+    F, A, Sigma = (np.asarray(x, dtype=float) for x in (F, A, Sigma))
+    Q = scipy.linalg.solve_discrete_lyapunov(A, -(F @ Sigma + Sigma @ F.T))
+    return 0.5 * (Q + Q.T)
+
+
+def sde_from_discrete(A, Sigma, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""Recover $(F, Q)$ from the discrete transition $(A, \Sigma)$ over a step `dt`.
+
+    $[[F, Q], [0, -F^\top]] = \log([[A, \Sigma A^{-\top}], [0, A^{-\top}]]) / \Delta t$ with the
+    principal matrix logarithm. Eigenvalues of F are identified only modulo $2\pi i / \Delta t$:
+    the principal branch assumes $|\mathrm{Im}\,\lambda| < \pi / \Delta t$.
+
+    Raises:
+        NoRealLogarithmError: `A` is singular or has a negative real eigenvalue (the message
+            says whether a non-principal real logarithm can exist).
+
+    Examples:
+        >>> import numpy as np, sdessm
+        >>> A, Sigma = sdessm.discretize([[-0.5]], [[2.0]], 0.3)
+        >>> F, Q = sdessm.sde_from_discrete(A, Sigma, 0.3)
+        >>> np.round(F, 10).tolist(), np.round(Q, 10).tolist()
+        ([[-0.5]], [[4.0]])
+    """
+    A, Sigma = np.asarray(A, dtype=float), np.asarray(Sigma, dtype=float)
+    if A.ndim != 2 or A.shape[0] != A.shape[1] or Sigma.shape != A.shape:
+        raise ValueError(f"`A` and `Sigma` must be square and alike; got {A.shape}, {Sigma.shape}.")
+    if not dt > 0:
+        raise ValueError(f"`dt` must be > 0; got {dt}.")
+    d = A.shape[0]
+    eig = np.linalg.eigvals(A)
+    scale = max(1.0, float(np.abs(eig).max()))
+    real = np.abs(eig.imag) <= 1e-10 * scale
+    zero, negative = real & (np.abs(eig) <= 1e-12 * scale), real & (eig.real < -1e-12 * scale)
+    where = f"(all eigenvalues: {format_eigenvalues(eig)}) at dt = {dt:g}"
+    advice = (
+        "Sample more densely (a shorter step), or fit a structured model with a constrained drift."
+    )
+    if zero.any():
+        raise NoRealLogarithmError(
+            f"the fitted A is singular: eigenvalue(s) {format_eigenvalues(eig[zero])} {where}. "
+            "A mode that decays completely within one step has no logarithm, so its drift is not "
+            f"identified. {advice}"
+        )
+    if negative.any():
+        values = np.sort(eig[negative].real)
+        clusters = np.split(values, np.flatnonzero(np.diff(values) > 1e-8 * scale) + 1)
+        if all(len(c) % 2 == 0 for c in clusters):
+            reason = (
+                "Each occurs an even number of times, so a real logarithm can exist (when its "
+                "Jordan blocks pair up), but not the principal one: the drift would oscillate at "
+                "exactly the Nyquist frequency pi / dt, which this step cannot identify."
+            )
+        else:
+            reason = "No real matrix logarithm exists, so no LTI SDE reproduces A at this step."
+        raise NoRealLogarithmError(
+            f"the fitted A has eigenvalue(s) {format_eigenvalues(eig[negative])} on the negative "
+            f"real axis {where}. {reason} {advice}"
+        )
+    A_inv_T = np.linalg.solve(A, np.eye(d)).T
+    block = np.block([[A, Sigma @ A_inv_T], [np.zeros((d, d)), A_inv_T]])
+    log = scipy.linalg.logm(block)
+    if np.iscomplexobj(log):
+        log = log.real
+    log = log / dt
+    return log[:d, :d], 0.5 * (log[:d, d:] + log[:d, d:].T)
+
+
+def format_eigenvalues(eig) -> str:
+    """Eigenvalues as `[-0.5, 0.2+0.3i]`: real ones without an imaginary part, 6 digits."""
+    scale = max(1.0, float(np.abs(eig).max())) if np.size(eig) else 1.0
+
+    def one(z):
+        if abs(z.imag) <= 1e-10 * scale:
+            return f"{z.real:.6g}"
+        return f"{z.real:.6g}{z.imag:+.6g}i"
+
+    return "[" + ", ".join(one(complex(z)) for z in eig) + "]"
+
+
+def continuous_discrete(state: SDEParams, reps, groups, Q=None):
+    """The discrete model of a continuous state on the grouped steps, per transition.
+
+    `Q` overrides `state.L @ state.L.T` (standard errors work with Q itself).
+    """
+    A_g, Sigma_g = _discretize(state.F, state.L @ state.L.T if Q is None else Q, reps)
+    return A_g, Sigma_g, LGSSMParams(A_g[groups], Sigma_g[groups], *state[2:])

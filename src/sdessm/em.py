@@ -18,14 +18,31 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
-from ._checks import check_something_observed, float64
-from .discretize import _discretize, group_steps
-from .identify import SYMMETRIC, check_identified
-from .kalman import _filter_one, _loglik_one, _map_sequences, _map_sequences_jit, prepare
+from . import checkpoint as ckpt
+from ._checks import (
+    check_count,
+    check_nonnegative,
+    check_something_observed,
+    float64,
+    progress_bar,
+)
+from .discretize import (
+    _discretize,
+    continuous_discrete,
+    diffusion_from_sigma,
+    group_steps,
+    psd_factor,
+    sde_from_discrete,
+)
+from .errors import NoRealLogarithmError, NotPSDError, NyquistWarning
+from .identify import check_identified
+from .information import FINISHES
+from .information import finish as finish_fit
+from .kalman import _loglik_one, _map_sequences_jit, prepare
 from .mstep import R_STRUCTURES, closed_form_mstep, expected_complete_loglik, maximize
 from .params import LGSSMParams, SDEParams
+from .results import EMResult
 from .stats import expected_stats
 
 SDE_FIELDS = ("F", "L", "Q", "H", "u", "R", "mu1", "P1")
@@ -43,223 +60,6 @@ HANDOVER = 1e-3
 #: With `polish`, EM also hands over when it crawls: each of the last CRAWL_WINDOW gains more
 #: than CRAWL_RATIO times the previous one (then over 4x the last gain remains to be gained).
 CRAWL_WINDOW, CRAWL_RATIO = 5, 0.8
-#: Most free coordinates for which the finish computes the exact Hessian (a square of that size).
-MAX_CERTIFIED_COORDINATES = 200
-#: What may follow EM in `fit_em` (see its `finish`).
-FINISHES = ("polish", "certify", "none")
-#: Most trust-region Newton iterations of the polish; then at most NEWTON_STEPS plain Newton
-#: steps, each halved at most NEWTON_HALVINGS times, to meet the certificate's `tol`.
-POLISH_ITERATIONS = 200
-NEWTON_STEPS, NEWTON_HALVINGS = 8, 20
-#: The observed information counts as singular below this fraction of its largest eigenvalue.
-FLAT_RTOL = 1e-10
-
-
-class NoRealLogarithmError(ValueError):
-    """The fitted transition matrix has no real logarithm: no LTI SDE explains it at this step.
-
-    `result` holds the fitted discrete model (an `EMResult` whose `params` is the `LGSSMParams`).
-    """
-
-    def __init__(self, message: str, result: EMResult | None = None):
-        super().__init__(message)
-        self.result = result
-
-
-class NotPSDError(ValueError):
-    """The diffusion covariance Q recovered from the fit is not positive semi-definite.
-
-    `result` holds the fitted discrete model; `Q` the recovered (indefinite) matrix.
-    """
-
-    def __init__(self, message: str, result: EMResult | None = None, Q=None):
-        super().__init__(message)
-        self.result = result
-        self.Q = Q
-
-
-class NyquistWarning(UserWarning):
-    """An eigenvalue of the recovered F lies near the branch cut |Im lambda| = pi / dt."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EMResult:
-    """What `fit_em` returns.
-
-    Attributes:
-        params: the fitted parameters, in the form given (`SDEParams`, `LGSSMParams` or theta).
-        discrete: the fitted discrete model on the data's time grid (`A`, `Sigma` per
-            transition for irregular steps, with a leading B axis for per-sequence times).
-        log_likelihoods: entry k is the exact marginal log-likelihood of the k-th iterate (entry 0
-            at `init`); the last entry belongs to `params`.
-        converged: whether the estimate is a certified maximum: the observed information is
-            positive definite there and a Newton step would gain at most `tol`
-            (`report["convergence"]` says which, or why not).
-        num_iters: the number of EM iterations made (the Newton finish's in `report["polish"]`).
-        report: diagnostics of the fit and of the SDE recovery (eigenvalues of F, most negative
-            eigenvalue of Q, Nyquist margin, why EM stopped, the certificate, the gradient norm,
-            a flat direction; `log_posteriors` for MAP).
-        sde: the fitted `SDEParams` (None for a discrete-only fit).
-    """
-
-    params: SDEParams | LGSSMParams
-    discrete: LGSSMParams
-    log_likelihoods: np.ndarray
-    converged: bool
-    num_iters: int
-    report: dict
-    sde: SDEParams | None = None
-    _context: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    @property
-    def log_likelihood(self) -> float:
-        return float(self.log_likelihoods[-1])
-
-    def standard_errors(self):
-        """Standard errors of the free parameters from the observed information.
-
-        The Hessian of the exact marginal log-likelihood (plus the log-prior for MAP) at the
-        estimate, by JAX autodiff, in the coordinates F, Q (lower triangle), H, u, R (as
-        structured), mu1, P1 (lower triangle) for an SDE fit, the discrete fields for an
-        `LGSSMParams` fit, or the leaves of theta for a structured fit.
-
-        Returns:
-            (dict | PyTree): a dict of arrays shaped like the fields (NaN where fixed), or for a
-                structured fit a pytree shaped like theta.
-
-        Raises:
-            ValueError: the Hessian is not negative definite (a boundary estimate, or a
-                direction the data do not identify, e.g. F, L and H all free); the message
-                names the coordinates of the flattest direction.
-        """
-        return _standard_errors(self)
-
-    def covariance(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """`(labels, estimate, cov)`: the free coordinates (as in `standard_errors`, e.g.
-        `"F[0,1]"`, `"Q[1,0]"`), their values, and the inverse observed information.
-
-        Use it for the delta method on functions of several parameters (eigenvalues of F).
-        """
-        labels, estimate, cov, _ = _covariance(self)
-        return labels, estimate, cov
-
-
-def _progress_bar():
-    """tqdm's notebook bar in Jupyter when ipywidgets is there, else the text bar, silently."""
-    import warnings
-
-    from tqdm import TqdmWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TqdmWarning)
-        from tqdm.auto import tqdm
-    return tqdm
-
-
-def _psd_factor(Q):
-    """Cholesky factor of Q, or V sqrt(lambda) for a singular PSD Q."""
-    w, V = np.linalg.eigh(Q)
-    if w.min() > 1e-12 * max(1.0, np.abs(w).max()):
-        return np.linalg.cholesky(Q)
-    return V * np.sqrt(np.clip(w, 0.0, None))
-
-
-@float64
-def diffusion_from_sigma(F, A, Sigma) -> np.ndarray:
-    r"""The diffusion $Q$ whose step covariance under a known drift is `Sigma`.
-
-    $\Sigma = \int_0^{\Delta t} e^{Fs} Q e^{F^\top s} ds$ gives $A Q A^\top - Q = F \Sigma +
-    \Sigma F^\top$ with $A = e^{F \Delta t}$: a Stein equation, solved exactly, with a unique
-    solution when no two eigenvalues of A multiply to 1 (any stable F). Unlike the matrix
-    logarithm it needs no invertible A, so stiff modes that decay within one step are fine.
-
-    Examples:
-        >>> import numpy as np, sdessm
-        >>> F = np.diag([-500.0, -0.2])
-        >>> A, Sigma = sdessm.discretize(F, [[0.3, 0.0], [0.1, 0.5]], 0.1)
-        >>> Q = diffusion_from_sigma(F, A, Sigma)
-        >>> np.round(Q, 10).tolist()
-        [[0.09, 0.03], [0.03, 0.26]]
-    """
-    import scipy.linalg
-
-    F, A, Sigma = (np.asarray(x, dtype=float) for x in (F, A, Sigma))
-    Q = scipy.linalg.solve_discrete_lyapunov(A, -(F @ Sigma + Sigma @ F.T))
-    return 0.5 * (Q + Q.T)
-
-
-def sde_from_discrete(A, Sigma, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    r"""Recover $(F, Q)$ from the discrete transition $(A, \Sigma)$ over a step `dt`.
-
-    $[[F, Q], [0, -F^\top]] = \log([[A, \Sigma A^{-\top}], [0, A^{-\top}]]) / \Delta t$ with the
-    principal matrix logarithm. Eigenvalues of F are identified only modulo $2\pi i / \Delta t$:
-    the principal branch assumes $|\mathrm{Im}\,\lambda| < \pi / \Delta t$.
-
-    Raises:
-        NoRealLogarithmError: `A` is singular or has a negative real eigenvalue (the message
-            says whether a non-principal real logarithm can exist).
-
-    Examples:
-        >>> import numpy as np, sdessm
-        >>> A, Sigma = sdessm.discretize([[-0.5]], [[2.0]], 0.3)
-        >>> F, Q = sdessm.sde_from_discrete(A, Sigma, 0.3)
-        >>> np.round(F, 10).tolist(), np.round(Q, 10).tolist()
-        ([[-0.5]], [[4.0]])
-    """
-    A, Sigma = np.asarray(A, dtype=float), np.asarray(Sigma, dtype=float)
-    if A.ndim != 2 or A.shape[0] != A.shape[1] or Sigma.shape != A.shape:
-        raise ValueError(f"`A` and `Sigma` must be square and alike; got {A.shape}, {Sigma.shape}.")
-    if not dt > 0:
-        raise ValueError(f"`dt` must be > 0; got {dt}.")
-    d = A.shape[0]
-    eig = np.linalg.eigvals(A)
-    scale = max(1.0, float(np.abs(eig).max()))
-    real = np.abs(eig.imag) <= 1e-10 * scale
-    zero, negative = real & (np.abs(eig) <= 1e-12 * scale), real & (eig.real < -1e-12 * scale)
-    where = f"(all eigenvalues: {_format_eigenvalues(eig)}) at dt = {dt:g}"
-    advice = (
-        "Sample more densely (a shorter step), or fit a structured model with a constrained drift."
-    )
-    if zero.any():
-        raise NoRealLogarithmError(
-            f"the fitted A is singular: eigenvalue(s) {_format_eigenvalues(eig[zero])} {where}. "
-            "A mode that decays completely within one step has no logarithm, so its drift is not "
-            f"identified. {advice}"
-        )
-    if negative.any():
-        values = np.sort(eig[negative].real)
-        clusters = np.split(values, np.flatnonzero(np.diff(values) > 1e-8 * scale) + 1)
-        if all(len(c) % 2 == 0 for c in clusters):
-            reason = (
-                "Each occurs an even number of times, so a real logarithm can exist (when its "
-                "Jordan blocks pair up), but not the principal one: the drift would oscillate at "
-                "exactly the Nyquist frequency pi / dt, which this step cannot identify."
-            )
-        else:
-            reason = "No real matrix logarithm exists, so no LTI SDE reproduces A at this step."
-        raise NoRealLogarithmError(
-            f"the fitted A has eigenvalue(s) {_format_eigenvalues(eig[negative])} on the negative "
-            f"real axis {where}. {reason} {advice}"
-        )
-    A_inv_T = np.linalg.solve(A, np.eye(d)).T
-    block = np.block([[A, Sigma @ A_inv_T], [np.zeros((d, d)), A_inv_T]])
-    log = scipy.linalg.logm(block)
-    if np.iscomplexobj(log):
-        log = log.real
-    log = log / dt
-    return log[:d, :d], 0.5 * (log[:d, d:] + log[:d, d:].T)
-
-
-def _format_eigenvalues(eig) -> str:
-    """Eigenvalues as `[-0.5, 0.2+0.3i]`: real ones without an imaginary part, 6 digits."""
-    scale = max(1.0, float(np.abs(eig).max())) if np.size(eig) else 1.0
-
-    def one(z):
-        if abs(z.imag) <= 1e-10 * scale:
-            return f"{z.real:.6g}"
-        return f"{z.real:.6g}{z.imag:+.6g}i"
-
-    return "[" + ", ".join(one(complex(z)) for z in eig) + "]"
 
 
 def _free_fields(init, fixed, B):
@@ -336,21 +136,12 @@ def _discrete_iteration(state: LGSSMParams, y, config):
     return new, jnp.sum(logliks), jnp.zeros(())
 
 
-def _continuous_discrete(state: SDEParams, reps, groups, Q=None):
-    """The discrete model of a continuous state on the grouped steps, per transition.
-
-    `Q` overrides `state.L @ state.L.T` (standard errors work with Q itself).
-    """
-    A_g, Sigma_g = _discretize(state.F, state.L @ state.L.T if Q is None else Q, reps)
-    return A_g, Sigma_g, LGSSMParams(A_g[groups], Sigma_g[groups], *state[2:])
-
-
 @functools.partial(jax.jit, static_argnames=("config",))
 def _continuous_iteration(state: SDEParams, y, reps, groups, config):
     """E-step + closed-form emission/initial M-step + numerical (F, L) M-step."""
     fixed, R_structure, per_step, mstep_iters, complete, same_mask = config
     num_groups = reps.shape[0]
-    _, _, lg = _continuous_discrete(state, reps, groups)
+    _, _, lg = continuous_discrete(state, reps, groups)
     batched = groups.ndim == 2
     stats, logliks = expected_stats(
         lg, y, groups, num_groups, per_step, batched, complete, same_mask
@@ -376,7 +167,7 @@ def _continuous_iteration(state: SDEParams, y, reps, groups, config):
 
 def _total_loglik(sde: SDEParams, y, reps, groups, complete, same_mask=False):
     """Marginal log-likelihood of all sequences `y` (B, T, p) under `sde` on the grouped steps."""
-    _, _, lg = _continuous_discrete(sde, reps, groups)
+    _, _, lg = continuous_discrete(sde, reps, groups)
     batched = groups.ndim == 2
     return jnp.sum(_map_sequences_jit(_loglik_one, lg, y, batched, complete, same_mask))
 
@@ -446,7 +237,7 @@ def _structured_iteration(
 ):
     """E-step under `structure(theta)`, then a numerical M-step over theta (plus a log-prior)."""
     sde = structure(theta)
-    _, _, lg = _continuous_discrete(sde, reps, groups)
+    _, _, lg = continuous_discrete(sde, reps, groups)
     per_step = jnp.ndim(sde.H) == 3
     stats, logliks = expected_stats(
         lg, y, groups, reps.shape[0], per_step, groups.ndim == 2, complete, same_mask
@@ -530,14 +321,11 @@ def _sde_parametrisation(init: SDEParams, fixed: frozenset):
 
 
 @float64
-def fit_em(
-    model,
+def run_em(
+    init,
     y,
     times=None,
     *,
-    init=None,
-    objective: str | None = None,
-    model_kwargs: dict | None = None,
     dt: float | None = None,
     num_iters: int = 500,
     tol: float = 1e-6,
@@ -555,142 +343,11 @@ def fit_em(
     checkpoint_every: int = 10,
     devices=None,
 ) -> EMResult:
-    r"""Maximum-likelihood (or MAP) estimates by EM.
-
-    `model` is either the starting parameters (`SDEParams`, `LGSSMParams`, or theta with
-    `structure`) or a NumPyro model function with one `LTISDE` site. Paths, chosen from the
-    arguments:
-
-    - a NumPyro model `model(times, y=None, **model_kwargs)`: generalized EM over its parameter
-      sites (`objective="mle"` or `"map"`, the mode of the posterior density of the sites in
-      their own coordinates), started at `init` (a dict of site values, or None for the prior
-      medians); `params` of the result is a dict of site values. The unconstrained zoo model
-      (its module defines `EM_CLOSED_FORM` and `from_sde`) gets the closed form for MLE on
-      uniform steps. See `sdessm.infer`.
-
-    - `SDEParams` with uniform steps: the closed-form M-step of the derivation in the discrete
-      model, then F and Q recovered by the block matrix logarithm (`sde_from_discrete`).
-    - `SDEParams` with irregular `times` (or a fixed diffusion): generalized EM, the transition
-      M-step numerical over F and L (statistics grouped by distinct step), the rest closed form.
-      Q = L L^T keeps the shape of the given L: an `(d, m)` L with m < d fits a rank-m
-      diffusion (an oscillator driven through its velocity only, say); give a `(d, d)` L for a
-      free Q. The closed form (uniform steps) always returns a full `(d, d)` factor.
-    - `LGSSMParams`: the discrete model alone, closed form.
-    - `structure` given: `init` is a pytree `theta` and `structure(theta)` an `SDEParams`; every
-      M-step maximises the expected complete-data log-likelihood over theta numerically
-      (L-BFGS, warm-started, never lowering it). With `log_prior(theta)` it is MAP.
-    - `log_prior` with an `SDEParams` and no `structure`: MAP over all free fields (R and P1
-      through Cholesky factors); `log_prior` receives the `SDEParams`.
-
-    Args:
-        model (SDEParams | LGSSMParams | PyTree | Callable): starting parameters, or a NumPyro
-            model (see above).
-        y (ArrayLike): `(T, p)` or `(B, T, p)` observations; NaN = missing (treated as latent
-            in the E-step). Trailing all-NaN rows of a sequence are padding and count for
-            nothing.
-        times (ArrayLike | None): `(T,)` or `(B, T)` observation times (continuous-time
-            paths).
-        dt: a uniform step instead of `times`.
-        num_iters: most EM iterations.
-        tol: the accuracy asked for, in log-likelihood units (absolute, whatever the length of
-            the series). EM stops when an iteration gains less (with `finish="polish"`: less
-            than `HANDOVER` = 1e-3, or when it crawls, where EM is slowest); the fit has
-            `converged` only when the observed information at the estimate is positive definite
-            and a Newton step would gain at most `tol` (`report["convergence"]` says which, or
-            why not).
-        finish: what follows EM. `"polish"`: maximise the exact objective from the EM estimate
-            by trust-region Newton steps (JAX gradient and Hessian; a step is kept only if it
-            does not lower the objective, and saddle points are left) in the free coordinates of
-            the standard errors (EM is robust far from the optimum and slow near it; Newton is
-            the opposite), then certify the result. `"certify"`: EM's estimate as it is,
-            certified or not. `"none"`: EM's estimate, unchecked (`converged` is False, and the
-            report says so): for studying EM itself.
-        fixed (Sequence[str] | None): field names held at their `init` value, e.g. `("H", "u")`;
-            `"Q"` and `"L"` both name the diffusion. Defaults to `("P1",)` for one sequence
-            (where the M-step would collapse P1 onto the smoothed covariance of a single draw)
-            and `()` for several; an explicit value replaces the default. With the default,
-            a start whose free fields the law of y cannot identify (a change of basis of the
-            state, say, with H free) is refused before EM, naming the direction and the fields
-            to hold (`sdessm.identify`); an explicit `fixed` is run as asked. Not with
-            `structure` (keep constants inside it).
-        R_structure: `"full"`, `"diagonal"` or `"isotropic"` observation noise (closed form).
-        emissions: `"shared"` or `"per_step"` (own H_k, u_k, R_k per time step, learned from B
-            i.i.d. sequences).
-        structure (Callable | None): a function theta -> `SDEParams` (jittable).
-        log_prior (Callable | None): a function of theta (or of the `SDEParams`) giving a
-            log-density: MAP.
-        psd: when the recovered Q is not PSD: `"report"` raises `NotPSDError` with the fit
-            attached; `"nearest"` replaces Q by the nearest PSD matrix, flagged in the report.
-        mstep_iters: L-BFGS steps per numerical M-step.
-        accelerate: on the numerical paths (`structure`, `log_prior`, NumPyro models), SQUAREM
-            extrapolation with a monotone safeguard: one iteration is then three E-steps, and
-            EM's slow crawl along weakly identified directions is cut by orders of magnitude.
-        progress: show a progress bar.
-        checkpoint (str | os.PathLike | None): a file that keeps the run: every
-            `checkpoint_every` iterations and at the end, the iterate and the history are written
-            to it atomically (a temporary file, then one rename). If the file exists when
-            `fit_em` starts, the run resumes from it and ends exactly as an uninterrupted run
-            would (EM is deterministic); a finished run is returned as it was, or continued if
-            `num_iters` is now larger. A checkpoint of another fit (other data, times, start or
-            settings) is refused with a ValueError. For `structure` and `log_prior` the
-            functions themselves cannot be compared: resume with the same ones.
-        checkpoint_every: iterations between checkpoint writes.
-        devices (str | Sequence[jax.Device] | None): spread the sequences of `y` (B, T, p) over
-            devices: `"all"` (every device of every process, `jax.devices()`) or a list of
-            devices; None keeps them on the default device. B must be a multiple of the number
-            of devices. The E-step statistics are sums over sequences, so each device smooths
-            its share and the sums are reduced across devices (XLA inserts the all-reduce); the
-            result equals the one-device fit to round-off.
-        init (dict | None): starting site values of a NumPyro model (only with a model).
-        objective: `"mle"` (default) or `"map"`, for a NumPyro model.
-        model_kwargs: further keyword arguments of a NumPyro model.
-
-    Returns:
-        An `EMResult`.
-
-    Raises:
-        NoRealLogarithmError: the fitted A has no real logarithm (SDE recovery).
-        NotPSDError: the recovered Q is indefinite and `psd="report"`.
-    """
-    tqdm = _progress_bar()
-
-    if callable(model) and not isinstance(model, (SDEParams, LGSSMParams)):
-        from .infer import fit_em_model
-
-        fields = dict(dt=dt, fixed=fixed, structure=structure, log_prior=log_prior)
-        given = sorted(k for k, v in fields.items() if v is not None)
-        if given or R_structure != "full" or emissions != "shared":
-            raise ValueError(
-                f"{given or ['R_structure/emissions']} do not apply to a NumPyro model: express "
-                "constants and structure in the model itself."
-            )
-        return fit_em_model(
-            model,
-            y,
-            times,
-            objective=objective or "mle",
-            init=init,
-            model_kwargs=model_kwargs,
-            num_iters=num_iters,
-            tol=tol,
-            finish=finish,
-            psd=psd,
-            mstep_iters=mstep_iters,
-            progress=progress,
-            accelerate=accelerate,
-            checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every,
-            devices=devices,
-        )
-    if init is not None or objective is not None or model_kwargs is not None:
-        raise ValueError(
-            "`init`, `objective` and `model_kwargs` apply to a NumPyro model; with parameters, "
-            "pass the starting values as the first argument (and `log_prior` for MAP)."
-        )
-    init = model
+    """The EM loop behind `sdessm.fit_em` for a start given as parameters (`SDEParams`,
+    `LGSSMParams`, or theta with `structure`): the arguments are `fit_em`'s
+    (`sdessm.fit.fit_em`), less those of a NumPyro model."""
+    tqdm = progress_bar()
     # argument checks: all of them before the data are read or anything is compiled
-    from ._checks import check_count, check_nonnegative
-
     if structure is None and log_prior is None and not isinstance(init, SDEParams | LGSSMParams):
         raise TypeError(
             "`model` must be SDEParams, LGSSMParams, a NumPyro model function, or theta with "
@@ -851,8 +508,6 @@ def fit_em(
     previous = state
     start, stopped = 0, None
     if checkpoint is not None:
-        from . import checkpoint as ckpt
-
         key = ckpt.fingerprint(
             state,
             path=path,
@@ -941,7 +596,7 @@ def fit_em(
     sde = None
     if numerical or continuous:
         sde = build(state) if numerical else state
-        _, _, discrete = _continuous_discrete(sde, reps_j, groups_j)
+        _, _, discrete = continuous_discrete(sde, reps_j, groups_j)
         if groups.ndim == 1 and len(reps) == 1:
             discrete = discrete._replace(A=discrete.A[0], Sigma=discrete.Sigma[0])
         params = sde if (numerical and structure is None) or continuous else state
@@ -976,373 +631,10 @@ def fit_em(
             "sharded sequences" if devices is not None else "per-step emissions"
         )
         return dataclasses.replace(result, converged=False)
-    result = _finish(result, finish, tol, progress)
+    result = finish_fit(result, finish, tol, progress)
     if is_sde and not numerical and len(reps) == 1 and result.sde is not None:
         _report_drift(np.asarray(result.sde.F), float(reps[0]), result.report, warn=False)
     return result
-
-
-def _leaf_labels(tree) -> list[str]:
-    """A label per scalar of a pytree, in `ravel_pytree`'s order: `theta[3]` for an array,
-    `omega` or `F[0,1]` for the sites of a dict (a NumPyro model's parameters)."""
-    if not isinstance(tree, dict):
-        return [f"theta[{i}]" for i in range(jax.flatten_util.ravel_pytree(tree)[0].size)]
-    labels = []
-    for name, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        key = ".".join(str(getattr(k, "key", k)) for k in name)
-        shape = np.shape(leaf)
-        labels += [key + (f"[{','.join(map(str, ix))}]" if ix else "") for ix in np.ndindex(shape)]
-    return labels
-
-
-def _coordinates(result: EMResult):
-    """Free coordinates of the estimate: `(labels, vector, rebuild, unravel)`.
-
-    `rebuild(vector)` gives `(parameters, Q)`, Q None where the parameters hold it as L L^T or
-    have none (discrete fits); `unravel` maps a vector back to theta for structured fits.
-    """
-    ctx = result._context
-    if ctx["structure"] is not None and (
-        "theta" in ctx or not isinstance(result.params, SDEParams)
-    ):
-        theta = ctx.get("theta", result.params)
-        flat, unravel = jax.flatten_util.ravel_pytree(theta)
-        return (
-            _leaf_labels(theta),
-            flat,
-            lambda v: (ctx["structure"](unravel(v)), None),
-            unravel,
-        )
-    if isinstance(result.params, SDEParams):
-        base = result.params._asdict()
-        base["Q"] = result.params.Q
-        fixed = {("Q" if f == "L" else f) for f in ctx["fixed"]}
-        names = ("F", "Q", "H", "u", "R", "mu1", "P1")
-    else:
-        base = result.params._asdict()
-        fixed = set(ctx["fixed"])
-        names = LGSSMParams._fields
-    labels, pieces, slots = [], [], []
-    for name in names:
-        if name in fixed:
-            continue
-        x = jnp.asarray(base[name])
-        if name == "R" and ctx["R_structure"] == "isotropic":
-            idx = [(0, 0)]
-        elif name == "R" and ctx["R_structure"] == "diagonal":
-            idx = [(i, i) for i in range(x.shape[-1])]
-        elif name in SYMMETRIC and x.ndim == 2:
-            idx = [(i, j) for i in range(x.shape[0]) for j in range(i + 1)]
-        else:
-            idx = list(np.ndindex(x.shape))
-        for ix in idx:
-            labels.append(f"{name}[{','.join(map(str, ix))}]")
-            pieces.append(x[ix])
-        slots.append((name, idx))
-    vector = jnp.stack(pieces) if pieces else jnp.zeros((0,))
-
-    def rebuild(v):
-        fields = dict(base)
-        k = 0
-        for name, idx in slots:
-            x = jnp.asarray(base[name])
-            for ix in idx:
-                x = x.at[ix].set(v[k])
-                k += 1
-            if name in SYMMETRIC and x.ndim == 2:
-                if name == "R" and ctx["R_structure"] == "isotropic":
-                    x = x[0, 0] * jnp.eye(x.shape[0], dtype=x.dtype)
-                else:
-                    x = jnp.tril(x) + jnp.tril(x, -1).T
-            fields[name] = x
-        if isinstance(result.params, SDEParams):
-            return SDEParams(**{k: fields[k] for k in SDEParams._fields}), fields["Q"]
-        return LGSSMParams(**fields), None
-
-    return labels, vector, rebuild, None
-
-
-def _objective(result: EMResult):
-    """The exact objective in the free coordinates of `_coordinates`:
-    `(labels, v0, objective, rebuild, unravel)`, `objective(v)` the marginal log-likelihood of
-    all sequences (plus the log-prior of a MAP fit in structured coordinates), jittable."""
-    ctx = result._context
-    y = jnp.asarray(ctx["y"])
-    yb = y if y.ndim == 3 else y[None]
-    labels, v0, rebuild, unravel = _coordinates(result)
-
-    def objective(v):
-        params, Q = rebuild(v)
-        if isinstance(params, SDEParams):
-            _, _, lg = _continuous_discrete(params, ctx["reps"], ctx["groups"], Q)
-            batched = ctx["groups"].ndim == 2
-        else:
-            lg, batched = params, False
-        total = jnp.sum(_map_sequences(_filter_one, lg, yb, batched).log_likelihood)
-        if ctx["log_prior"] is not None and unravel is not None:
-            total = total + ctx["log_prior"](unravel(v))
-        return total
-
-    return labels, v0, objective, rebuild, unravel
-
-
-def _information(objective, v):
-    """The observed information `-hessian(objective)(v)`, symmetrised, as NumPy."""
-    hessian = np.asarray(jax.jit(jax.hessian(objective))(jnp.asarray(v)))
-    return -0.5 * (hessian + hessian.T)
-
-
-def _flat_coordinates(labels, info) -> list[tuple[str, float]] | None:
-    """None when `info` is positive definite, else the largest components of its flattest
-    direction, `[(label, component), ...]`."""
-    if not np.all(np.isfinite(info)):
-        return [(label, float("nan")) for label in labels[:4]]
-    w, V = np.linalg.eigh(info)
-    if w.min() > FLAT_RTOL * max(1.0, np.abs(w).max()):
-        return None
-    top = np.argsort(-np.abs(V[:, 0]))[:4]
-    return [(labels[i], float(V[i, 0])) for i in top]
-
-
-def _flat_direction(labels, info) -> str | None:
-    """None when `info` is positive definite, else the coordinates of its flattest direction."""
-    flat = _flat_coordinates(labels, info)
-    return None if flat is None else ", ".join(f"{name} ({c:+.2f})" for name, c in flat)
-
-
-@float64
-def _covariance(result: EMResult):
-    """(labels, estimate vector, inverse observed information, unravel) in free coordinates."""
-    ctx = result._context
-    labels, v0, objective, _, unravel = _objective(result)
-    if ctx["log_prior"] is not None and unravel is None:
-        raise ValueError(
-            "standard errors of a MAP fit are given in the structured coordinates: fit with "
-            "`structure=` to get them."
-        )
-    cached = ctx.get("information")  # computed by the finish of `fit_em` at this very point
-    if cached is not None and np.allclose(cached[0], np.asarray(v0), rtol=1e-12, atol=1e-14):
-        info = cached[1]
-    else:
-        info = _information(objective, v0)
-    flat = _flat_direction(labels, info)
-    if flat is not None:
-        w = np.linalg.eigvalsh(info)
-        raise ValueError(
-            f"the observed information is not positive definite (smallest eigenvalue "
-            f"{w.min():.3g}): the estimate is on a boundary or the data do not identify the "
-            f"direction {flat}. Fix some of these parameters (e.g. H) and refit."
-        )
-    w, V = np.linalg.eigh(info)
-    return labels, np.asarray(v0), (V / w) @ V.T, unravel
-
-
-def _valid(v, rebuild, unravel) -> bool:
-    """Whether the coordinates `v` of `_coordinates` give valid parameters: the covariances
-    among them (Q, R, P1, Sigma) positive semi-definite (no round-off allowed: the public
-    filter factorises them). A structured model is valid by construction."""
-    if unravel is not None:
-        return True
-    params, Q = rebuild(jnp.asarray(v))
-    covariances = [Q] + [getattr(params, name, None) for name in ("R", "P1", "Sigma")]
-    return all(
-        x is None or np.ndim(x) != 2 or np.linalg.eigvalsh(np.asarray(x)).min() >= 0
-        for x in covariances
-    )
-
-
-def _at(result: EMResult, v, rebuild, unravel):
-    """The `EMResult` with its parameters at the coordinates `v` (same history and context), or
-    None when `v` leaves the valid region (a covariance that is not PSD)."""
-    ctx = result._context
-    v = jnp.asarray(v)
-    if not _valid(v, rebuild, unravel):
-        return None
-    if unravel is not None:
-        theta = unravel(v)
-        sde = ctx["structure"](theta)
-        params = sde if "theta" in ctx else theta
-        context = dict(ctx, theta=theta) if "theta" in ctx else dict(ctx)
-    else:
-        params, Q = rebuild(v)
-        context = dict(ctx)
-        if isinstance(params, SDEParams):
-            if Q is not None:
-                Q = np.asarray(Q)
-                params = params._replace(L=jnp.asarray(_psd_factor(Q), dtype=params.L.dtype))
-            sde = params
-        else:
-            sde = None
-    if sde is not None:
-        _, _, discrete = _continuous_discrete(sde, ctx["reps"], ctx["groups"])
-        if ctx["groups"].ndim == 1 and ctx["reps"].shape[0] == 1:
-            discrete = discrete._replace(A=discrete.A[0], Sigma=discrete.Sigma[0])
-    else:
-        discrete = params
-    return dataclasses.replace(result, params=params, discrete=discrete, sde=sde, _context=context)
-
-
-def _finish(result: EMResult, finish: str, tol: float, progress: bool = False) -> EMResult:
-    """Polish the EM estimate on the exact objective and certify it.
-
-    With `polish`, trust-region Newton steps (SciPy's `trust-exact`, JAX gradient and Hessian)
-    and then, if needed, halving Newton steps on the exact marginal log-likelihood (plus
-    log-prior), from the EM estimate, in the free coordinates of the standard errors; a point is
-    kept only if it does not lower the objective. Then the
-    certificate: the fit has converged when the observed information is positive definite and
-    the gain a Newton step predicts, g' I^-1 g / 2, is at most `tol` (log-likelihood units).
-    Otherwise the report says why: a flat direction (a boundary, or a direction the data do not
-    identify, named by its coordinates), or the gain still predicted.
-    """
-    import scipy.optimize
-
-    report = dict(result.report)
-    if finish == "none":
-        report["convergence"] = "not checked (finish='none')"
-        return dataclasses.replace(result, converged=False, report=report)
-    polish = finish == "polish"
-    labels, v0, objective, rebuild, unravel = _objective(result)
-    n = len(labels)
-    if n == 0:
-        report["convergence"] = "nothing to certify: every parameter is fixed"
-        return dataclasses.replace(result, converged=True, report=report)
-    if n > MAX_CERTIFIED_COORDINATES:
-        report["convergence"] = (
-            f"not certified: {n} free coordinates, more than the {MAX_CERTIFIED_COORDINATES} for "
-            "which the exact Hessian is computed"
-        )
-        return dataclasses.replace(result, converged=False, report=report)
-    value_and_grad = jax.jit(jax.value_and_grad(objective))
-    v = np.asarray(v0, dtype=float)
-    start = value = float(value_and_grad(jnp.asarray(v))[0])
-    hessian_at = jax.jit(jax.hessian(objective))
-    hessians = {}  # a point's Hessian costs a gradient per coordinate: computed once
-
-    def hessian(x):
-        x = np.asarray(x, dtype=float)
-        if x.tobytes() not in hessians:
-            hessians[x.tobytes()] = np.asarray(hessian_at(jnp.asarray(x)), dtype=float)
-        return hessians[x.tobytes()]
-
-    if polish:
-
-        def negative(x):
-            f, g = value_and_grad(jnp.asarray(x))
-            f, g = float(f), np.asarray(g, dtype=float)
-            if not (np.isfinite(f) and np.all(np.isfinite(g)) and _valid(x, rebuild, unravel)):
-                return np.inf, np.zeros_like(x)
-            return -f, -g
-
-        def curvature(x):
-            h = -hessian(x)
-            return 0.5 * (h + h.T) if np.all(np.isfinite(h)) else np.eye(len(x))
-
-        bar = _progress_bar()(desc="Newton finish", disable=not progress, leave=False)
-        with warnings.catch_warnings(), bar:
-            warnings.simplefilter("ignore", RuntimeWarning)  # trial points that meet +inf
-            warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
-            res = scipy.optimize.minimize(
-                negative,
-                v,
-                jac=True,
-                hess=curvature,
-                method="trust-exact",
-                options=dict(maxiter=POLISH_ITERATIONS, gtol=1e-10),
-                callback=lambda x: bar.update(1),
-            )
-        if np.isfinite(res.fun) and -res.fun >= value and _at(result, res.x, rebuild, unravel):
-            v, value = np.asarray(res.x, dtype=float), float(-res.fun)
-        report["polish"] = {"newton_iterations": int(res.nit), "gain": value - start}
-    for step in range(NEWTON_STEPS + 1):
-        h = hessian(v)
-        info = -0.5 * (h + h.T)
-        g = np.asarray(value_and_grad(jnp.asarray(v))[1], dtype=float)
-        flat_coordinates = _flat_coordinates(labels, info)
-        flat = _flat_direction(labels, info)
-        gain = float(0.5 * g @ np.linalg.solve(info, g)) if flat is None else np.inf
-        if flat is not None or gain <= tol or not polish or step == NEWTON_STEPS:
-            break
-        direction = np.linalg.solve(info, g)
-        for k in range(NEWTON_HALVINGS):
-            trial = v + 0.5**k * direction
-            f = float(value_and_grad(jnp.asarray(trial))[0])
-            if np.isfinite(f) and f >= value and _at(result, trial, rebuild, unravel):
-                v, value = trial, f
-                break
-        else:
-            break  # no step that does not lower the objective: round-off level
-    moved = not np.array_equal(v, np.asarray(v0, dtype=float))  # only to valid points
-    finished = _at(result, v, rebuild, unravel) if moved else result
-    report.update(
-        gradient_norm=float(np.linalg.norm(g)),
-        predicted_gain=gain if np.isfinite(gain) else None,
-        flat_direction=flat,
-        flat_coordinates=flat_coordinates,
-        coordinates=(list(labels), np.asarray(v, dtype=float)),
-    )
-    if flat is not None:
-        report["convergence"] = (
-            "not certified: the log-likelihood is flat along the direction "
-            f"{flat} (an estimate on a boundary, or a direction the data do not identify)"
-        )
-    elif gain <= tol:
-        report["convergence"] = (
-            f"certified: the observed information is positive definite and a Newton step would "
-            f"gain {gain:.2g} <= tol = {tol:g} in log-likelihood"
-        )
-    else:
-        report["convergence"] = (
-            f"not certified: a Newton step would still gain {gain:.3g} > tol = {tol:g} in "
-            "log-likelihood"
-        )
-    lls = np.asarray(finished.log_likelihoods)
-    if moved:  # the finish moved the estimate: its log-likelihood is the last entry
-        ll = float(_objective_loglik(finished))
-        lls = np.append(lls, ll)
-        if "log_posteriors" in report:
-            report["log_posteriors"] = np.append(report["log_posteriors"], value)
-    context = dict(finished._context, information=(np.asarray(v, dtype=float), info))
-    return dataclasses.replace(
-        finished,
-        log_likelihoods=lls,
-        converged=flat is None and gain <= tol,
-        report=report,
-        _context=context,
-    )
-
-
-def _objective_loglik(result: EMResult) -> float:
-    """The marginal log-likelihood (without log-prior) of the result's parameters."""
-    ctx = result._context
-    y = jnp.asarray(ctx["y"])
-    yb = y if y.ndim == 3 else y[None]
-    if result.sde is not None:
-        _, _, lg = _continuous_discrete(result.sde, ctx["reps"], ctx["groups"])
-        batched = ctx["groups"].ndim == 2
-    else:
-        lg, batched = result.discrete, False
-    return float(jnp.sum(_map_sequences(_filter_one, lg, yb, batched).log_likelihood))
-
-
-@float64
-def _standard_errors(result: EMResult):
-    labels, _, cov, unravel = _covariance(result)
-    se = np.sqrt(np.diag(cov))
-    if unravel is not None:  # the same pytree structure as theta
-        return jax.tree.map(np.asarray, unravel(jnp.asarray(se)))
-    out: dict[str, np.ndarray] = {}
-    for label, value in zip(labels, se, strict=True):
-        name, ix = label.split("[")
-        ix = tuple(int(i) for i in ix.rstrip("]").split(","))
-        if name not in out:
-            shape = np.shape(result.params.Q if name == "Q" else getattr(result.params, name))
-            out[name] = np.full(shape, np.nan)
-        out[name][ix] = value
-        if name in SYMMETRIC and len(ix) == 2:
-            out[name][ix[::-1]] = value
-    if "R" in out and result._context["R_structure"] == "isotropic":
-        out["R"] = np.where(np.eye(out["R"].shape[0], dtype=bool), out["R"][0, 0], np.nan)
-    return out
 
 
 def _report_drift(F, dt, report, warn: bool = True):
@@ -1389,7 +681,7 @@ def _recover(result: EMResult, init: SDEParams, dt: float, fixed, psd: str, repo
     dtype = jnp.result_type(float)
     return SDEParams(
         jnp.asarray(F, dtype),
-        jnp.asarray(_psd_factor(Q), dtype),
+        jnp.asarray(psd_factor(Q), dtype),
         lg.H,
         lg.u,
         lg.R,

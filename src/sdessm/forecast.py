@@ -29,6 +29,7 @@ from ._checks import check_count, check_finite, check_times, concrete, float64
 from .discretize import _discretize_grouped, symmetrize
 from .kalman import _filter_one, is_complete, prepare
 from .params import LGSSMParams, SDEParams, as_float_array
+from .results import EMResult
 from .simulate import psd_sqrt
 
 
@@ -205,8 +206,6 @@ def _future_steps(params, y, times, future_times, dt, num_steps):
 def _setup(params, y, times, future_times, dt, num_steps):
     """Validate and resolve into `(past LGSSMParams, y, past_batched, A, Sigma, future_batched,
     future_times)` with `A`, `Sigma` of the future steps."""
-    from .em import EMResult
-
     if isinstance(params, EMResult):
         params = params.sde if params.sde is not None else params.params
     if not isinstance(params, SDEParams | LGSSMParams):

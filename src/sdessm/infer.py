@@ -34,8 +34,13 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 
+from . import checkpoint as ckpt
 from ._checks import check_something_observed, float64
+from .em import run_em
+from .kalman import LOGLIK_STEADY_STEPS, is_complete, log_likelihood
 from .params import SDEParams
+from .ppl import LTISDE
+from .results import EMResult
 
 #: Attribute names under which `fit_nuts` stores the EM estimate and the truth (JSON).
 EM_ATTR, TRUTH_ATTR = "sdessm_em", "sdessm_truth"
@@ -50,8 +55,6 @@ def _numpyro_config():
 
 
 def _is_ltisde(fn) -> bool:
-    from .ppl import LTISDE
-
     while fn is not None:
         if isinstance(fn, LTISDE):
             return True
@@ -60,8 +63,6 @@ def _is_ltisde(fn) -> bool:
 
 
 def _unwrap_ltisde(fn):
-    from .ppl import LTISDE
-
     while not isinstance(fn, LTISDE):
         fn = fn.base_dist
     return fn
@@ -240,8 +241,6 @@ def _trace_model(model, y, times, kwargs) -> TracedModel:
 def _initial_values(tm: TracedModel, init, key, partial: bool = False) -> dict:
     """Site values to start from: given (a dict, or an EMResult of this model) or the default
     start (`_best_start`); with `partial`, a dict may give some sites, the others default."""
-    from .em import EMResult
-
     if isinstance(init, EMResult):
         if not isinstance(init.params, dict):
             raise ValueError(
@@ -275,8 +274,6 @@ def _best_start(tm: TracedModel, key) -> dict:
     (`start_from_data(times, y, **model_kwargs)` in the model's module, if it has one) and
     `JITTERED_STARTS` random perturbations of it, the one with the highest exact
     log-likelihood (evaluated on all of them at once)."""
-    from .kalman import log_likelihood
-
     candidates = [_prior_medians(tm, key)]
     from_data = getattr(inspect.getmodule(tm.model), "start_from_data", None)
     if from_data is not None:
@@ -358,8 +355,6 @@ def fit_em_model(
     Returns:
         (EMResult): `params` is a dict of site values.
     """
-    from .em import fit_em
-
     if objective not in ("mle", "map"):
         raise ValueError(f"`objective` must be 'mle' or 'map'; got {objective!r}.")
     not_here = {"fixed", "structure", "log_prior", "R_structure", "emissions", "dt"} & set(
@@ -378,7 +373,7 @@ def fit_em_model(
     closed = _closed_form_marker(model)
     if objective == "mle" and closed is not None and _uniform(times):
         marker, from_sde = closed
-        result = fit_em(tm.sde(values), y, times, **marker, **em_kwargs)
+        result = run_em(tm.sde(values), y, times, **marker, **em_kwargs)
         report = dict(result.report, model_sites=tm.names)
         try:
             params = _as_numpy(from_sde(result.sde))
@@ -392,7 +387,7 @@ def fit_em_model(
     structure = tm.sde_at
     log_prior = tm.log_prior_at if objective == "map" else None
     with _numpyro_config():
-        result = fit_em(
+        result = run_em(
             tm.unconstrain(values), y, times, structure=structure, log_prior=log_prior, **em_kwargs
         )
         params = _as_numpy(tm.constrain(result.params))
@@ -467,8 +462,6 @@ def _default_chain_method(tm: TracedModel, num_chains: int) -> str:
     """Parallel with a device per chain; else sequential where the log-likelihood takes its
     steady-state form (vectorised chains would evaluate both branches of its convergence check),
     vectorised otherwise (one batched gradient costs about as much as a single one on a CPU)."""
-    from .kalman import LOGLIK_STEADY_STEPS, is_complete
-
     if jax.local_device_count() >= num_chains:
         return "parallel"
     steady = is_complete(tm.y) and _uniform(tm.times) and tm.y.shape[-2] > 2 * LOGLIK_STEADY_STEPS
@@ -544,8 +537,6 @@ def fit_nuts(
     import arviz as az
     from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
 
-    from .em import EMResult
-
     tm = trace_model(model, y, times, model_kwargs)
     check_something_observed(tm.y, "the posterior would be the prior")
     em_values = None
@@ -574,8 +565,6 @@ def fit_nuts(
         if checkpoint is None:
             mcmc.run(jax.random.key(seed), *args, **kwargs)
         else:
-            from . import checkpoint as ckpt
-
             traced_kwargs = _trace_key(model, tm.y, tm.times, tm.kwargs)
             if traced_kwargs is None:
                 raise ValueError(
@@ -607,8 +596,6 @@ def fit_nuts(
 def _run_checkpointed(mcmc, path, every: int, key: str, seed: int, args, kwargs) -> None:
     """Warm-up, then draws in blocks of `every` per chain, each followed by a checkpoint; continue
     from `path` if it holds this run. Leaves `mcmc` holding every draw, as after one `run`."""
-    from . import checkpoint as ckpt
-
     total = mcmc.num_samples
     # the tree structure of the saved state: one chain's initial state, traced abstractly (no
     # compilation) on a copy of the kernel (`init` sets up the kernel for the chains it is given)

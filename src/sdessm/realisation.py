@@ -32,6 +32,8 @@ import warnings
 
 import numpy as np
 
+from ._checks import check_dt, check_times
+from .discretize import sde_from_discrete
 from .params import LGSSMParams, SDEParams
 
 #: clipping of the eigenvalue moduli of the estimated transition
@@ -212,9 +214,6 @@ def subspace_start(
         >>> round(float(start.F[0, 0]), 1), round(float(start.u[0]), 1)
         (-0.5, 3.0)
     """
-    from ._checks import check_dt, check_times
-    from .em import sde_from_discrete
-
     if (times is None) == (dt is None):
         raise ValueError("give exactly one of `times` and `dt`.")
     if times is not None:

@@ -1,0 +1,431 @@
+r"""The observed information: the Newton finish, the certificate of a maximum, standard errors.
+
+Everything here works on the exact marginal log-likelihood (plus the log-prior of a MAP fit) of
+a fitted `EMResult`, in the free coordinates of its parameters: F, Q (lower triangle), H, u, R
+(as structured), mu1, P1 for an SDE fit, the discrete fields for an `LGSSMParams` fit, the
+leaves of theta for a structured one. `finish` polishes EM's estimate by Newton steps and
+certifies it (the observed information positive definite, and the gain a Newton step predicts
+below `tol`); `standard_errors` and `covariance` invert the observed information.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import TYPE_CHECKING
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+from ._checks import float64, progress_bar
+from .discretize import continuous_discrete, psd_factor
+from .identify import SYMMETRIC
+from .kalman import _filter_one, _map_sequences
+from .params import LGSSMParams, SDEParams
+
+if TYPE_CHECKING:
+    from .results import EMResult
+
+#: Most free coordinates for which the finish computes the exact Hessian (a square of that size).
+MAX_CERTIFIED_COORDINATES = 200
+#: What may follow EM in `fit_em` (see its `finish`).
+FINISHES = ("polish", "certify", "none")
+#: Most trust-region Newton iterations of the polish; then at most NEWTON_STEPS plain Newton
+#: steps, each halved at most NEWTON_HALVINGS times, to meet the certificate's `tol`.
+POLISH_ITERATIONS = 200
+NEWTON_STEPS, NEWTON_HALVINGS = 8, 20
+#: The observed information counts as singular below this fraction of its largest eigenvalue.
+FLAT_RTOL = 1e-10
+
+
+def _leaf_labels(tree) -> list[str]:
+    """A label per scalar of a pytree, in `ravel_pytree`'s order: `theta[3]` for an array,
+    `omega` or `F[0,1]` for the sites of a dict (a NumPyro model's parameters)."""
+    if not isinstance(tree, dict):
+        return [f"theta[{i}]" for i in range(jax.flatten_util.ravel_pytree(tree)[0].size)]
+    labels = []
+    for name, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        key = ".".join(str(getattr(k, "key", k)) for k in name)
+        shape = np.shape(leaf)
+        labels += [key + (f"[{','.join(map(str, ix))}]" if ix else "") for ix in np.ndindex(shape)]
+    return labels
+
+
+def _coordinates(result: EMResult):
+    """Free coordinates of the estimate: `(labels, vector, rebuild, unravel)`.
+
+    `rebuild(vector)` gives `(parameters, Q)`, Q None where the parameters hold it as L L^T or
+    have none (discrete fits); `unravel` maps a vector back to theta for structured fits.
+    """
+    ctx = result._context
+    if ctx["structure"] is not None and (
+        "theta" in ctx or not isinstance(result.params, SDEParams)
+    ):
+        theta = ctx.get("theta", result.params)
+        flat, unravel = jax.flatten_util.ravel_pytree(theta)
+        return (
+            _leaf_labels(theta),
+            flat,
+            lambda v: (ctx["structure"](unravel(v)), None),
+            unravel,
+        )
+    if isinstance(result.params, SDEParams):
+        base = result.params._asdict()
+        base["Q"] = result.params.Q
+        fixed = {("Q" if f == "L" else f) for f in ctx["fixed"]}
+        names = ("F", "Q", "H", "u", "R", "mu1", "P1")
+    else:
+        base = result.params._asdict()
+        fixed = set(ctx["fixed"])
+        names = LGSSMParams._fields
+    labels, pieces, slots = [], [], []
+    for name in names:
+        if name in fixed:
+            continue
+        x = jnp.asarray(base[name])
+        if name == "R" and ctx["R_structure"] == "isotropic":
+            idx = [(0, 0)]
+        elif name == "R" and ctx["R_structure"] == "diagonal":
+            idx = [(i, i) for i in range(x.shape[-1])]
+        elif name in SYMMETRIC and x.ndim == 2:
+            idx = [(i, j) for i in range(x.shape[0]) for j in range(i + 1)]
+        else:
+            idx = list(np.ndindex(x.shape))
+        for ix in idx:
+            labels.append(f"{name}[{','.join(map(str, ix))}]")
+            pieces.append(x[ix])
+        slots.append((name, idx))
+    vector = jnp.stack(pieces) if pieces else jnp.zeros((0,))
+
+    def rebuild(v):
+        fields = dict(base)
+        k = 0
+        for name, idx in slots:
+            x = jnp.asarray(base[name])
+            for ix in idx:
+                x = x.at[ix].set(v[k])
+                k += 1
+            if name in SYMMETRIC and x.ndim == 2:
+                if name == "R" and ctx["R_structure"] == "isotropic":
+                    x = x[0, 0] * jnp.eye(x.shape[0], dtype=x.dtype)
+                else:
+                    x = jnp.tril(x) + jnp.tril(x, -1).T
+            fields[name] = x
+        if isinstance(result.params, SDEParams):
+            return SDEParams(**{k: fields[k] for k in SDEParams._fields}), fields["Q"]
+        return LGSSMParams(**fields), None
+
+    return labels, vector, rebuild, None
+
+
+def _objective(result: EMResult):
+    """The exact objective in the free coordinates of `_coordinates`:
+    `(labels, v0, objective, rebuild, unravel)`, `objective(v)` the marginal log-likelihood of
+    all sequences (plus the log-prior of a MAP fit in structured coordinates), jittable."""
+    ctx = result._context
+    y = jnp.asarray(ctx["y"])
+    yb = y if y.ndim == 3 else y[None]
+    labels, v0, rebuild, unravel = _coordinates(result)
+
+    def objective(v):
+        params, Q = rebuild(v)
+        if isinstance(params, SDEParams):
+            _, _, lg = continuous_discrete(params, ctx["reps"], ctx["groups"], Q)
+            batched = ctx["groups"].ndim == 2
+        else:
+            lg, batched = params, False
+        total = jnp.sum(_map_sequences(_filter_one, lg, yb, batched).log_likelihood)
+        if ctx["log_prior"] is not None and unravel is not None:
+            total = total + ctx["log_prior"](unravel(v))
+        return total
+
+    return labels, v0, objective, rebuild, unravel
+
+
+def _information(objective, v):
+    """The observed information `-hessian(objective)(v)`, symmetrised, as NumPy."""
+    hessian = np.asarray(jax.jit(jax.hessian(objective))(jnp.asarray(v)))
+    return -0.5 * (hessian + hessian.T)
+
+
+def _flat_coordinates(labels, info) -> list[tuple[str, float]] | None:
+    """None when `info` is positive definite, else the largest components of its flattest
+    direction, `[(label, component), ...]`."""
+    if not np.all(np.isfinite(info)):
+        return [(label, float("nan")) for label in labels[:4]]
+    w, V = np.linalg.eigh(info)
+    if w.min() > FLAT_RTOL * max(1.0, np.abs(w).max()):
+        return None
+    top = np.argsort(-np.abs(V[:, 0]))[:4]
+    return [(labels[i], float(V[i, 0])) for i in top]
+
+
+def _flat_direction(labels, info) -> str | None:
+    """None when `info` is positive definite, else the coordinates of its flattest direction."""
+    flat = _flat_coordinates(labels, info)
+    return None if flat is None else ", ".join(f"{name} ({c:+.2f})" for name, c in flat)
+
+
+@float64
+def _covariance(result: EMResult):
+    """(labels, estimate vector, inverse observed information, unravel) in free coordinates."""
+    ctx = result._context
+    labels, v0, objective, _, unravel = _objective(result)
+    if ctx["log_prior"] is not None and unravel is None:
+        raise ValueError(
+            "standard errors of a MAP fit are given in the structured coordinates: fit with "
+            "`structure=` to get them."
+        )
+    cached = ctx.get("information")  # computed by the finish of `fit_em` at this very point
+    if cached is not None and np.allclose(cached[0], np.asarray(v0), rtol=1e-12, atol=1e-14):
+        info = cached[1]
+    else:
+        info = _information(objective, v0)
+    flat = _flat_direction(labels, info)
+    if flat is not None:
+        w = np.linalg.eigvalsh(info)
+        raise ValueError(
+            f"the observed information is not positive definite (smallest eigenvalue "
+            f"{w.min():.3g}): the estimate is on a boundary or the data do not identify the "
+            f"direction {flat}. Fix some of these parameters (e.g. H) and refit."
+        )
+    w, V = np.linalg.eigh(info)
+    return labels, np.asarray(v0), (V / w) @ V.T, unravel
+
+
+def _valid(v, rebuild, unravel) -> bool:
+    """Whether the coordinates `v` of `_coordinates` give valid parameters: the covariances
+    among them (Q, R, P1, Sigma) positive semi-definite (no round-off allowed: the public
+    filter factorises them). A structured model is valid by construction."""
+    if unravel is not None:
+        return True
+    params, Q = rebuild(jnp.asarray(v))
+    covariances = [Q] + [getattr(params, name, None) for name in ("R", "P1", "Sigma")]
+    return all(
+        x is None or np.ndim(x) != 2 or np.linalg.eigvalsh(np.asarray(x)).min() >= 0
+        for x in covariances
+    )
+
+
+def _at(result: EMResult, v, rebuild, unravel):
+    """The `EMResult` with its parameters at the coordinates `v` (same history and context), or
+    None when `v` leaves the valid region (a covariance that is not PSD)."""
+    ctx = result._context
+    v = jnp.asarray(v)
+    if not _valid(v, rebuild, unravel):
+        return None
+    if unravel is not None:
+        theta = unravel(v)
+        sde = ctx["structure"](theta)
+        params = sde if "theta" in ctx else theta
+        context = dict(ctx, theta=theta) if "theta" in ctx else dict(ctx)
+    else:
+        params, Q = rebuild(v)
+        context = dict(ctx)
+        if isinstance(params, SDEParams):
+            if Q is not None:
+                Q = np.asarray(Q)
+                params = params._replace(L=jnp.asarray(psd_factor(Q), dtype=params.L.dtype))
+            sde = params
+        else:
+            sde = None
+    if sde is not None:
+        _, _, discrete = continuous_discrete(sde, ctx["reps"], ctx["groups"])
+        if ctx["groups"].ndim == 1 and ctx["reps"].shape[0] == 1:
+            discrete = discrete._replace(A=discrete.A[0], Sigma=discrete.Sigma[0])
+    else:
+        discrete = params
+    return dataclasses.replace(result, params=params, discrete=discrete, sde=sde, _context=context)
+
+
+def finish(result: EMResult, finish: str, tol: float, progress: bool = False) -> EMResult:
+    """Polish the EM estimate on the exact objective and certify it.
+
+    With `polish`, trust-region Newton steps (SciPy's `trust-exact`, JAX gradient and Hessian)
+    and then, if needed, halving Newton steps on the exact marginal log-likelihood (plus
+    log-prior), from the EM estimate, in the free coordinates of the standard errors; a point is
+    kept only if it does not lower the objective. Then the
+    certificate: the fit has converged when the observed information is positive definite and
+    the gain a Newton step predicts, g' I^-1 g / 2, is at most `tol` (log-likelihood units).
+    Otherwise the report says why: a flat direction (a boundary, or a direction the data do not
+    identify, named by its coordinates), or the gain still predicted.
+    """
+    report = dict(result.report)
+    if finish == "none":
+        report["convergence"] = "not checked (finish='none')"
+        return dataclasses.replace(result, converged=False, report=report)
+    polish = finish == "polish"
+    labels, v0, objective, rebuild, unravel = _objective(result)
+    n = len(labels)
+    if n == 0:
+        report["convergence"] = "nothing to certify: every parameter is fixed"
+        return dataclasses.replace(result, converged=True, report=report)
+    if n > MAX_CERTIFIED_COORDINATES:
+        report["convergence"] = (
+            f"not certified: {n} free coordinates, more than the {MAX_CERTIFIED_COORDINATES} for "
+            "which the exact Hessian is computed"
+        )
+        return dataclasses.replace(result, converged=False, report=report)
+    value_and_grad = jax.jit(jax.value_and_grad(objective))
+    v = np.asarray(v0, dtype=float)
+    start = value = float(value_and_grad(jnp.asarray(v))[0])
+    hessian_at = jax.jit(jax.hessian(objective))
+    hessians = {}  # a point's Hessian costs a gradient per coordinate: computed once
+
+    def hessian(x):
+        x = np.asarray(x, dtype=float)
+        if x.tobytes() not in hessians:
+            hessians[x.tobytes()] = np.asarray(hessian_at(jnp.asarray(x)), dtype=float)
+        return hessians[x.tobytes()]
+
+    if polish:
+
+        def negative(x):
+            f, g = value_and_grad(jnp.asarray(x))
+            f, g = float(f), np.asarray(g, dtype=float)
+            if not (np.isfinite(f) and np.all(np.isfinite(g)) and _valid(x, rebuild, unravel)):
+                return np.inf, np.zeros_like(x)
+            return -f, -g
+
+        def curvature(x):
+            h = -hessian(x)
+            return 0.5 * (h + h.T) if np.all(np.isfinite(h)) else np.eye(len(x))
+
+        bar = progress_bar()(desc="Newton finish", disable=not progress, leave=False)
+        with warnings.catch_warnings(), bar:
+            warnings.simplefilter("ignore", RuntimeWarning)  # trial points that meet +inf
+            warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
+            res = scipy.optimize.minimize(
+                negative,
+                v,
+                jac=True,
+                hess=curvature,
+                method="trust-exact",
+                options=dict(maxiter=POLISH_ITERATIONS, gtol=1e-10),
+                callback=lambda x: bar.update(1),
+            )
+        if np.isfinite(res.fun) and -res.fun >= value and _at(result, res.x, rebuild, unravel):
+            v, value = np.asarray(res.x, dtype=float), float(-res.fun)
+        report["polish"] = {"newton_iterations": int(res.nit), "gain": value - start}
+    for step in range(NEWTON_STEPS + 1):
+        h = hessian(v)
+        info = -0.5 * (h + h.T)
+        g = np.asarray(value_and_grad(jnp.asarray(v))[1], dtype=float)
+        flat_coordinates = _flat_coordinates(labels, info)
+        flat = _flat_direction(labels, info)
+        gain = float(0.5 * g @ np.linalg.solve(info, g)) if flat is None else np.inf
+        if flat is not None or gain <= tol or not polish or step == NEWTON_STEPS:
+            break
+        direction = np.linalg.solve(info, g)
+        for k in range(NEWTON_HALVINGS):
+            trial = v + 0.5**k * direction
+            f = float(value_and_grad(jnp.asarray(trial))[0])
+            if np.isfinite(f) and f >= value and _at(result, trial, rebuild, unravel):
+                v, value = trial, f
+                break
+        else:
+            break  # no step that does not lower the objective: round-off level
+    moved = not np.array_equal(v, np.asarray(v0, dtype=float))  # only to valid points
+    finished = _at(result, v, rebuild, unravel) if moved else result
+    report.update(
+        gradient_norm=float(np.linalg.norm(g)),
+        predicted_gain=gain if np.isfinite(gain) else None,
+        flat_direction=flat,
+        flat_coordinates=flat_coordinates,
+        coordinates=(list(labels), np.asarray(v, dtype=float)),
+    )
+    if flat is not None:
+        report["convergence"] = (
+            "not certified: the log-likelihood is flat along the direction "
+            f"{flat} (an estimate on a boundary, or a direction the data do not identify)"
+        )
+    elif gain <= tol:
+        report["convergence"] = (
+            f"certified: the observed information is positive definite and a Newton step would "
+            f"gain {gain:.2g} <= tol = {tol:g} in log-likelihood"
+        )
+    else:
+        report["convergence"] = (
+            f"not certified: a Newton step would still gain {gain:.3g} > tol = {tol:g} in "
+            "log-likelihood"
+        )
+    lls = np.asarray(finished.log_likelihoods)
+    if moved:  # the finish moved the estimate: its log-likelihood is the last entry
+        ll = float(objective_loglik(finished))
+        lls = np.append(lls, ll)
+        if "log_posteriors" in report:
+            report["log_posteriors"] = np.append(report["log_posteriors"], value)
+    context = dict(finished._context, information=(np.asarray(v, dtype=float), info))
+    return dataclasses.replace(
+        finished,
+        log_likelihoods=lls,
+        converged=flat is None and gain <= tol,
+        report=report,
+        _context=context,
+    )
+
+
+def objective_loglik(result: EMResult) -> float:
+    """The marginal log-likelihood (without log-prior) of the result's parameters."""
+    ctx = result._context
+    y = jnp.asarray(ctx["y"])
+    yb = y if y.ndim == 3 else y[None]
+    if result.sde is not None:
+        _, _, lg = continuous_discrete(result.sde, ctx["reps"], ctx["groups"])
+        batched = ctx["groups"].ndim == 2
+    else:
+        lg, batched = result.discrete, False
+    return float(jnp.sum(_map_sequences(_filter_one, lg, yb, batched).log_likelihood))
+
+
+def covariance(result: EMResult) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """`(labels, estimate, cov)`: the free coordinates of a fit (as in `standard_errors`, e.g.
+    `"F[0,1]"`, `"Q[1,0]"`), their values, and the inverse observed information.
+
+    Use it for the delta method on functions of several parameters (eigenvalues of F).
+    """
+    labels, estimate, cov, _ = _covariance(result)
+    return labels, estimate, cov
+
+
+@float64
+def standard_errors(result: EMResult):
+    """Standard errors of the free parameters of a fit, from the observed information.
+
+    The Hessian of the exact marginal log-likelihood (plus the log-prior for MAP) at the
+    estimate, by JAX autodiff, in the coordinates F, Q (lower triangle), H, u, R (as
+    structured), mu1, P1 (lower triangle) for an SDE fit, the discrete fields for an
+    `LGSSMParams` fit, or the leaves of theta for a structured fit.
+
+    Args:
+        result (EMResult): what `fit_em` returned.
+
+    Returns:
+        (dict | PyTree): a dict of arrays shaped like the fields (NaN where fixed), or for a
+            structured fit a pytree shaped like theta.
+
+    Raises:
+        ValueError: the Hessian is not negative definite (a boundary estimate, or a direction
+            the data do not identify, e.g. F, L and H all free); the message names the
+            coordinates of the flattest direction.
+    """
+    labels, _, cov, unravel = _covariance(result)
+    se = np.sqrt(np.diag(cov))
+    if unravel is not None:  # the same pytree structure as theta
+        return jax.tree.map(np.asarray, unravel(jnp.asarray(se)))
+    out: dict[str, np.ndarray] = {}
+    for label, value in zip(labels, se, strict=True):
+        name, ix = label.split("[")
+        ix = tuple(int(i) for i in ix.rstrip("]").split(","))
+        if name not in out:
+            shape = np.shape(result.params.Q if name == "Q" else getattr(result.params, name))
+            out[name] = np.full(shape, np.nan)
+        out[name][ix] = value
+        if name in SYMMETRIC and len(ix) == 2:
+            out[name][ix[::-1]] = value
+    if "R" in out and result._context["R_structure"] == "isotropic":
+        out["R"] = np.where(np.eye(out["R"].shape[0], dtype=bool), out["R"][0, 0], np.nan)
+    return out
