@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.flatten_util
@@ -320,6 +322,324 @@ def _sde_parametrisation(init: SDEParams, fixed: frozenset):
     return theta, build
 
 
+class _Problem(NamedTuple):
+    """The data and time grid of a fit, resolved once from the user's arguments."""
+
+    sde0: SDEParams | LGSSMParams  # the start (a known per-step offset taken out)
+    lg0: LGSSMParams  # its discrete model on the grid
+    y: jax.Array  # (B, T, p), less a known offset; sharded over `devices` if asked
+    y_host: jax.Array  # the same, on the host (what a checkpoint fingerprints)
+    y_given: jax.Array  # (B, T, p) as given
+    batched: bool  # y was given as (B, T, p)
+    fixed: frozenset  # the fields held at their start
+    reps: np.ndarray | None  # representative steps (G,), None for an `LGSSMParams` fit
+    groups: np.ndarray | None  # the group of each transition, (T-1,) or (B, T-1)
+    offset: jax.Array | None  # a known per-step offset u_k, taken out of y
+    complete: bool  # no NaN in y
+    same_mask: bool  # every sequence has the NaN pattern of the first
+
+
+class _Strategy(NamedTuple):
+    """One path of EM, chosen once: its name, its state, one iteration
+    (`step(state) -> (next state, log-likelihood of state, log-prior of state)`) and the way
+    from its final state to the fitted parameters (`build(state) -> SDEParams`, None when the
+    state is the discrete model itself)."""
+
+    path: str
+    state: object
+    step: Callable
+    build: Callable | None
+    log_prior: Callable | None  # the log-prior of a MAP fit, as a function of the state
+    numerical: bool = False  # a numerical M-step over the state as a whole (theta)
+    structured: bool = False  # the state is the theta of a user's `structure`
+
+
+def _check_arguments(init, structure, log_prior, R_structure, emissions, psd, finish, fixed):
+    """Argument checks that need no data: the SDEParams (or LGSSMParams) the start stands for,
+    and `fixed` as a tuple of names (None where not given)."""
+    if structure is None and log_prior is None and not isinstance(init, SDEParams | LGSSMParams):
+        raise TypeError(
+            "`model` must be SDEParams, LGSSMParams, a NumPyro model function, or theta with "
+            f"`structure`; got {type(init).__name__}."
+        )
+    if R_structure not in R_STRUCTURES:
+        raise ValueError(f"`R_structure` must be one of {R_STRUCTURES}; got {R_structure!r}.")
+    if emissions not in ("shared", "per_step"):
+        raise ValueError(f"`emissions` must be 'shared' or 'per_step'; got {emissions!r}.")
+    if psd not in ("report", "nearest"):
+        raise ValueError(f"`psd` must be 'report' or 'nearest'; got {psd!r}.")
+    if finish not in FINISHES:
+        raise ValueError(f"`finish` must be one of {FINISHES}; got {finish!r}.")
+    if fixed is not None and structure is None:
+        names = (fixed,) if isinstance(fixed, str) else fixed
+        try:
+            names = tuple(names)
+        except TypeError:
+            names = None
+        if names is None or not all(isinstance(f, str) for f in names):
+            raise TypeError(
+                "`fixed` must be a field name or a sequence of field names, e.g. ('H', 'u'); "
+                f"got {fixed!r}."
+            )
+        fixed = names
+        _free_fields(init, fixed, 1)  # unknown names
+    if structure is not None:
+        if fixed is not None:
+            raise ValueError("`fixed` does not apply with `structure`: keep constants inside it.")
+        sde0 = structure(init)
+        if not isinstance(sde0, SDEParams):
+            raise TypeError(f"`structure(init)` must return SDEParams; got {type(sde0).__name__}.")
+    elif log_prior is not None and not isinstance(init, SDEParams):
+        raise TypeError("`log_prior` without `structure` needs an `SDEParams` init.")
+    else:
+        sde0 = init
+    if (structure is not None or log_prior is not None) and (
+        R_structure != "full" or emissions != "shared"
+    ):
+        raise ValueError(
+            "`R_structure` and `emissions` set the closed-form M-step; with `structure` or "
+            "`log_prior`, build them into the parameters instead."
+        )
+    return sde0, fixed
+
+
+def _resolve(sde0, y, times, dt, fixed, structured: bool, numerical: bool, per_step: bool,
+             devices) -> _Problem:  # fmt: skip
+    """The data on their grid (`_Problem`), with the checks that need them."""
+    lg0, y_arr, _ = prepare(sde0, y, times, dt)
+    yb = y_arr if y_arr.ndim == 3 else y_arr[None]
+    B, T, _ = yb.shape
+    if T < 2:
+        raise ValueError("`y` must hold at least 2 time steps for EM.")
+    fixed = frozenset() if structured else _free_fields(sde0, fixed, B)
+    if not {"H", "u", "R"} <= fixed:
+        check_something_observed(yb, "EM would estimate its emission parameters from nothing")
+    transitions_free = not structured and not ({"F", "L"} <= fixed or {"A", "Sigma"} <= fixed)
+    if transitions_free and _observed_transitions(yb) == 0:
+        raise ValueError(
+            "`y` holds no transition between observed time steps: every sequence is observed at "
+            "one time at most (trailing all-NaN rows are padding). EM needs a sequence observed "
+            "at two times at least, or the transition parameters in `fixed`."
+        )
+    if per_step:
+        d = lg0.state_dim
+        need = (0 if "H" in fixed else d) + (0 if "u" in fixed else 1) + (0 if "R" in fixed else 1)
+        if B < need:
+            raise ValueError(
+                f"`emissions='per_step'` estimates H_k, u_k, R_k at each step from the B = {B} "
+                f"sequences; with these free it needs B >= {need}. Use more sequences, fix some "
+                "emission fields, or emissions='shared'."
+            )
+    y_given, offset = yb, None
+    per_step_fields = [k for k, n in (("H", 2), ("u", 1), ("R", 2)) if np.ndim(getattr(lg0, k)) > n]
+    if per_step_fields and not per_step and not numerical:
+        if per_step_fields != ["u"] or "u" not in fixed:
+            raise ValueError(
+                f"per-step {per_step_fields} with emissions='shared' is supported only for a known "
+                "per-step offset `u` held fixed (fixed=(..., 'u')); use emissions='per_step'."
+            )
+        offset = lg0.u  # a known offset u_k: fit y_k - u_k with u = 0
+        yb = yb - offset[None]
+        zero_u = jnp.zeros(offset.shape[-1], dtype=offset.dtype)
+        lg0, sde0 = lg0._replace(u=zero_u), sde0._replace(u=zero_u)
+    reps = groups = None
+    if isinstance(sde0, SDEParams):
+        sde0 = type(sde0)(*(jnp.asarray(x, dtype=float) for x in sde0))
+        reps, groups = _group_steps(yb, times, dt)
+    elif lg0.time_varying()["A"] and not {"A", "Sigma"} <= fixed:
+        raise ValueError(
+            "an `LGSSMParams` with per-step `A`/`Sigma` can only be fitted with both fixed; "
+            "for irregular times fit an `SDEParams` with `times`."
+        )
+    complete, same_mask = mask_flags(yb)
+    y_host = yb  # a sharded array may not be addressable here in full
+    if devices is not None:
+        yb = shard_sequences(yb, devices)
+    return _Problem(
+        sde0, lg0, yb, y_host, y_given, y_arr.ndim == 3, fixed, reps, groups, offset,
+        complete, same_mask,
+    )  # fmt: skip
+
+
+def _strategy(problem: _Problem, init, structure, log_prior, R_structure, per_step: bool,
+              mstep_iters: int, accelerate: bool) -> _Strategy:  # fmt: skip
+    """The path of EM for this problem: structured or MAP (numerical M-step over theta), a
+    numerical transition M-step (irregular steps, or a fixed diffusion), or the closed form."""
+    p = problem
+    y, fixed, T = p.y, p.fixed, p.y.shape[1]
+    is_sde = p.reps is not None
+    reps, groups = (jnp.asarray(p.reps), jnp.asarray(p.groups)) if is_sde else (None, None)
+    if structure is not None or log_prior is not None:
+        if structure is None:  # MAP over the fields of an SDEParams
+            state, build = _sde_parametrisation(p.sde0, fixed)
+            prior = log_prior
+            log_prior = lambda th: prior(build(th))  # noqa: E731
+            path = "numerical (MAP)"
+        else:
+            state = jax.tree.map(lambda a: jnp.asarray(a, dtype=float), init)
+            build = structure
+            path = "numerical (structured" + (", MAP)" if log_prior is not None else ")")
+        args = (y, reps, groups, build, log_prior, mstep_iters, p.complete, p.same_mask)
+        step = lambda s: _structured_iteration(s, *args)  # noqa: E731
+        step = _squarem(step) if accelerate else step
+        return _Strategy(path, state, step, build, log_prior, True, structure is not None)
+    if is_sde and (len(p.reps) > 1 or "L" in fixed):
+        state = _per_step_emissions(p.sde0, T) if per_step else p.sde0
+        config = (fixed, R_structure, per_step, mstep_iters, p.complete, p.same_mask)
+        step = lambda s: _continuous_iteration(s, y, reps, groups, config)  # noqa: E731
+        return _Strategy("numerical transitions", state, step, lambda s: s, None)
+    discrete_fixed = set(fixed) | ({"A"} if is_sde and "F" in fixed else set())
+    state = _per_step_emissions(p.lg0, T) if per_step else p.lg0
+    update = not {"A", "Sigma"} <= discrete_fixed
+    config = (frozenset(discrete_fixed), R_structure, per_step, update, p.complete, p.same_mask)
+    step = lambda s: _discrete_iteration(s, y, config)  # noqa: E731
+    return _Strategy("closed form", state, step, None, None)
+
+
+def _iterate(strategy: _Strategy, num_iters: int, tol: float, polish: bool, progress: bool,
+             store) -> tuple:  # fmt: skip
+    """The EM loop: `(state, log-likelihoods, objectives, converged, report)`.
+
+    It stops when an iteration gains less than `tol` (with `polish`: less than `HANDOVER`, or
+    when EM crawls), at `num_iters`, or when the objective falls (round-off aside), keeping the
+    previous iterate. `store` is a `_Checkpoint` or None."""
+    state, previous = strategy.state, strategy.state
+    lls, objectives, start, stopped = [], [], 0, None
+    report: dict = {"path": strategy.path}
+    if store is not None:
+        state, previous, lls, objectives, start, stopped = store.resume(state, num_iters)
+    converged = stopped is not None and bool(stopped["converged"])
+    if stopped is not None:  # a finished run, as it was saved
+        report["stopped"] = stopped["reason"]
+    bar = progress_bar()(
+        total=num_iters, initial=start, desc="EM", disable=not progress or stopped is not None,
+        leave=False,
+    )  # fmt: skip
+    with bar:
+        for it in range(start, num_iters + 1 if stopped is None else start):
+            new_state, ll, lp = strategy.step(state)
+            ll, objective = float(ll), float(ll) + float(lp)
+            if not np.isfinite(objective):
+                raise FloatingPointError(
+                    f"EM iteration {it}: the objective is {objective}; the parameters have left "
+                    "the valid region (a covariance collapsed?). Try fixing P1 or R, or more data."
+                )
+            if objectives and objective < objectives[-1] - DECREASE_RTOL * max(
+                1.0, abs(objectives[-1])
+            ):
+                report["stopped"] = (
+                    f"the objective decreased by {objectives[-1] - objective:.3g} at iteration "
+                    f"{it}; returned the previous iterate"
+                )
+                warnings.warn(f"EM stopped: {report['stopped']}.", RuntimeWarning, stacklevel=4)
+                state = previous
+                if store is not None:
+                    store.stop(state, state, lls, objectives, it, report["stopped"], False)
+                break
+            lls.append(ll)
+            objectives.append(objective)
+            change = abs(objectives[-1] - objectives[-2]) if len(objectives) > 1 else np.inf
+            if change <= (max(tol, HANDOVER) if polish else tol) or (
+                polish and _crawling(objectives)
+            ):
+                converged = True
+                if store is not None:
+                    store.stop(state, previous, lls, objectives, it + 1, "converged", True)
+                break
+            if it == num_iters:
+                if store is not None:  # resumable with a larger num_iters
+                    store.stop(state, previous, lls, objectives, it, "reached num_iters", False)
+                break
+            previous, state = state, new_state
+            if store is not None:
+                store.every(state, previous, lls, objectives, it + 1)
+            bar.update(1)
+            bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
+    report.setdefault("stopped", "converged" if converged else "reached num_iters")
+    if report["stopped"] == "converged":  # EM's own rule: an iteration gained less than a bound
+        last = objectives[-1] - objectives[-2] if len(objectives) > 1 else 0.0
+        if polish and last > max(tol, HANDOVER):
+            report["stopped"] = "EM crawled: its gains shrank by less than 20% per iteration"
+        else:
+            report["stopped"] = "the gain per iteration fell below " + (
+                f"{max(tol, HANDOVER):g}" if polish else f"tol = {tol:g}"
+            )
+    return state, lls, objectives, converged, report
+
+
+class _Checkpoint:
+    """A run kept in the file `path`: resumed if it holds this run (`key`), written every
+    `every_n` iterations and when the loop stops."""
+
+    def __init__(self, path, key, every_n: int):
+        self.path, self.key, self.every_n = path, key, every_n
+
+    def resume(self, state, num_iters: int):
+        saved = ckpt.load(self.path, state, self.key)
+        if saved is None:
+            return state, state, [], [], 0, None
+        state, previous = saved["state"], saved["previous"]
+        lls, objectives = saved["lls"], saved["objectives"]
+        start, stopped = saved["next_iter"], saved["stopped"]
+        if stopped is not None and stopped["reason"] == "reached num_iters":
+            if num_iters > start:  # continue: iteration `start` is computed again
+                lls, objectives, stopped = lls[:-1], objectives[:-1], None
+        return state, previous, lls, objectives, start, stopped
+
+    def every(self, state, previous, lls, objectives, next_iter: int):
+        if next_iter % self.every_n == 0:
+            ckpt.save(self.path, state, previous, lls, objectives, next_iter, key=self.key)
+
+    def stop(self, state, previous, lls, objectives, next_iter, reason: str, converged: bool):
+        stopped = {"reason": reason, "converged": converged}
+        ckpt.save(
+            self.path, state, previous, lls, objectives, next_iter, key=self.key, stopped=stopped
+        )
+
+
+def _assemble(problem: _Problem, strategy: _Strategy, state, lls, converged, report, R_structure,
+              psd: str) -> EMResult:  # fmt: skip
+    """The `EMResult` of the final state: the SDE (recovered by the matrix logarithm on the
+    closed-form path), its discrete model on the grid, the known offset put back."""
+    p = problem
+    is_sde = p.reps is not None
+    reps, groups = (jnp.asarray(p.reps), jnp.asarray(p.groups)) if is_sde else (None, None)
+    sde = None
+    if strategy.build is not None:
+        sde = strategy.build(state)
+        _, _, discrete = continuous_discrete(sde, reps, groups)
+        if p.groups.ndim == 1 and len(p.reps) == 1:
+            discrete = discrete._replace(A=discrete.A[0], Sigma=discrete.Sigma[0])
+        params = state if strategy.structured else sde
+        if len(p.reps) == 1:
+            _report_drift(np.asarray(sde.F), float(p.reps[0]), report)
+        else:  # irregular sampling: no single Nyquist limit
+            report["eigenvalues_F"] = np.linalg.eigvals(np.asarray(sde.F))
+    else:
+        discrete = params = state
+    if p.offset is not None:
+        discrete, params = discrete._replace(u=p.offset), params._replace(u=p.offset)
+        sde = sde._replace(u=p.offset) if sde is not None else None
+    context = dict(
+        y=p.y_given if p.batched else p.y_given[0],
+        reps=reps,
+        groups=groups,
+        fixed=p.fixed,
+        R_structure=R_structure,
+        structure=strategy.build if strategy.numerical else None,
+        log_prior=strategy.log_prior,
+    )
+    if strategy.numerical and not strategy.structured:  # MAP on SDEParams: theta's coordinates
+        context["theta"] = state
+    result = EMResult(
+        params, discrete, np.asarray(lls), converged, len(lls) - 1, report, sde, context
+    )
+    if is_sde and strategy.build is None:
+        sde = _recover(result, p.sde0, float(p.reps[0]), p.fixed, psd, report)
+        result = dataclasses.replace(result, params=sde, sde=sde)
+    return result
+
+
 @float64
 def run_em(
     init,
@@ -346,294 +666,60 @@ def run_em(
     """The EM loop behind `sdessm.fit_em` for a start given as parameters (`SDEParams`,
     `LGSSMParams`, or theta with `structure`): the arguments are `fit_em`'s
     (`sdessm.fit.fit_em`), less those of a NumPyro model."""
-    tqdm = progress_bar()
     # argument checks: all of them before the data are read or anything is compiled
-    if structure is None and log_prior is None and not isinstance(init, SDEParams | LGSSMParams):
-        raise TypeError(
-            "`model` must be SDEParams, LGSSMParams, a NumPyro model function, or theta with "
-            f"`structure`; got {type(init).__name__}."
-        )
-    if R_structure not in R_STRUCTURES:
-        raise ValueError(f"`R_structure` must be one of {R_STRUCTURES}; got {R_structure!r}.")
-    if emissions not in ("shared", "per_step"):
-        raise ValueError(f"`emissions` must be 'shared' or 'per_step'; got {emissions!r}.")
-    if psd not in ("report", "nearest"):
-        raise ValueError(f"`psd` must be 'report' or 'nearest'; got {psd!r}.")
-    num_iters = check_count("num_iters", num_iters)
-    mstep_iters = check_count("mstep_iters", mstep_iters)
+    sde0, fixed_given = _check_arguments(
+        init, structure, log_prior, R_structure, emissions, psd, finish, fixed
+    )
+    num_iters, mstep_iters = (
+        check_count("num_iters", num_iters),
+        check_count("mstep_iters", mstep_iters),
+    )
     tol = check_nonnegative("tol", tol)
-    if finish not in FINISHES:
-        raise ValueError(f"`finish` must be one of {FINISHES}; got {finish!r}.")
-    polish = finish == "polish"
-    if fixed is not None and structure is None:
-        names = (fixed,) if isinstance(fixed, str) else fixed
-        try:
-            names = tuple(names)
-        except TypeError:
-            names = None
-        if names is None or not all(isinstance(f, str) for f in names):
-            raise TypeError(
-                "`fixed` must be a field name or a sequence of field names, e.g. ('H', 'u'); "
-                f"got {fixed!r}."
-            )
-        fixed = names
-        _free_fields(init, fixed, 1)  # unknown names
     if int(checkpoint_every) < 1:
         raise ValueError(f"`checkpoint_every` must be >= 1; got {checkpoint_every}.")
-    numerical = structure is not None or log_prior is not None
-    if structure is not None:
-        if fixed is not None:
-            raise ValueError("`fixed` does not apply with `structure`: keep constants inside it.")
-        sde0 = structure(init)
-        if not isinstance(sde0, SDEParams):
-            raise TypeError(f"`structure(init)` must return SDEParams; got {type(sde0).__name__}.")
-    elif log_prior is not None and not isinstance(init, SDEParams):
-        raise TypeError("`log_prior` without `structure` needs an `SDEParams` init.")
-    else:
-        sde0 = init
-    if numerical and (R_structure != "full" or emissions != "shared"):
-        raise ValueError(
-            "`R_structure` and `emissions` set the closed-form M-step; with `structure` or "
-            "`log_prior`, build them into the parameters instead."
-        )
-    lg0, y_arr, _ = prepare(sde0, y, times, dt)
-    yb = y_arr if y_arr.ndim == 3 else y_arr[None]
-    B, T, _ = yb.shape
-    if T < 2:
-        raise ValueError("`y` must hold at least 2 time steps for EM.")
-    is_sde = isinstance(sde0, SDEParams)
-    fixed_given = fixed
-    fixed = _free_fields(sde0, fixed, B) if structure is None else frozenset()
-    if not {"H", "u", "R"} <= fixed:
-        check_something_observed(yb, "EM would estimate its emission parameters from nothing")
-    transitions_free = structure is None and not ({"F", "L"} <= fixed or {"A", "Sigma"} <= fixed)
-    if transitions_free and _observed_transitions(yb) == 0:
-        raise ValueError(
-            "`y` holds no transition between observed time steps: every sequence is observed at "
-            "one time at most (trailing all-NaN rows are padding). EM needs a sequence observed "
-            "at two times at least, or the transition parameters in `fixed`."
-        )
-    per_step = emissions == "per_step"
-    y_given = yb
-    if per_step:
-        d = lg0.state_dim
-        need = (0 if "H" in fixed else d) + (0 if "u" in fixed else 1) + (0 if "R" in fixed else 1)
-        if B < need:
-            raise ValueError(
-                f"`emissions='per_step'` estimates H_k, u_k, R_k at each step from the B = {B} "
-                f"sequences; with these free it needs B >= {need}. Use more sequences, fix some "
-                "emission fields, or emissions='shared'."
-            )
-    offset = None
-    per_step_fields = [k for k, n in (("H", 2), ("u", 1), ("R", 2)) if np.ndim(getattr(lg0, k)) > n]
-    if per_step_fields and not per_step and not numerical:
-        if per_step_fields != ["u"] or "u" not in fixed:
-            raise ValueError(
-                f"per-step {per_step_fields} with emissions='shared' is supported only for a known "
-                "per-step offset `u` held fixed (fixed=(..., 'u')); use emissions='per_step'."
-            )
-        offset = lg0.u  # a known offset u_k: fit y_k - u_k with u = 0
-        yb = yb - offset[None]
-        zero_u = jnp.zeros(offset.shape[-1], dtype=offset.dtype)
-        lg0 = lg0._replace(u=zero_u)
-        sde0 = sde0._replace(u=zero_u)
-
-    if is_sde:
-        sde0 = type(sde0)(*(jnp.asarray(x, dtype=float) for x in sde0))
-        reps, groups = _group_steps(yb, times, dt)
-        reps_j, groups_j = jnp.asarray(reps), jnp.asarray(groups)
-    elif lg0.time_varying()["A"] and not {"A", "Sigma"} <= fixed:
-        raise ValueError(
-            "an `LGSSMParams` with per-step `A`/`Sigma` can only be fitted with both fixed; "
-            "for irregular times fit an `SDEParams` with `times`."
-        )
-    continuous = is_sde and not numerical and (len(reps) > 1 or "L" in fixed)
-    complete, same_mask = mask_flags(yb)
-    y_host = yb  # the data as given (a sharded array may not be addressable here in full)
-    if devices is not None:
-        yb = shard_sequences(yb, devices)
+    numerical, per_step = structure is not None or log_prior is not None, emissions == "per_step"
+    structured = structure is not None
+    problem = _resolve(sde0, y, times, dt, fixed_given, structured, numerical, per_step, devices)
     if fixed_given is None and finish != "none" and not numerical and not per_step:
-        if offset is None and not any(lg0.time_varying().values()):
-            steps = reps[np.reshape(groups, (-1, T - 1))[0]] if is_sde else np.zeros(T - 1)
-            check_identified(sde0, fixed, R_structure, steps)
-
-    if numerical:
-        if structure is None:
-            state, build = _sde_parametrisation(sde0, fixed)
-            prior = log_prior
-
-            def log_prior_fn(th):
-                return prior(build(th))
-
-            path = "numerical (MAP)"
-        else:
-            state = jax.tree.map(lambda a: jnp.asarray(a, dtype=float), init)
-            build, log_prior_fn = structure, log_prior
-            path = "numerical (structured" + (", MAP)" if log_prior is not None else ")")
-        iters = int(mstep_iters)
-        step = lambda s: _structured_iteration(  # noqa: E731
-            s,
-            yb,
-            reps_j,
-            groups_j,
-            build,
-            log_prior_fn if log_prior is not None else None,
-            iters,
-            complete,
-            same_mask,
-        )
-        if accelerate:
-            step = _squarem(step)
-    elif continuous:
-        state = _per_step_emissions(sde0, T) if per_step else sde0
-        config = (fixed, R_structure, per_step, int(mstep_iters), complete, same_mask)
-        step = lambda s: _continuous_iteration(s, yb, reps_j, groups_j, config)  # noqa: E731
-        path = "numerical transitions"
-    else:
-        state = lg0
-        discrete_fixed = set(fixed)
-        if is_sde and "F" in fixed:
-            discrete_fixed.add("A")
-        if per_step:
-            state = _per_step_emissions(state, T)
-        update = not {"A", "Sigma"} <= discrete_fixed
-        config = (frozenset(discrete_fixed), R_structure, per_step, update, complete, same_mask)
-        step = lambda s: _discrete_iteration(s, yb, config)  # noqa: E731
-        path = "closed form"
-
-    lls: list[float] = []
-    objectives: list[float] = []
-    report: dict = {"path": path}
-    converged = False
-    previous = state
-    start, stopped = 0, None
+        if problem.offset is None and not any(problem.lg0.time_varying().values()):
+            T = problem.y.shape[1]
+            steps = np.zeros(T - 1)
+            if problem.reps is not None:
+                steps = problem.reps[np.reshape(problem.groups, (-1, T - 1))[0]]
+            check_identified(problem.sde0, problem.fixed, R_structure, steps)
+    strategy = _strategy(
+        problem, init, structure, log_prior, R_structure, per_step, mstep_iters, accelerate
+    )
+    store = None
     if checkpoint is not None:
         key = ckpt.fingerprint(
-            state,
-            path=path,
-            y=y_host,
+            strategy.state,
+            path=strategy.path,
+            y=problem.y_host,
             times=None if times is None else np.asarray(times, dtype=float),
             dt=None if dt is None else float(dt),
-            fixed=tuple(sorted(fixed)),
+            fixed=tuple(sorted(problem.fixed)),
             R_structure=R_structure,
             emissions=emissions,
             accelerate=bool(accelerate),
-            mstep_iters=int(mstep_iters),
+            mstep_iters=mstep_iters,
         )
-        saved = ckpt.load(checkpoint, state, key)
-        if saved is not None:
-            state, previous = saved["state"], saved["previous"]
-            lls, objectives = saved["lls"], saved["objectives"]
-            start, stopped = saved["next_iter"], saved["stopped"]
-            if stopped is not None and stopped["reason"] == "reached num_iters":
-                if int(num_iters) > start:  # continue: iteration `start` is computed again
-                    lls, objectives, stopped = lls[:-1], objectives[:-1], None
-        save = lambda *a, **k: ckpt.save(checkpoint, *a, key=key, **k)  # noqa: E731
-    if stopped is not None:  # a finished run, as it was saved
-        converged = bool(stopped["converged"])
-        report["stopped"] = stopped["reason"]
-    with tqdm(
-        total=int(num_iters),
-        initial=start,
-        desc="EM",
-        disable=not progress or stopped is not None,
-        leave=False,
-    ) as bar:
-        for it in range(start, int(num_iters) + 1 if stopped is None else start):
-            new_state, ll, lp = step(state)
-            ll, objective = float(ll), float(ll) + float(lp)
-            if not np.isfinite(objective):
-                raise FloatingPointError(
-                    f"EM iteration {it}: the objective is {objective}; the parameters have left "
-                    "the valid region (a covariance collapsed?). Try fixing P1 or R, or more data."
-                )
-            if objectives and objective < objectives[-1] - DECREASE_RTOL * max(
-                1.0, abs(objectives[-1])
-            ):
-                report["stopped"] = (
-                    f"the objective decreased by {objectives[-1] - objective:.3g} at iteration "
-                    f"{it}; returned the previous iterate"
-                )
-                warnings.warn(f"EM stopped: {report['stopped']}.", RuntimeWarning, stacklevel=3)
-                state = previous
-                if checkpoint is not None:
-                    stop = {"reason": report["stopped"], "converged": False}
-                    save(state, state, lls, objectives, it, stopped=stop)
-                break
-            lls.append(ll)
-            objectives.append(objective)
-            change = abs(objectives[-1] - objectives[-2]) if len(objectives) > 1 else np.inf
-            if change <= (max(tol, HANDOVER) if polish else tol) or (
-                polish and _crawling(objectives)
-            ):
-                converged = True
-                if checkpoint is not None:
-                    stop = {"reason": "converged", "converged": True}
-                    save(state, previous, lls, objectives, it + 1, stopped=stop)
-                break
-            if it == int(num_iters):
-                if checkpoint is not None:  # resumable with a larger num_iters
-                    stop = {"reason": "reached num_iters", "converged": False}
-                    save(state, previous, lls, objectives, it, stopped=stop)
-                break
-            previous, state = state, new_state
-            if checkpoint is not None and (it + 1) % int(checkpoint_every) == 0:
-                save(state, previous, lls, objectives, it + 1)
-            bar.update(1)
-            bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
-    report.setdefault("stopped", "converged" if converged else "reached num_iters")
-    if report["stopped"] == "converged":  # EM's own rule: an iteration gained less than a bound
-        last = objectives[-1] - objectives[-2] if len(objectives) > 1 else 0.0
-        if polish and last > max(tol, HANDOVER):
-            report["stopped"] = "EM crawled: its gains shrank by less than 20% per iteration"
-        else:
-            report["stopped"] = "the gain per iteration fell below " + (
-                f"{max(tol, HANDOVER):g}" if polish else f"tol = {tol:g}"
-            )
+        store = _Checkpoint(checkpoint, key, checkpoint_every)
+    state, lls, objectives, converged, report = _iterate(
+        strategy, num_iters, tol, finish == "polish", progress, store
+    )
     if log_prior is not None:
         report["log_posteriors"] = np.asarray(objectives)
-
-    sde = None
-    if numerical or continuous:
-        sde = build(state) if numerical else state
-        _, _, discrete = continuous_discrete(sde, reps_j, groups_j)
-        if groups.ndim == 1 and len(reps) == 1:
-            discrete = discrete._replace(A=discrete.A[0], Sigma=discrete.Sigma[0])
-        params = sde if (numerical and structure is None) or continuous else state
-        if len(reps) == 1:
-            _report_drift(np.asarray(sde.F), float(reps[0]), report)
-        else:  # irregular sampling: no single Nyquist limit
-            report["eigenvalues_F"] = np.linalg.eigvals(np.asarray(sde.F))
-    else:
-        discrete = params = state
-    if offset is not None:
-        discrete, params = discrete._replace(u=offset), params._replace(u=offset)
-        sde = sde._replace(u=offset) if sde is not None else None
-    context = dict(
-        y=y_given if y_arr.ndim == 3 else y_given[0],
-        reps=reps_j if is_sde else None,
-        groups=groups_j if is_sde else None,
-        fixed=fixed,
-        R_structure=R_structure,
-        structure=build if numerical else None,
-        log_prior=log_prior_fn if log_prior is not None else None,
-    )
-    if numerical and structure is None:  # MAP on SDEParams: its coordinates are theta's
-        context["theta"] = state
-    result = EMResult(
-        params, discrete, np.asarray(lls), converged, len(lls) - 1, report, sde, context
-    )
-    if is_sde and not (numerical or continuous):
-        sde = _recover(result, sde0, float(reps[0]), fixed, psd, report)
-        result = dataclasses.replace(result, params=sde, sde=sde)
-    if devices is not None or per_step or offset is not None:
+    result = _assemble(problem, strategy, state, lls, converged, report, R_structure, psd)
+    if devices is not None or per_step or problem.offset is not None:
         report["convergence"] = "not certified: the exact finish does not cover " + (
             "sharded sequences" if devices is not None else "per-step emissions"
         )
         return dataclasses.replace(result, converged=False)
     result = finish_fit(result, finish, tol, progress)
-    if is_sde and not numerical and len(reps) == 1 and result.sde is not None:
-        _report_drift(np.asarray(result.sde.F), float(reps[0]), result.report, warn=False)
+    one_step = problem.reps is not None and len(problem.reps) == 1
+    if one_step and not strategy.numerical and result.sde is not None:
+        _report_drift(np.asarray(result.sde.F), float(problem.reps[0]), result.report, warn=False)
     return result
 
 

@@ -241,6 +241,79 @@ def _at(result: EMResult, v, rebuild, unravel):
     return dataclasses.replace(result, params=params, discrete=discrete, sde=sde, _context=context)
 
 
+def _polish(value_and_grad, hessian, v, valid, progress: bool):
+    """Trust-region Newton steps (SciPy's `trust-exact`) on the objective from `v`, through
+    valid points only: `(point reached, its objective, iterations)`."""
+
+    def negative(x):
+        f, g = value_and_grad(jnp.asarray(x))
+        f, g = float(f), np.asarray(g, dtype=float)
+        if not (np.isfinite(f) and np.all(np.isfinite(g)) and valid(x)):
+            return np.inf, np.zeros_like(x)
+        return -f, -g
+
+    def curvature(x):
+        h = -hessian(x)
+        return 0.5 * (h + h.T) if np.all(np.isfinite(h)) else np.eye(len(x))
+
+    bar = progress_bar()(desc="Newton finish", disable=not progress, leave=False)
+    with warnings.catch_warnings(), bar:
+        warnings.simplefilter("ignore", RuntimeWarning)  # trial points that meet +inf
+        warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
+        res = scipy.optimize.minimize(
+            negative,
+            v,
+            jac=True,
+            hess=curvature,
+            method="trust-exact",
+            options=dict(maxiter=POLISH_ITERATIONS, gtol=1e-10),
+            callback=lambda x: bar.update(1),
+        )
+    return np.asarray(res.x, dtype=float), float(-res.fun), int(res.nit)
+
+
+def _certify(labels, value_and_grad, hessian, v, value, tol: float, polish: bool, valid):
+    """The certificate at `v`, after at most `NEWTON_STEPS` halving Newton steps (with `polish`)
+    toward it: `(v, value, gradient, information, flat coordinates, predicted gain)`, the gain
+    infinite where the information is not positive definite."""
+    for step in range(NEWTON_STEPS + 1):
+        h = hessian(v)
+        info = -0.5 * (h + h.T)
+        g = np.asarray(value_and_grad(jnp.asarray(v))[1], dtype=float)
+        flat = _flat_coordinates(labels, info)
+        gain = float(0.5 * g @ np.linalg.solve(info, g)) if flat is None else np.inf
+        if flat is not None or gain <= tol or not polish or step == NEWTON_STEPS:
+            break
+        direction = np.linalg.solve(info, g)
+        for k in range(NEWTON_HALVINGS):
+            trial = v + 0.5**k * direction
+            f = float(value_and_grad(jnp.asarray(trial))[0])
+            if np.isfinite(f) and f >= value and valid(trial):
+                v, value = trial, f
+                break
+        else:
+            break  # no step that does not lower the objective: round-off level
+    return v, value, g, info, flat, gain
+
+
+def _verdict(flat: str | None, gain: float, tol: float) -> str:
+    """The report's sentence on convergence."""
+    if flat is not None:
+        return (
+            "not certified: the log-likelihood is flat along the direction "
+            f"{flat} (an estimate on a boundary, or a direction the data do not identify)"
+        )
+    if gain <= tol:
+        return (
+            f"certified: the observed information is positive definite and a Newton step would "
+            f"gain {gain:.2g} <= tol = {tol:g} in log-likelihood"
+        )
+    return (
+        f"not certified: a Newton step would still gain {gain:.3g} > tol = {tol:g} in "
+        "log-likelihood"
+    )
+
+
 def finish(result: EMResult, finish: str, tol: float, progress: bool = False) -> EMResult:
     """Polish the EM estimate on the exact objective and certify it.
 
@@ -257,7 +330,6 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
     if finish == "none":
         report["convergence"] = "not checked (finish='none')"
         return dataclasses.replace(result, converged=False, report=report)
-    polish = finish == "polish"
     labels, v0, objective, rebuild, unravel = _objective(result)
     n = len(labels)
     if n == 0:
@@ -281,53 +353,19 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
             hessians[x.tobytes()] = np.asarray(hessian_at(jnp.asarray(x)), dtype=float)
         return hessians[x.tobytes()]
 
+    def valid(x):
+        return _valid(x, rebuild, unravel)
+
+    polish = finish == "polish"
     if polish:
-
-        def negative(x):
-            f, g = value_and_grad(jnp.asarray(x))
-            f, g = float(f), np.asarray(g, dtype=float)
-            if not (np.isfinite(f) and np.all(np.isfinite(g)) and _valid(x, rebuild, unravel)):
-                return np.inf, np.zeros_like(x)
-            return -f, -g
-
-        def curvature(x):
-            h = -hessian(x)
-            return 0.5 * (h + h.T) if np.all(np.isfinite(h)) else np.eye(len(x))
-
-        bar = progress_bar()(desc="Newton finish", disable=not progress, leave=False)
-        with warnings.catch_warnings(), bar:
-            warnings.simplefilter("ignore", RuntimeWarning)  # trial points that meet +inf
-            warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
-            res = scipy.optimize.minimize(
-                negative,
-                v,
-                jac=True,
-                hess=curvature,
-                method="trust-exact",
-                options=dict(maxiter=POLISH_ITERATIONS, gtol=1e-10),
-                callback=lambda x: bar.update(1),
-            )
-        if np.isfinite(res.fun) and -res.fun >= value and _at(result, res.x, rebuild, unravel):
-            v, value = np.asarray(res.x, dtype=float), float(-res.fun)
-        report["polish"] = {"newton_iterations": int(res.nit), "gain": value - start}
-    for step in range(NEWTON_STEPS + 1):
-        h = hessian(v)
-        info = -0.5 * (h + h.T)
-        g = np.asarray(value_and_grad(jnp.asarray(v))[1], dtype=float)
-        flat_coordinates = _flat_coordinates(labels, info)
-        flat = _flat_direction(labels, info)
-        gain = float(0.5 * g @ np.linalg.solve(info, g)) if flat is None else np.inf
-        if flat is not None or gain <= tol or not polish or step == NEWTON_STEPS:
-            break
-        direction = np.linalg.solve(info, g)
-        for k in range(NEWTON_HALVINGS):
-            trial = v + 0.5**k * direction
-            f = float(value_and_grad(jnp.asarray(trial))[0])
-            if np.isfinite(f) and f >= value and _at(result, trial, rebuild, unravel):
-                v, value = trial, f
-                break
-        else:
-            break  # no step that does not lower the objective: round-off level
+        x, f, iterations = _polish(value_and_grad, hessian, v, valid, progress)
+        if np.isfinite(f) and f >= value and valid(x):
+            v, value = x, f
+        report["polish"] = {"newton_iterations": iterations, "gain": value - start}
+    v, value, g, info, flat_coordinates, gain = _certify(
+        labels, value_and_grad, hessian, v, value, tol, polish, valid
+    )
+    flat = _flat_direction(labels, info)
     moved = not np.array_equal(v, np.asarray(v0, dtype=float))  # only to valid points
     finished = _at(result, v, rebuild, unravel) if moved else result
     report.update(
@@ -336,26 +374,11 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
         flat_direction=flat,
         flat_coordinates=flat_coordinates,
         coordinates=(list(labels), np.asarray(v, dtype=float)),
+        convergence=_verdict(flat, gain, tol),
     )
-    if flat is not None:
-        report["convergence"] = (
-            "not certified: the log-likelihood is flat along the direction "
-            f"{flat} (an estimate on a boundary, or a direction the data do not identify)"
-        )
-    elif gain <= tol:
-        report["convergence"] = (
-            f"certified: the observed information is positive definite and a Newton step would "
-            f"gain {gain:.2g} <= tol = {tol:g} in log-likelihood"
-        )
-    else:
-        report["convergence"] = (
-            f"not certified: a Newton step would still gain {gain:.3g} > tol = {tol:g} in "
-            "log-likelihood"
-        )
     lls = np.asarray(finished.log_likelihoods)
     if moved:  # the finish moved the estimate: its log-likelihood is the last entry
-        ll = float(objective_loglik(finished))
-        lls = np.append(lls, ll)
+        lls = np.append(lls, objective_loglik(finished))
         if "log_posteriors" in report:
             report["log_posteriors"] = np.append(report["log_posteriors"], value)
     context = dict(finished._context, information=(np.asarray(v, dtype=float), info))
