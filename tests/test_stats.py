@@ -10,11 +10,11 @@ from reference import dense_stats, random_problem, random_spd, random_stable_dri
 
 import sdessm
 from sdessm.kalman import _smoother_one, prepare
+from sdessm.recursion import shares_mask
 from sdessm.stats import (
     STEADY_STEPS,
     SufficientStats,
     _add,
-    _same_mask,
     _steady_covariances,
     _wsum,
     expected_stats,
@@ -245,7 +245,7 @@ def test_sequences_match_plain_recursion(rng, kind):
     _, _, arrays, _ = random_problem(rng, 12, 3, 2)
     ys = _masked(rng, rng.normal(size=(4, 12, 2)), kind)
     lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
-    assert _same_mask(y) == (kind != "different") and not _same_mask(jnp.ones((1, 1)) > 0)
+    assert shares_mask(y) == (kind != "different") and not shares_mask(jnp.ones((1, 1)) > 0)
     promise = dict(complete=kind == "complete", same_mask=kind == "same")
     for per_step in (False, True):
         got = estep(lg, y, per_step=per_step, **promise)

@@ -21,14 +21,14 @@ from .forecast import forecast as forecast
 from .forecast import forecast_posterior as forecast_posterior
 from .information import covariance as covariance
 from .information import standard_errors as standard_errors
-from .kalman import FilterResult as FilterResult
-from .kalman import SmootherResult as SmootherResult
 from .kalman import kalman_filter as kalman_filter
 from .kalman import log_likelihood as log_likelihood
 from .kalman import rts_smoother as rts_smoother
 from .params import LGSSMParams as LGSSMParams
 from .params import SDEParams as SDEParams
 from .realisation import subspace_start as subspace_start
+from .recursion import FilterResult as FilterResult
+from .recursion import SmootherResult as SmootherResult
 from .results import EMResult as EMResult
 from .simulate import simulate as simulate
 
@@ -48,8 +48,8 @@ _LAZY = {
 #: Every submodule, reachable as an attribute after `import sdessm` alone (`sdessm.models.load`).
 _SUBMODULES = (
     "checkpoint", "cli", "datasets", "diagnostics", "discretize", "em", "errors", "fit", "forecast",
-    "identify", "infer", "information", "io", "kalman", "models", "moments", "mstep",
-    "parallel", "params", "ppl", "priors", "realisation", "report", "results", "simulate",
+    "identify", "infer", "information", "io", "kalman", "models", "moments", "mstep", "parallel",
+    "params", "ppl", "priors", "realisation", "recursion", "report", "results", "simulate",
     "stats",
 )  # fmt: skip
 

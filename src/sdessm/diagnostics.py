@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 
 from ._checks import float64
 from .discretize import stationary_covariance
+from .forecast import PosteriorForecast, bands
+from .io import posterior_draws
 from .kalman import SmootherResult
 from .params import SDEParams
 from .results import EMResult
@@ -183,13 +185,6 @@ def _flatten(values: dict, trailing: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
-def _posterior(idata) -> dict[str, np.ndarray]:
-    """Site name -> draws `(chain, draw, *shape)`, from ArviZ 0.x or 1.x data."""
-    post = idata["posterior"]
-    names = list(post.data_vars) if hasattr(post, "data_vars") else list(post.variables)
-    return {k: np.asarray(post[k].values) for k in names if k not in ("chain", "draw")}
-
-
 def _attached(idata, attr: str):
     text = idata["posterior"].attrs.get(attr)
     return None if text is None else json.loads(text)
@@ -267,7 +262,7 @@ def recovery_table(
         raise ValueError(f"`hdi_prob` must lie in (0, 1); got {hdi_prob}.")
     em = _site_values(em) if em is not None else _attached(idata, "sdessm_em")
     truth = _site_values(truth) if truth is not None else _attached(idata, "sdessm_truth")
-    draws = _posterior(idata)
+    draws = posterior_draws(idata)
     for what, values in (("em", em), ("truth", truth)):
         if values is not None and set(values) - set(draws):
             raise ValueError(
@@ -331,8 +326,6 @@ def plot_forecast(
     Returns:
         A matplotlib `Figure` (not attached to pyplot; save it with `fig.savefig`).
     """
-    from .forecast import PosteriorForecast, bands
-
     band = bands(result, level)
     times, y = np.asarray(times), np.asarray(y)
     if last is not None:
@@ -436,7 +429,7 @@ def plot_trace_rank(idata, var_names: Sequence[str] | None = None, bins: int = 2
     Rank histograms of well-mixed chains are flat (Vehtari et al. 2021); a chain that sits in
     one region shows as a sloped or humped histogram.
     """
-    draws = _posterior(idata)
+    draws = posterior_draws(idata)
     if var_names is not None:
         draws = {k: draws[k] for k in var_names}
     quantities = _draw_quantities(draws, None)

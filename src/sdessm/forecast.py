@@ -27,6 +27,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import check_count, check_finite, check_times, concrete, float64
 from .discretize import _discretize_grouped, symmetrize
+from .io import posterior_draws
 from .kalman import _filter_one, is_complete, prepare
 from .params import LGSSMParams, SDEParams, as_float_array
 from .results import EMResult
@@ -303,9 +304,7 @@ def _draw_values(posterior, names: list[str]) -> dict[str, np.ndarray]:
     """Site name -> draws `(S, *shape)` from ArviZ data (chains stacked) or a dict of arrays."""
     if isinstance(posterior, dict):
         return {k: np.asarray(posterior[k], dtype=float) for k in names}
-    from .diagnostics import _posterior
-
-    draws = _posterior(posterior)
+    draws = posterior_draws(posterior)
     missing = set(names) - set(draws)
     if missing:
         raise ValueError(f"the posterior has no draws of the model's sites {sorted(missing)}.")

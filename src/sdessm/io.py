@@ -619,3 +619,13 @@ def json_text(value) -> str:
         ['{', '"se":', '[', '0.5,', 'null', ']', '}']
     """
     return json.dumps(_plain(value), indent=2, allow_nan=False) + "\n"
+
+
+def posterior_draws(idata) -> dict:
+    """Site name -> draws `(chain, draw, *shape)` as NumPy arrays, from the `posterior` group of
+    ArviZ data (ArviZ 0.x `InferenceData` or 1.x `DataTree`)."""
+    import numpy as np
+
+    post = idata["posterior"]
+    names = list(post.data_vars) if hasattr(post, "data_vars") else list(post.variables)
+    return {k: np.asarray(post[k].values) for k in names if k not in ("chain", "draw")}

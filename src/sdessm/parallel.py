@@ -81,22 +81,22 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from .discretize import symmetrize
-from .kalman import (
+from .params import LGSSMParams
+from .recursion import (
     FilterResult,
     SmootherResult,
-    _predict,
-    _steps,
-    _update_rows,
     joseph,
+    predict,
+    scan_inputs,
     smoothed_cov,
     smoother_gain,
+    update_rows,
 )
-from .params import LGSSMParams
 
 
 def _mask(H, u, R, y, complete: bool):
     """`(H, R, y - u, number of observed entries)`, the missing entries removed as in
-    `kalman._update_rows`: zero rows of H, decoupled in R, zero residual."""
+    `recursion.update_rows`: zero rows of H, decoupled in R, zero residual."""
     p = H.shape[0]
     if complete:
         return H, R, y - u, p
@@ -170,9 +170,9 @@ def _axes(params: LGSSMParams, names):
 
 def _filter_one_parallel(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
     """`kalman._filter_one` by an associative scan: the same `FilterResult`, to round-off."""
-    shared, per_step, first = _steps(params)
+    shared, per_step, first = scan_inputs(params)
     obs = None if complete else ~jnp.isnan(y[0])
-    m1, P1, _ = _update_rows(
+    m1, P1, _ = update_rows(
         params.mu1[None], params.P1, first["H"], first["u"], first["R"], y[:1], obs, complete
     )
     m1 = m1[0]
@@ -187,7 +187,7 @@ def _filter_one_parallel(params: LGSSMParams, y, complete: bool = False) -> Filt
     elems = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first_elem, elems)
     _, means, covs, _, _ = jax.lax.associative_scan(jax.vmap(_combine_filter), elems)
 
-    pred_means, pred_covs = jax.vmap(_predict, in_axes=(0, 0) + _axes(params, ("A", "Sigma")))(
+    pred_means, pred_covs = jax.vmap(predict, in_axes=(0, 0) + _axes(params, ("A", "Sigma")))(
         means[:-1], covs[:-1], params.A, params.Sigma
     )
     pred_means = jnp.concatenate([params.mu1[None], pred_means])

@@ -10,8 +10,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_count, check_key, float64
-from .kalman import _steps
 from .params import LGSSMParams, SDEParams, as_arrays
+from .recursion import scan_inputs
 
 
 def psd_sqrt(M: Float[Array, "... n n"]) -> Float[Array, "... n n"]:
@@ -21,7 +21,7 @@ def psd_sqrt(M: Float[Array, "... n n"]) -> Float[Array, "... n n"]:
 
 
 def _simulate_one(key, params: LGSSMParams, T: int):
-    shared, per_step, first = _steps(params)
+    shared, per_step, first = scan_inputs(params)
     d, p = params.state_dim, params.obs_dim
     k_x, k_y = jax.random.split(key)
     z = jax.random.normal(k_x, (T, d), dtype=params.mu1.dtype)

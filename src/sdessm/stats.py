@@ -40,8 +40,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from .discretize import symmetrize
-from .kalman import _same_mask, _steps, _update_rows, joseph, smoothed_cov, smoother_gain
 from .params import LGSSMParams
+from .recursion import joseph, scan_inputs, shares_mask, smoothed_cov, smoother_gain, update_rows
 
 
 class SufficientStats(NamedTuple):
@@ -186,10 +186,10 @@ def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool,
             w_emit = w_emit * jnp.any(obs, axis=-1).astype(dtype)
         w_rest = w_emit[1:]
     compensate = jnp.finfo(dtype).bits < 64  # Kahan summation of the running sums
-    shared, steps, first = _steps(params)
+    shared, steps, first = scan_inputs(params)
 
     def update(m, P, H, u, R, y_k, obs_k):
-        return _update_rows(m, P, H, u, R, y_k, obs_k, complete)
+        return update_rows(m, P, H, u, R, y_k, obs_k, complete)
 
     def forward(carry, xs):
         m, P = carry  # filtered x_{k-1}
@@ -347,7 +347,7 @@ def expected_stats(
     together = (
         not params_batched
         and groups.ndim == 1
-        and (complete or B == 1 or same_mask or _same_mask(y))
+        and (complete or B == 1 or same_mask or shares_mask(y))
     )
 
     def full(_):
