@@ -51,8 +51,10 @@ def fit_em(
 
     - a NumPyro model `model(times, y=None, **model_kwargs)`: generalized EM over its parameter
       sites (`objective="mle"` or `"map"`, the mode of the posterior density of the sites in
-      their own coordinates), started at `init` (a dict of site values, or None for the prior
-      medians); `params` of the result is a dict of site values. The unconstrained zoo model
+      their own coordinates), started at `init` (a dict of site values, or None for the default
+      start: the best by exact log-likelihood of the prior medians, the model's
+      `start_from_data` and perturbations of it); `params` of the result is a dict of site
+      values. The unconstrained zoo model
       (its module defines `EM_CLOSED_FORM` and `from_sde`) gets the closed form for MLE on
       uniform steps. See `sdessm.infer`.
 
