@@ -23,7 +23,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 import sdessm  # noqa: E402
-from sdessm.em import _discrete_iteration  # noqa: E402
+from sdessm.iteration import discrete_iteration as _discrete_iteration  # noqa: E402
 
 
 def problem(T: int, d: int, seed: int = 0):

@@ -390,17 +390,18 @@ class Child:
         import jax.numpy as jnp
 
         import sdessm.em as em
+        import sdessm.iteration as iteration
 
         fixed, prob = frozenset({"P1"}), self.prob
         if prob.kind != "irregular":
             config = (fixed, "full", False, True, *em.mask_flags(yb))
-            return lambda: em._discrete_iteration(data["lg_init"], yb, config)
+            return lambda: iteration.discrete_iteration(data["lg_init"], yb, config)
 
         def step_on(n):  # the SDE's generalized EM (numerical F, L step) on the first n steps
             reps, groups = em._group_steps(yb[:, :n], data["times"][:n], None)
             config = (fixed, "full", False, 30, *em.mask_flags(yb))
             args = (jnp.asarray(reps), jnp.asarray(groups), config)
-            return lambda: em._continuous_iteration(data["sde_init"], yb[:, :n], *args)
+            return lambda: iteration.continuous_iteration(data["sde_init"], yb[:, :n], *args)
 
         # its cost grows with the number of distinct steps: estimate it on a prefix
         n = min(prob.T, 1_000)

@@ -189,3 +189,18 @@ def test_imports_inside_functions_only_where_stated():
             if other not in ("infer", "ppl") and (path.stem, other) not in allowed
         ]
     assert not inside
+
+
+def test_no_private_name_is_imported_across_modules():
+    """What one module uses of another is public there (the private module `_checks` aside,
+    whose names all serve the package)."""
+    private = []
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module != "_checks":
+                private += [
+                    f"{path.stem} <- {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert not private

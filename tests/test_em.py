@@ -745,7 +745,7 @@ def test_standard_errors_name_the_unidentified_direction(rng, key):
 def test_safeguard_keeps_a_step_only_if_the_objective_does_not_fall():
     """`_safeguard` against a concave quadratic with its maximum at 1: a good step is kept, an
     overshoot is halved until it helps, a step that never helps returns the start."""
-    from sdessm.em import _safeguard
+    from sdessm.iteration import safeguard as _safeguard
 
     objective = jax.jit(lambda th: -((th["x"] - 1.0) ** 2))
     start = {"x": jnp.asarray(0.0)}
@@ -761,7 +761,8 @@ def test_safeguard_keeps_a_step_only_if_the_objective_does_not_fall():
 def test_safeguard_via_equals_the_nested_safeguards():
     """The one-`lax.map` form equals checking `new` against `fallback`, then the result against
     `old`, point by point (objective: a concave quadratic with its maximum at 1), NaN included."""
-    from sdessm.em import _safeguard, _safeguard_via
+    from sdessm.iteration import safeguard as _safeguard
+    from sdessm.iteration import safeguard_via as _safeguard_via
 
     objective = lambda th: -((th["x"] - 1.0) ** 2)  # noqa: E731
 

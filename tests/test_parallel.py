@@ -15,8 +15,8 @@ import pytest
 from reference import dense_filter, dense_smoother, random_problem
 
 import sdessm
-from sdessm.kalman import _filter_one, _smoother_one
-from sdessm.parallel import _filter_one_parallel, _smoother_one_parallel
+from sdessm.kalman import filter_sequence, smoother_sequence
+from sdessm.parallel import filter_sequence_parallel, smoother_sequence_parallel
 
 RTOL, ATOL = 1e-8, 1e-10
 
@@ -46,7 +46,7 @@ def _assert_same(got, want):
 @functools.partial(jax.jit, static_argnames="complete")
 def _all_four(params, ys, complete=False):
     """Sequential and parallel filter and smoother of each sequence in `ys` (B, T, p)."""
-    fns = (_filter_one, _smoother_one, _filter_one_parallel, _smoother_one_parallel)
+    fns = (filter_sequence, smoother_sequence, filter_sequence_parallel, smoother_sequence_parallel)
     return tuple(jax.vmap(lambda y, f=f: f(params, y, complete))(ys) for f in fns)
 
 

@@ -9,7 +9,7 @@ import pytest
 from reference import dense_stats, random_problem, random_spd, random_stable_drift
 
 import sdessm
-from sdessm.kalman import _smoother_one, prepare
+from sdessm.kalman import prepare, smoother_sequence
 from sdessm.recursion import shares_mask
 from sdessm.stats import (
     STEADY_STEPS,
@@ -111,11 +111,11 @@ def test_complete_data_fast_path_equals_general_path(rng, per_step):
     np.testing.assert_allclose(ll_fast, ll, rtol=1e-12)
 
 
-_smoother = jax.jit(_smoother_one)
+_smoother = jax.jit(smoother_sequence)
 
 
 def plain_stats(lg, ys, groups=None, num_groups=1, per_step=False):
-    """The plain recursion: `kalman._smoother_one` on each sequence, its moments summed by hand
+    """The plain recursion: `kalman.smoother_sequence` on each sequence, its moments summed by hand
     in NumPy (missing entries of y completed by their regression on the observed ones)."""
     ys = np.asarray(ys, dtype=float)
     B, T, p = ys.shape

@@ -48,9 +48,9 @@ _LAZY = {
 #: Every submodule, reachable as an attribute after `import sdessm` alone (`sdessm.models.load`).
 _SUBMODULES = (
     "checkpoint", "cli", "datasets", "diagnostics", "discretize", "em", "errors", "fit", "forecast",
-    "identify", "infer", "information", "io", "kalman", "models", "moments", "mstep", "parallel",
-    "params", "ppl", "priors", "realisation", "recursion", "report", "results", "simulate",
-    "stats",
+    "identify", "infer", "information", "io", "iteration", "kalman", "models", "moments", "mstep",
+    "parallel", "params", "ppl", "priors", "realisation", "recursion", "report", "results",
+    "simulate", "stats",
 )  # fmt: skip
 
 

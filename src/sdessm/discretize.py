@@ -113,7 +113,7 @@ def _double_blocks(A, Sigma, k):
 
 
 @jax.jit  # compiled once per shape
-def _discretize(F, Q, steps):
+def discretize_steps(F, Q, steps):
     """(A, Sigma), each `steps.shape + (d, d)`, no validation.
 
     The doubling loop runs only as long as the batch's largest `k` needs: none (the usual case,
@@ -155,13 +155,13 @@ def time_steps(times):
     return jnp.diff(as_float_array(times, "times"), axis=-1)
 
 
-def _discretize_grouped(F, Q, steps):
-    """As `_discretize`, with one matrix exponential per distinct step when `steps` is concrete."""
+def discretize_grouped(F, Q, steps):
+    """As `discretize_steps`, with one exponential per distinct step when `steps` is concrete."""
     v = concrete(steps)
     if v is None or v.size == 0:
-        return _discretize(F, Q, steps)
+        return discretize_steps(F, Q, steps)
     reps, groups = group_steps(v)
-    A_u, Sigma_u = _discretize(F, Q, jnp.asarray(reps, dtype=F.dtype))
+    A_u, Sigma_u = discretize_steps(F, Q, jnp.asarray(reps, dtype=F.dtype))
     return A_u[groups], Sigma_u[groups]
 
 
@@ -204,7 +204,7 @@ def discretize(
     check_finite("F", F)
     check_finite("L", L)
     check_dt("dt", dt)
-    return _discretize(F, L @ L.T, dt)
+    return discretize_steps(F, L @ L.T, dt)
 
 
 @float64
@@ -239,19 +239,19 @@ def discretize_params(
         dt = as_float_array(dt, "dt")
         check_ndim_shape("dt", dt, (), "a scalar step; use `times` for irregular steps")
         check_dt("dt", dt)
-        A, Sigma = _discretize(params.F, params.Q, dt)
+        A, Sigma = discretize_steps(params.F, params.Q, dt)
     else:
         steps = time_steps(times)
         times = as_float_array(times, "times")
         if times.ndim != 1:
             raise ValueError(f"`times` must have shape (T,); got {times.shape}.")
         check_times("times", times)
-        A, Sigma = _discretize_grouped(params.F, params.Q, steps)
-        A, Sigma = _shared_if_uniform(A, Sigma, steps)
+        A, Sigma = discretize_grouped(params.F, params.Q, steps)
+        A, Sigma = shared_if_uniform(A, Sigma, steps)
     return LGSSMParams(A, Sigma, params.H, params.u, params.R, params.mu1, params.P1)
 
 
-def _shared_if_uniform(A, Sigma, steps):
+def shared_if_uniform(A, Sigma, steps):
     """Collapse per-step (A, Sigma) to one pair when every (concrete) step is the same."""
     v = concrete(steps)
     if v is None or v.size == 0 or len(group_steps(v)[0]) > 1:
@@ -416,5 +416,5 @@ def continuous_discrete(state: SDEParams, reps, groups, Q=None):
 
     `Q` overrides `state.L @ state.L.T` (standard errors work with Q itself).
     """
-    A_g, Sigma_g = _discretize(state.F, state.L @ state.L.T if Q is None else Q, reps)
+    A_g, Sigma_g = discretize_steps(state.F, state.L @ state.L.T if Q is None else Q, reps)
     return A_g, Sigma_g, LGSSMParams(A_g[groups], Sigma_g[groups], *state[2:])

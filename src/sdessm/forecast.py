@@ -26,9 +26,9 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import check_count, check_finite, check_times, concrete, float64
-from .discretize import _discretize_grouped, symmetrize
+from .discretize import discretize_grouped, symmetrize
 from .io import posterior_draws
-from .kalman import _filter_one, is_complete, prepare
+from .kalman import filter_sequence, is_complete, prepare
 from .params import LGSSMParams, SDEParams, as_float_array
 from .results import EMResult
 from .simulate import psd_sqrt
@@ -109,7 +109,7 @@ def _propagate(m, P, A, Sigma):
 
 def _forecast_one(past: LGSSMParams, y, A, Sigma, complete: bool = False):
     """`(state_means, state_covs, obs_means, obs_covs)` of one sequence."""
-    filt = _filter_one(past, y, complete)
+    filt = filter_sequence(past, y, complete)
     means, covs = _propagate(filt.filtered_means[-1], filt.filtered_covs[-1], A, Sigma)
     H, u, R = past.H, past.u, past.R
     obs_means = means @ H.T + u[None, :]
@@ -119,7 +119,7 @@ def _forecast_one(past: LGSSMParams, y, A, Sigma, complete: bool = False):
 
 def _sample_path(key, past: LGSSMParams, y, A, Sigma, complete: bool = False):
     """One future path `(x (N, d), y (N, p))` drawn from the forecast law of one sequence."""
-    filt = _filter_one(past, y, complete)
+    filt = filter_sequence(past, y, complete)
     N, d = A.shape[0], A.shape[-1]
     p = past.H.shape[0]
     k0, kx, ky = jax.random.split(key, 3)
@@ -232,7 +232,7 @@ def _setup(params, y, times, future_times, dt, num_steps):
         Sigma = jnp.broadcast_to(past.Sigma, (num_steps, *past.Sigma.shape))
         future_times = np.arange(1, num_steps + 1, dtype=float)
         return past, y, past_batched, A, Sigma, False, future_times
-    A, Sigma = _discretize_grouped(params.F, params.L @ params.L.T, steps)
+    A, Sigma = discretize_grouped(params.F, params.L @ params.L.T, steps)
     future_batched = steps.ndim == 2
     if future_batched and y.ndim != 3:
         raise ValueError(f"per-sequence `times` need `y` of shape (B, T, p); got {y.shape}.")

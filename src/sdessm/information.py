@@ -23,7 +23,7 @@ import scipy.optimize
 from ._checks import float64, progress_bar
 from .discretize import continuous_discrete, psd_factor
 from .identify import SYMMETRIC
-from .kalman import _filter_one, _map_sequences
+from .kalman import filter_sequence, map_sequences
 from .params import LGSSMParams, SDEParams
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def _objective(result: EMResult):
             batched = ctx["groups"].ndim == 2
         else:
             lg, batched = params, False
-        total = jnp.sum(_map_sequences(_filter_one, lg, yb, batched).log_likelihood)
+        total = jnp.sum(map_sequences(filter_sequence, lg, yb, batched).log_likelihood)
         if ctx["log_prior"] is not None and unravel is not None:
             total = total + ctx["log_prior"](unravel(v))
         return total
@@ -401,7 +401,7 @@ def objective_loglik(result: EMResult) -> float:
         batched = ctx["groups"].ndim == 2
     else:
         lg, batched = result.discrete, False
-    return float(jnp.sum(_map_sequences(_filter_one, lg, yb, batched).log_likelihood))
+    return float(jnp.sum(map_sequences(filter_sequence, lg, yb, batched).log_likelihood))
 
 
 def covariance(result: EMResult) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -24,9 +24,9 @@ from jaxtyping import Array, ArrayLike, Float
 from . import parallel
 from ._checks import check_observations, check_times, concrete, float64
 from .discretize import (
-    _discretize_grouped,
-    _shared_if_uniform,
+    discretize_grouped,
     discretize_params,
+    shared_if_uniform,
     symmetrize,
     time_steps,
 )
@@ -86,7 +86,7 @@ def _filter_rows_core(params: LGSSMParams, y, complete: bool):
 
 
 def _filter_rows(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
-    """`_filter_one` for the `b` sequences `y` `(b, T, p)`, which share the NaN mask of `y[0]`:
+    """`filter_sequence` for the `b` sequences `y` `(b, T, p)`, which share the NaN mask of `y[0]`:
     one covariance recursion for all of them, their means propagated together as the rows of a
     `(b, d)` matrix. The covariances are returned broadcast to every sequence."""
     core = _filter_rows_core(params, y, complete)
@@ -130,7 +130,7 @@ def _smoother_rows_core(params: LGSSMParams, y, complete: bool):
 
 
 def _smoother_rows(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
-    """`_smoother_one` for sequences that share one NaN mask, as `_filter_rows`."""
+    """`smoother_sequence` for sequences that share one NaN mask, as `_filter_rows`."""
     core = _smoother_rows_core(params, y, complete)
     every = lambda a: jnp.broadcast_to(a, (y.shape[0],) + a.shape)  # noqa: E731
     return SmootherResult(
@@ -141,7 +141,7 @@ def _smoother_rows(params: LGSSMParams, y, complete: bool = False) -> SmootherRe
     )
 
 
-def _filter_one(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
+def filter_sequence(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
     """Kalman filter of one sequence `y` `(T, p)`: `_filter_rows_core` with one row (the
     Joseph-form update of `update_rows`)."""
     core = _filter_rows_core(params, y[None], complete)
@@ -155,7 +155,7 @@ def _filter_one(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
     )
 
 
-def _smoother_one(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
+def smoother_sequence(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
     """RTS smoother of one sequence `y` `(T, p)`: `_smoother_rows_core` with one row."""
     core = _smoother_rows_core(params, y[None], complete)
     return core._replace(
@@ -232,11 +232,11 @@ def _loglik_steady(A, Sigma, H_w, y_w, mu1, P1, num_steps: int):
 
     m0 = jnp.broadcast_to(mu1, y_w.shape[1:-1] + mu1.shape)
     _, quads = jax.lax.scan(mean_step, m0, (gains, inv_s, y_w))
-    # summed at the end, not as a running total: see `full` in `_loglik_one`
+    # summed at the end, not as a running total: see `full` in `loglik_sequence`
     return -0.5 * (log_det + jnp.sum(quads, axis=0)), converged
 
 
-def _loglik_one(params: LGSSMParams, y, complete: bool = False):
+def loglik_sequence(params: LGSSMParams, y, complete: bool = False):
     r"""$\log p(y_{1:T})$ alone: the fast path for autodiff (NUTS, observed information).
 
     The observations are whitened by the Cholesky factor $C$ of $R$ ($C^{-1}(y - u)$,
@@ -253,7 +253,7 @@ def _loglik_one(params: LGSSMParams, y, complete: bool = False):
     tv = params.time_varying()
     rows = y.ndim == 3
     if tv["H"] or tv["u"] or tv["R"]:
-        filt = _filter_rows_core if rows else _filter_one
+        filt = _filter_rows_core if rows else filter_sequence
         return filt(params, y, complete).log_likelihood
     H, u, R = params.H, params.u, params.R
     T, p = y.shape[-2:]
@@ -345,15 +345,15 @@ def prepare(params, y, times=None, dt=None):
         times = as_float_array(times, "times")
         check_times("times", times, T)
         if times.ndim == 1:
-            A, Sigma = _discretize_grouped(params.F, params.Q, steps)
-            A, Sigma = _shared_if_uniform(A, Sigma, steps)
+            A, Sigma = discretize_grouped(params.F, params.Q, steps)
+            A, Sigma = shared_if_uniform(A, Sigma, steps)
             return LGSSMParams(A, Sigma, *params[2:]), y, False
         if y.ndim != 3 or y.shape[0] != times.shape[0]:
             raise ValueError(
                 f"`times` of shape {times.shape} gives one time grid per sequence, so `y` must be "
                 f"({times.shape[0]}, {T}, p); got {y.shape}."
             )
-        A, Sigma = _discretize_grouped(params.F, params.Q, steps)
+        A, Sigma = discretize_grouped(params.F, params.Q, steps)
         return LGSSMParams(A, Sigma, *params[2:]), y, True
     if isinstance(params, LGSSMParams):
         if times is not None or dt is not None:
@@ -378,28 +378,32 @@ def is_complete(y) -> bool:
     return v is not None and np.issubdtype(v.dtype, np.number) and not np.isnan(v).any()
 
 
-def _map_sequences(fn, params, y, params_batched, complete: bool | None = None):
+def map_sequences(fn, params, y, params_batched, complete: bool | None = None):
     """Apply a single-sequence `fn(params, y, complete)` to `(T, p)` or `(B, T, p)` data.
 
     `complete` defaults to `is_complete(y)`.
     """
     complete = is_complete(y) if complete is None else complete
     same_mask = complete or shares_mask(y)
-    return _map_sequences_jit(fn, params, y, params_batched, complete, same_mask)
+    return map_sequences_jit(fn, params, y, params_batched, complete, same_mask)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "params_batched", "complete", "same_mask"))
-def _map_sequences_jit(fn, params, y, params_batched, complete, same_mask: bool = False):
+def map_sequences_jit(fn, params, y, params_batched, complete, same_mask: bool = False):
     """One compiled program per (fn, shapes, flags), reused by every later call: without the
     jit each call would trace and compile its scans anew.
 
     Sequences that share the parameters and one NaN mask (`same_mask`, static) share one
-    covariance recursion (`_filter_rows`, `_smoother_rows`, `_loglik_one` on `(b, T, p)`).
+    covariance recursion (`_filter_rows`, `_smoother_rows`, `loglik_sequence` on `(b, T, p)`).
     """
     one = functools.partial(fn, complete=complete)
     if y.ndim == 2:
         return one(params, y)
-    rows = {_filter_one: _filter_rows, _smoother_one: _smoother_rows, _loglik_one: _loglik_one}
+    rows = {
+        filter_sequence: _filter_rows,
+        smoother_sequence: _smoother_rows,
+        loglik_sequence: loglik_sequence,
+    }
     rows = rows.get(fn)
     if rows is not None and same_mask and not params_batched:
         return rows(params, y, complete)
@@ -415,11 +419,15 @@ def _single_sequence(kind: str, method: str):
     if not isinstance(method, str) or method not in _METHODS:
         raise ValueError(f'`method` must be "sequential" or "parallel"; got {method!r}.')
     if method == "sequential":
-        return {"filter": _filter_one, "smoother": _smoother_one, "loglik": _loglik_one}[kind]
+        return {
+            "filter": filter_sequence,
+            "smoother": smoother_sequence,
+            "loglik": loglik_sequence,
+        }[kind]
     return {
-        "filter": parallel._filter_one_parallel,
-        "smoother": parallel._smoother_one_parallel,
-        "loglik": parallel._loglik_one_parallel,
+        "filter": parallel.filter_sequence_parallel,
+        "smoother": parallel.smoother_sequence_parallel,
+        "loglik": parallel.loglik_sequence_parallel,
     }[kind]
 
 
@@ -464,7 +472,7 @@ def kalman_filter(
     fn = _single_sequence("filter", method)
     complete = is_complete(y)
     lgssm, y, batched = prepare(params, y, times, dt)
-    return _map_sequences(fn, lgssm, y, batched, complete)
+    return map_sequences(fn, lgssm, y, batched, complete)
 
 
 @float64
@@ -511,10 +519,10 @@ def log_likelihood(
     if complete is None:  # a traced y: which path is decided when it runs
 
         def path(flag):
-            return lambda: _map_sequences(fn, lgssm, y, batched, flag)
+            return lambda: map_sequences(fn, lgssm, y, batched, flag)
 
         return jax.lax.cond(jnp.isnan(y).any(), path(False), path(True))
-    return _map_sequences(fn, lgssm, y, batched, complete)
+    return map_sequences(fn, lgssm, y, batched, complete)
 
 
 @float64
@@ -549,4 +557,4 @@ def rts_smoother(
     fn = _single_sequence("smoother", method)
     complete = is_complete(y)
     lgssm, y, batched = prepare(params, y, times, dt)
-    return _map_sequences(fn, lgssm, y, batched, complete)
+    return map_sequences(fn, lgssm, y, batched, complete)

@@ -168,8 +168,8 @@ def _axes(params: LGSSMParams, names):
     return tuple(0 if tv[k] else None for k in names)
 
 
-def _filter_one_parallel(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
-    """`kalman._filter_one` by an associative scan: the same `FilterResult`, to round-off."""
+def filter_sequence_parallel(params: LGSSMParams, y, complete: bool = False) -> FilterResult:
+    """`kalman.filter_sequence` by an associative scan: the same `FilterResult`, to round-off."""
     shared, per_step, first = scan_inputs(params)
     obs = None if complete else ~jnp.isnan(y[0])
     m1, P1, _ = update_rows(
@@ -205,15 +205,15 @@ def _filter_one_parallel(params: LGSSMParams, y, complete: bool = False) -> Filt
     )
 
 
-def _loglik_one_parallel(params: LGSSMParams, y, complete: bool = False):
-    r"""$\log p(y_{1:T})$ from `_filter_one_parallel`."""
-    return _filter_one_parallel(params, y, complete).log_likelihood
+def loglik_sequence_parallel(params: LGSSMParams, y, complete: bool = False):
+    r"""$\log p(y_{1:T})$ from `filter_sequence_parallel`."""
+    return filter_sequence_parallel(params, y, complete).log_likelihood
 
 
-def _smoother_one_parallel(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
-    """`kalman._smoother_one` by two associative scans (filter, then a reversed smoother scan):
+def smoother_sequence_parallel(params: LGSSMParams, y, complete: bool = False) -> SmootherResult:
+    """`kalman.smoother_sequence` by two associative scans (filter, then a reversed smoother scan):
     the same `SmootherResult`, to round-off."""
-    filt = _filter_one_parallel(params, y, complete)
+    filt = filter_sequence_parallel(params, y, complete)
     axes = _axes(params, ("A", "Sigma"))
     P_f = filt.filtered_covs[:-1]
     gains = jax.vmap(smoother_gain, in_axes=(0, 0, axes[0]))(P_f, filt.predicted_covs[1:], params.A)

@@ -1,0 +1,216 @@
+r"""One EM iteration per path, jitted: the E-step statistics under the current parameters,
+then the M-step, returning the next state and the objective at the current one.
+
+- `discrete_iteration`: the closed form of the derivation in the discrete model.
+- `continuous_iteration`: closed-form emissions and initial state, the transition part
+  maximised numerically over F and L (irregular steps, or a fixed diffusion).
+- `structured_iteration`: the whole expected complete-data log-likelihood (plus a log-prior)
+  maximised over theta, for a structure theta -> `SDEParams`.
+
+A numerical M-step is kept monotone by `safeguard` (halving toward the current point until the
+exact objective does not fall); `squarem` accelerates any of them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+
+from .discretize import continuous_discrete, discretize_steps
+from .kalman import loglik_sequence, map_sequences_jit
+from .mstep import closed_form_mstep, expected_complete_loglik, maximize
+from .params import LGSSMParams, SDEParams
+from .stats import expected_stats
+
+#: Backtracking halvings of a numerical M-step that lowered the log-likelihood (`safeguard`).
+SAFEGUARD_HALVINGS = 3
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def discrete_iteration(state: LGSSMParams, y, config):
+    """E-step + closed-form M-step; returns the next state and the log-likelihood of `state`."""
+    fixed, R_structure, per_step, update_transitions, complete, same_mask = config
+    stats, logliks = expected_stats(
+        state, y, per_step=per_step, complete=complete, same_mask=same_mask
+    )
+    new = closed_form_mstep(stats, state, fixed, R_structure, transitions=update_transitions)
+    return new, jnp.sum(logliks), jnp.zeros(())
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def continuous_iteration(state: SDEParams, y, reps, groups, config):
+    """E-step + closed-form emission/initial M-step + numerical (F, L) M-step."""
+    fixed, R_structure, per_step, mstep_iters, complete, same_mask = config
+    num_groups = reps.shape[0]
+    _, _, lg = continuous_discrete(state, reps, groups)
+    batched = groups.ndim == 2
+    stats, logliks = expected_stats(
+        lg, y, groups, num_groups, per_step, batched, complete, same_mask
+    )
+    emit = closed_form_mstep(stats, lg, fixed, R_structure, transitions=False)
+    free = {k: getattr(state, k) for k in ("F", "L") if k not in fixed}
+    if free:
+
+        def objective(theta):
+            F, L = theta.get("F", state.F), theta.get("L", state.L)
+            A_g, Sigma_g = discretize_steps(F, L @ L.T, reps)
+            trial = LGSSMParams(A_g, Sigma_g, *emit[2:])
+            return expected_complete_loglik(stats, trial, parts=("transitions",))
+
+        free = maximize(objective, free, mstep_iters)
+    new = SDEParams(free.get("F", state.F), free.get("L", state.L), *emit[2:])
+    if free:  # closed-form emissions with the old (F, L) raise the objective: the fallback
+        loglik = lambda s: total_loglik(s, y, reps, groups, complete, same_mask)  # noqa: E731
+        emissions_only = SDEParams(state.F, state.L, *emit[2:])
+        new = safeguard_via(loglik, state, emissions_only, new)
+    return new, jnp.sum(logliks), jnp.zeros(())
+
+
+def total_loglik(sde: SDEParams, y, reps, groups, complete, same_mask=False):
+    """Marginal log-likelihood of all sequences `y` (B, T, p) under `sde` on the grouped steps."""
+    _, _, lg = continuous_discrete(sde, reps, groups)
+    batched = groups.ndim == 2
+    return jnp.sum(map_sequences_jit(loglik_sequence, lg, y, batched, complete, same_mask))
+
+
+def _halvings(old, new, halvings: int):
+    """`new`, then `old + (new - old) / 2^j` for j = 1..halvings."""
+    return [new] + [
+        jax.tree.map(lambda a, b, t=0.5**j: b + t * (a - b), new, old)
+        for j in range(1, halvings + 1)
+    ]
+
+
+def _first_acceptable(values, base, trials, old):
+    """The first of `trials` whose value is finite and >= `base`, and its value; else `old` and
+    `base`."""
+    ok = jnp.isfinite(values) & (values >= base)
+    first = jnp.argmax(ok)
+    chosen = jax.tree.map(lambda *leaves: jnp.stack(leaves)[first], *trials)
+    chosen = jax.tree.map(lambda a, b: jnp.where(jnp.any(ok), a, b), chosen, old)
+    return chosen, jnp.where(jnp.any(ok), values[first], base)
+
+
+def safeguard(objective, old, new, halvings: int = SAFEGUARD_HALVINGS):
+    """`new`, or the first of `old + (new - old) / 2^j` (j = 1..halvings) that does not lower
+    `objective` below its value at `old`; `old` itself if none does. Jittable.
+
+    A numerical M-step only raises the expected complete-data log-likelihood as far as that can
+    be evaluated: with a numerically singular Sigma its transition term is dominated by
+    round-off, and a "better" L-BFGS point can lower the log-likelihood itself. Checking the
+    objective (log-likelihood, plus a log-prior) costs one filter pass per trial point, which
+    keeps generalized EM monotone whatever the conditioning of the expected one.
+    """
+    base = objective(old)
+    trials = _halvings(old, new, halvings)
+    # evaluated one after another, without a loop primitive: inside `lax.while_loop` the
+    # log-prior of a NumPyro model failed to compile (an unregistered LAPACK custom call)
+    values = jnp.stack([objective(trial) for trial in trials])
+    return _first_acceptable(values, base, trials, old)[0]
+
+
+def safeguard_via(objective, old, fallback, new, halvings: int = SAFEGUARD_HALVINGS):
+    """`safeguard(objective, old, safeguard(objective, fallback, new, halvings), halvings=0)`
+    with all the points evaluated by one `lax.map`: one compiled copy of `objective` instead of
+    `halvings + 4` (the log-likelihood's filter scan and discretisation each time). For
+    objectives that compile inside a loop, unlike a NumPyro log-prior (see `safeguard`)."""
+    trials = _halvings(fallback, new, halvings)
+    points = jax.tree.map(lambda *leaves: jnp.stack(leaves), old, fallback, *trials)
+    values = jax.lax.map(objective, points)
+    chosen, value = _first_acceptable(values[2:], values[1], trials, fallback)
+    return _first_acceptable(value[None], values[0], [chosen], old)[0]
+
+
+@functools.partial(
+    jax.jit, static_argnames=("structure", "log_prior", "mstep_iters", "complete", "same_mask")
+)
+def structured_iteration(
+    theta, y, reps, groups, structure, log_prior, mstep_iters, complete, same_mask=False
+):
+    """E-step under `structure(theta)`, then a numerical M-step over theta (plus a log-prior)."""
+    sde = structure(theta)
+    _, _, lg = continuous_discrete(sde, reps, groups)
+    per_step = jnp.ndim(sde.H) == 3
+    stats, logliks = expected_stats(
+        lg, y, groups, reps.shape[0], per_step, groups.ndim == 2, complete, same_mask
+    )
+    prior = (lambda th: jnp.zeros(())) if log_prior is None else log_prior  # noqa: E731
+
+    def objective(th):
+        s = structure(th)
+        A_g, Sigma_g = discretize_steps(s.F, s.L @ s.L.T, reps)
+        return expected_complete_loglik(stats, LGSSMParams(A_g, Sigma_g, *s[2:])) + prior(th)
+
+    new = maximize(objective, theta, mstep_iters)
+
+    def total(th):
+        return total_loglik(structure(th), y, reps, groups, complete, same_mask) + prior(th)
+
+    return safeguard(total, theta, new), jnp.sum(logliks), prior(theta)
+
+
+def squarem(step):
+    """SQUAREM (Varadhan and Roland 2008) around a monotone EM map `step`, kept monotone.
+
+    From theta0: theta1 = M(theta0), theta2 = M(theta1), r = theta1 - theta0,
+    v = theta2 - 2 theta1 + theta0, alpha = min(-1, -|r| / |v|), and the extrapolated point
+    theta' = theta0 - 2 alpha r + alpha^2 v (alpha = -1 gives theta2). The next iterate is
+    M(theta') when theta' is at least as good as theta1, else theta2, so the objective never
+    falls. Each call costs three E-steps and returns the objective parts of theta0.
+    """
+
+    def accelerated(theta0):
+        theta1, ll0, lp0 = step(theta0)
+        theta2, ll1, lp1 = step(theta1)
+        flat0, unravel = jax.flatten_util.ravel_pytree(theta0)
+        flat1, flat2 = (
+            jax.flatten_util.ravel_pytree(theta1)[0],
+            jax.flatten_util.ravel_pytree(theta2)[0],
+        )
+        r, v = flat1 - flat0, flat2 - 2.0 * flat1 + flat0
+        norm_v = float(jnp.linalg.norm(v))
+        if norm_v == 0.0:
+            return theta2, ll0, lp0
+        alpha = min(-1.0, -float(jnp.linalg.norm(r)) / norm_v)
+        theta_x = unravel(flat0 - 2.0 * alpha * r + alpha**2 * v)
+        theta3, llx, lpx = step(theta_x)
+        better = float(llx) + float(lpx) >= float(ll1) + float(lp1)
+        return (theta3 if better and np.isfinite(float(llx) + float(lpx)) else theta2), ll0, lp0
+
+    return accelerated
+
+
+def per_step_emissions(params, T):
+    tv = {"H": 2, "u": 1, "R": 2}
+    fields = {
+        k: jnp.broadcast_to(getattr(params, k), (T,) + getattr(params, k).shape[-n:])
+        for k, n in tv.items()
+    }
+    return params._replace(**fields)
+
+
+def sde_parametrisation(init: SDEParams, fixed: frozenset):
+    """Unconstrained coordinates of an SDEParams (Cholesky factors for R and P1), fixed kept."""
+    consts = {k: getattr(init, k) for k in SDEParams._fields if k in fixed}
+    theta = {}
+    for k in SDEParams._fields:
+        if k in fixed:
+            continue
+        v = getattr(init, k)
+        theta[k] = jnp.linalg.cholesky(v) if k in ("R", "P1") else v
+
+    def build(th):
+        fields = dict(consts)
+        for k in th:
+            if k in ("R", "P1"):
+                C = jnp.tril(th[k])
+                fields[k] = C @ jnp.swapaxes(C, -1, -2)
+            else:
+                fields[k] = th[k]
+        return SDEParams(**fields)
+
+    return theta, build
