@@ -18,7 +18,6 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 
 from ._checks import float64, progress_bar
 from .discretize import continuous_discrete, psd_factor
@@ -244,6 +243,7 @@ def _at(result: EMResult, v, rebuild, unravel):
 def _polish(value_and_grad, hessian, v, valid, progress: bool):
     """Trust-region Newton steps (SciPy's `trust-exact`) on the objective from `v`, through
     valid points only: `(point reached, its objective, iterations)`."""
+    import scipy.optimize  # 0.15 s: imported by the finish, not by `import sdessm`
 
     def negative(x):
         f, g = value_and_grad(jnp.asarray(x))

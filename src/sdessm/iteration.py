@@ -185,6 +185,8 @@ def squarem(step):
 
 
 def per_step_emissions(params, T):
+    """`params` with `H`, `u` and `R` given one per time step (`T` leading), broadcast from shared
+    ones: the state of EM with `emissions="per_step"`."""
     tv = {"H": 2, "u": 1, "R": 2}
     fields = {
         k: jnp.broadcast_to(getattr(params, k), (T,) + getattr(params, k).shape[-n:])

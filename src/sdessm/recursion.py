@@ -71,6 +71,7 @@ def smoothed_cov(P_filt, P_smooth_next, gain, A, Sigma):
 
 
 def predict(m, P, A, Sigma):
+    """One prediction step: the mean `A m` and covariance `A P A^T + Sigma` (symmetrised)."""
     return A @ m, symmetrize(A @ P @ A.T + Sigma)
 
 
