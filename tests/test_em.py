@@ -742,10 +742,15 @@ def test_standard_errors_name_the_unidentified_direction(rng, key):
         res.standard_errors()
 
 
-def test_safeguard_keeps_a_step_only_if_the_objective_does_not_fall():
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_safeguard_keeps_a_step_only_if_the_objective_does_not_fall(unrolled):
     """`_safeguard` against a concave quadratic with its maximum at 1: a good step is kept, an
-    overshoot is halved until it helps, a step that never helps returns the start."""
-    from sdessm.iteration import safeguard as _safeguard
+    overshoot is halved until it helps, a step that never helps returns the start (the points
+    evaluated by `lax.map`, or one after another)."""
+    from sdessm.iteration import safeguard
+
+    def _safeguard(*args, **kwargs):
+        return safeguard(*args, **kwargs, unrolled=unrolled)
 
     objective = jax.jit(lambda th: -((th["x"] - 1.0) ** 2))
     start = {"x": jnp.asarray(0.0)}

@@ -89,12 +89,12 @@ def fit_em(
             and a Newton step would gain at most `tol` (`report["convergence"]` says which, or
             why not).
         finish: what follows EM. `"polish"`: maximise the exact objective from the EM estimate
-            by trust-region Newton steps (JAX gradient and Hessian; a step is kept only if it
-            does not lower the objective, and saddle points are left) in the free coordinates of
-            the standard errors (EM is robust far from the optimum and slow near it; Newton is
-            the opposite), then certify the result. `"certify"`: EM's estimate as it is,
-            certified or not. `"none"`: EM's estimate, unchecked (`converged` is False, and the
-            report says so): for studying EM itself.
+            by quasi-Newton steps (BFGS from the exact observed information, JAX gradients; a
+            step is kept only if it does not lower the objective, and saddle points are left)
+            in the free coordinates of the standard errors (EM is robust far from the optimum
+            and slow near it; Newton is the opposite), then certify the result. `"certify"`:
+            EM's estimate as it is, certified or not. `"none"`: EM's estimate, unchecked
+            (`converged` is False, and the report says so): for studying EM itself.
         fixed (Sequence[str] | None): field names held at their `init` value, e.g. `("H", "u")`;
             `"Q"` and `"L"` both name the diffusion. Defaults to `("P1",)` for one sequence
             (where the M-step would collapse P1 onto the smoothed covariance of a single draw)

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -296,15 +297,14 @@ def _best_start(tm: TracedModel, key) -> dict:
     if len(candidates) == 1:
         return candidates[0]
     zs = jax.tree.map(lambda *v: jnp.stack(v), *[tm.unconstrain(c) for c in candidates])
-    y, times = jnp.asarray(tm.y), jnp.asarray(tm.times)
 
     @jax.jit
-    @jax.vmap
-    def loglik(z):
-        return jnp.sum(log_likelihood(tm.sde_at(z), y, times))
+    @functools.partial(jax.vmap, in_axes=(0, None))
+    def loglik(z, y):  # `y` an argument: one compiled program for all data of its shape
+        return jnp.sum(log_likelihood(tm.sde_at(z), y, tm.times))
 
     with _numpyro_config():
-        values = np.asarray(loglik(zs))
+        values = np.asarray(loglik(zs, jnp.asarray(tm.y)))
     values = np.where(np.isfinite(values), values, -np.inf)
     return candidates[int(np.argmax(values))]
 

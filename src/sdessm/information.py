@@ -11,6 +11,7 @@ below `tol`); `standard_errors` and `covariance` invert the observed information
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,9 @@ import numpy as np
 from ._checks import float64, progress_bar
 from .discretize import continuous_discrete, psd_factor
 from .identify import SYMMETRIC
-from .kalman import filter_sequence, map_sequences
+from .kalman import filter_sequence, is_complete, map_sequences, map_sequences_jit
 from .params import LGSSMParams, SDEParams
+from .recursion import shares_mask
 
 if TYPE_CHECKING:
     from .results import EMResult
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
 MAX_CERTIFIED_COORDINATES = 200
 #: What may follow EM in `fit_em` (see its `finish`).
 FINISHES = ("polish", "certify", "none")
-#: Most trust-region Newton iterations of the polish; then at most NEWTON_STEPS plain Newton
-#: steps, each halved at most NEWTON_HALVINGS times, to meet the certificate's `tol`.
+#: Most quasi-Newton iterations of the polish; then at most NEWTON_STEPS Newton steps, each
+#: halved at most NEWTON_HALVINGS times, to meet the certificate's `tol`.
 POLISH_ITERATIONS = 200
 NEWTON_STEPS, NEWTON_HALVINGS = 8, 20
 #: The observed information counts as singular below this fraction of its largest eigenvalue.
@@ -54,10 +56,12 @@ def _leaf_labels(tree) -> list[str]:
 
 
 def _coordinates(result: EMResult):
-    """Free coordinates of the estimate: `(labels, vector, rebuild, unravel)`.
+    """Free coordinates of the estimate: `(labels, vector, rebuild, unravel, fields)`.
 
-    `rebuild(vector)` gives `(parameters, Q)`, Q None where the parameters hold it as L L^T or
-    have none (discrete fits); `unravel` maps a vector back to theta for structured fits.
+    `rebuild(vector, fields)` gives `(parameters, Q)`, Q None where the parameters hold it as
+    L L^T or have none (discrete fits), the entries the vector does not hold taken from
+    `fields` (default: the estimate's own, the `fields` returned); `unravel` maps a vector back
+    to theta for structured fits.
     """
     ctx = result._context
     if ctx["structure"] is not None and (
@@ -65,12 +69,11 @@ def _coordinates(result: EMResult):
     ):
         theta = ctx.get("theta", result.params)
         flat, unravel = jax.flatten_util.ravel_pytree(theta)
-        return (
-            _leaf_labels(theta),
-            flat,
-            lambda v: (ctx["structure"](unravel(v)), None),
-            unravel,
-        )
+
+        def rebuild_structured(v, fields=None):
+            return ctx["structure"](unravel(v)), None
+
+        return _leaf_labels(theta), flat, rebuild_structured, unravel, {}
     if isinstance(result.params, SDEParams):
         base = result.params._asdict()
         base["Q"] = result.params.Q
@@ -80,11 +83,12 @@ def _coordinates(result: EMResult):
         base = result.params._asdict()
         fixed = set(ctx["fixed"])
         names = LGSSMParams._fields
+    base = {k: jnp.asarray(x) for k, x in base.items()}
     labels, pieces, slots = [], [], []
     for name in names:
         if name in fixed:
             continue
-        x = jnp.asarray(base[name])
+        x = base[name]
         if name == "R" and ctx["R_structure"] == "isotropic":
             idx = [(0, 0)]
         elif name == "R" and ctx["R_structure"] == "diagonal":
@@ -99,11 +103,11 @@ def _coordinates(result: EMResult):
         slots.append((name, idx))
     vector = jnp.stack(pieces) if pieces else jnp.zeros((0,))
 
-    def rebuild(v):
-        fields = dict(base)
+    def rebuild(v, fields=base):
+        fields = dict(fields)
         k = 0
         for name, idx in slots:
-            x = jnp.asarray(base[name])
+            x = fields[name]
             for ix in idx:
                 x = x.at[ix].set(v[k])
                 k += 1
@@ -117,36 +121,44 @@ def _coordinates(result: EMResult):
             return SDEParams(**{k: fields[k] for k in SDEParams._fields}), fields["Q"]
         return LGSSMParams(**fields), None
 
-    return labels, vector, rebuild, None
+    return labels, vector, rebuild, None, base
 
 
 def _objective(result: EMResult):
     """The exact objective in the free coordinates of `_coordinates`:
-    `(labels, v0, objective, rebuild, unravel)`, `objective(v)` the marginal log-likelihood of
-    all sequences (plus the log-prior of a MAP fit in structured coordinates), jittable."""
+    `(labels, v0, objective, data, rebuild, unravel)`, `objective(v, data)` the marginal
+    log-likelihood of all sequences (plus the log-prior of a MAP fit in structured coordinates),
+    jittable. The data (observations, steps, the fixed entries) are an argument, not constants
+    of the compiled program, so that a fit of other data of the same shape reuses it (from the
+    persistent compilation cache, `sdessm.cache`)."""
     ctx = result._context
     y = jnp.asarray(ctx["y"])
-    yb = y if y.ndim == 3 else y[None]
-    labels, v0, rebuild, unravel = _coordinates(result)
+    labels, v0, rebuild, unravel, fields = _coordinates(result)
+    data = (y if y.ndim == 3 else y[None], ctx["reps"], ctx["groups"], fields)
+    batched = ctx["groups"].ndim == 2
+    complete = is_complete(data[0])  # from the values: the program has no NaN branch then
+    same_mask = complete or shares_mask(data[0])
 
-    def objective(v):
-        params, Q = rebuild(v)
+    def objective(v, data):
+        yb, reps, groups, fields = data
+        params, Q = rebuild(v, fields)
         if isinstance(params, SDEParams):
-            _, _, lg = continuous_discrete(params, ctx["reps"], ctx["groups"], Q)
-            batched = ctx["groups"].ndim == 2
+            _, _, lg = continuous_discrete(params, reps, groups, Q)
+            params_batched = batched
         else:
-            lg, batched = params, False
-        total = jnp.sum(map_sequences(filter_sequence, lg, yb, batched).log_likelihood)
+            lg, params_batched = params, False
+        filtered = map_sequences_jit(filter_sequence, lg, yb, params_batched, complete, same_mask)
+        total = jnp.sum(filtered.log_likelihood)
         if ctx["log_prior"] is not None and unravel is not None:
             total = total + ctx["log_prior"](unravel(v))
         return total
 
-    return labels, v0, objective, rebuild, unravel
+    return labels, v0, objective, data, rebuild, unravel
 
 
-def _information(objective, v):
-    """The observed information `-hessian(objective)(v)`, symmetrised, as NumPy."""
-    hessian = np.asarray(jax.jit(jax.hessian(objective))(jnp.asarray(v)))
+def _information(objective, v, data):
+    """The observed information `-hessian(objective)(v, data)`, symmetrised, as NumPy."""
+    hessian = np.asarray(jax.jit(jax.hessian(objective))(jnp.asarray(v), data))
     return -0.5 * (hessian + hessian.T)
 
 
@@ -172,7 +184,7 @@ def _flat_direction(labels, info) -> str | None:
 def _covariance(result: EMResult):
     """(labels, estimate vector, inverse observed information, unravel) in free coordinates."""
     ctx = result._context
-    labels, v0, objective, _, unravel = _objective(result)
+    labels, v0, objective, data, _, unravel = _objective(result)
     if ctx["log_prior"] is not None and unravel is None:
         raise ValueError(
             "standard errors of a MAP fit are given in the structured coordinates: fit with "
@@ -182,7 +194,7 @@ def _covariance(result: EMResult):
     if cached is not None and np.allclose(cached[0], np.asarray(v0), rtol=1e-12, atol=1e-14):
         info = cached[1]
     else:
-        info = _information(objective, v0)
+        info = _information(objective, v0, data)
     flat = _flat_direction(labels, info)
     if flat is not None:
         w = np.linalg.eigvalsh(info)
@@ -241,8 +253,17 @@ def _at(result: EMResult, v, rebuild, unravel):
 
 
 def _polish(value_and_grad, hessian, v, valid, progress: bool):
-    """Trust-region Newton steps (SciPy's `trust-exact`) on the objective from `v`, through
-    valid points only: `(point reached, its objective, iterations)`."""
+    """Quasi-Newton steps (SciPy's BFGS) on the objective from `v`, through valid points only:
+    `(point reached, its objective, iterations)`.
+
+    The inverse curvature starts from the exact observed information at `v` (its eigenvalues
+    taken in absolute value, so a start outside the concave region still gives an ascent
+    direction: a saddle-free Newton step) and is then updated from gradients alone, so a step
+    costs one gradient instead of one Hessian (a gradient per free coordinate). It runs until
+    the gradient is at round-off (`gtol`) or no step gains: cheap once BFGS converges
+    superlinearly, and it follows a boundary (a variance going to 0) far enough for the
+    certificate to see the flat direction.
+    """
     import scipy.optimize  # 0.15 s: imported by the finish, not by `import sdessm`
 
     def negative(x):
@@ -252,22 +273,19 @@ def _polish(value_and_grad, hessian, v, valid, progress: bool):
             return np.inf, np.zeros_like(x)
         return -f, -g
 
-    def curvature(x):
-        h = -hessian(x)
-        return 0.5 * (h + h.T) if np.all(np.isfinite(h)) else np.eye(len(x))
-
+    h = hessian(v)
+    if not np.all(np.isfinite(h)):
+        return v, -negative(v)[0], 0
+    w, V = np.linalg.eigh(-0.5 * (h + h.T))
+    w = np.maximum(np.abs(w), FLAT_RTOL * max(1.0, np.abs(w).max()))
+    inverse = (V / w) @ V.T
     bar = progress_bar()(desc="Newton finish", disable=not progress, leave=False)
+    options = dict(maxiter=POLISH_ITERATIONS, gtol=1e-10, hess_inv0=0.5 * (inverse + inverse.T))
     with warnings.catch_warnings(), bar:
         warnings.simplefilter("ignore", RuntimeWarning)  # trial points that meet +inf
         warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
         res = scipy.optimize.minimize(
-            negative,
-            v,
-            jac=True,
-            hess=curvature,
-            method="trust-exact",
-            options=dict(maxiter=POLISH_ITERATIONS, gtol=1e-10),
-            callback=lambda x: bar.update(1),
+            negative, v, jac=True, method="BFGS", options=options, callback=lambda x: bar.update(1)
         )
     return np.asarray(res.x, dtype=float), float(-res.fun), int(res.nit)
 
@@ -317,10 +335,10 @@ def _verdict(flat: str | None, gain: float, tol: float) -> str:
 def finish(result: EMResult, finish: str, tol: float, progress: bool = False) -> EMResult:
     """Polish the EM estimate on the exact objective and certify it.
 
-    With `polish`, trust-region Newton steps (SciPy's `trust-exact`, JAX gradient and Hessian)
-    and then, if needed, halving Newton steps on the exact marginal log-likelihood (plus
-    log-prior), from the EM estimate, in the free coordinates of the standard errors; a point is
-    kept only if it does not lower the objective. Then the
+    With `polish`, quasi-Newton steps (SciPy's BFGS from the exact information, JAX gradients;
+    see `_polish`) and then, if needed, halving Newton steps on the exact marginal
+    log-likelihood (plus log-prior), from the EM estimate, in the free coordinates of the
+    standard errors; a point is kept only if it does not lower the objective. Then the
     certificate: the fit has converged when the observed information is positive definite and
     the gain a Newton step predicts, g' I^-1 g / 2, is at most `tol` (log-likelihood units).
     Otherwise the report says why: a flat direction (a boundary, or a direction the data do not
@@ -330,7 +348,7 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
     if finish == "none":
         report["convergence"] = "not checked (finish='none')"
         return dataclasses.replace(result, converged=False, report=report)
-    labels, v0, objective, rebuild, unravel = _objective(result)
+    labels, v0, objective, data, rebuild, unravel = _objective(result)
     n = len(labels)
     if n == 0:
         report["convergence"] = "nothing to certify: every parameter is fixed"
@@ -341,10 +359,10 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
             "which the exact Hessian is computed"
         )
         return dataclasses.replace(result, converged=False, report=report)
-    value_and_grad = jax.jit(jax.value_and_grad(objective))
+    value_and_grad = functools.partial(jax.jit(jax.value_and_grad(objective)), data=data)
     v = np.asarray(v0, dtype=float)
     start = value = float(value_and_grad(jnp.asarray(v))[0])
-    hessian_at = jax.jit(jax.hessian(objective))
+    hessian_at = functools.partial(jax.jit(jax.hessian(objective)), data=data)
     hessians = {}  # a point's Hessian costs a gradient per coordinate: computed once
 
     def hessian(x):

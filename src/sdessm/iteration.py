@@ -95,7 +95,7 @@ def _first_acceptable(values, base, trials, old):
     return chosen, jnp.where(jnp.any(ok), values[first], base)
 
 
-def safeguard(objective, old, new, halvings: int = SAFEGUARD_HALVINGS):
+def safeguard(objective, old, new, halvings: int = SAFEGUARD_HALVINGS, unrolled: bool = False):
     """`new`, or the first of `old + (new - old) / 2^j` (j = 1..halvings) that does not lower
     `objective` below its value at `old`; `old` itself if none does. Jittable.
 
@@ -104,13 +104,18 @@ def safeguard(objective, old, new, halvings: int = SAFEGUARD_HALVINGS):
     round-off, and a "better" L-BFGS point can lower the log-likelihood itself. Checking the
     objective (log-likelihood, plus a log-prior) costs one filter pass per trial point, which
     keeps generalized EM monotone whatever the conditioning of the expected one.
+
+    The points are evaluated by one `lax.map` (one compiled copy of `objective`), or with
+    `unrolled` one after another without a loop primitive: inside a loop the log-prior of a
+    NumPyro model failed to compile (an unregistered LAPACK custom call).
     """
-    base = objective(old)
     trials = _halvings(old, new, halvings)
-    # evaluated one after another, without a loop primitive: inside `lax.while_loop` the
-    # log-prior of a NumPyro model failed to compile (an unregistered LAPACK custom call)
-    values = jnp.stack([objective(trial) for trial in trials])
-    return _first_acceptable(values, base, trials, old)[0]
+    if unrolled:
+        values = jnp.stack([objective(point) for point in [old, *trials]])
+    else:
+        points = jax.tree.map(lambda *leaves: jnp.stack(leaves), old, *trials)
+        values = jax.lax.map(objective, points)
+    return _first_acceptable(values[1:], values[0], trials, old)[0]
 
 
 def safeguard_via(objective, old, fallback, new, halvings: int = SAFEGUARD_HALVINGS):
@@ -150,7 +155,8 @@ def structured_iteration(
     def total(th):
         return total_loglik(structure(th), y, reps, groups, complete, same_mask) + prior(th)
 
-    return safeguard(total, theta, new), jnp.sum(logliks), prior(theta)
+    chosen = safeguard(total, theta, new, unrolled=log_prior is not None)
+    return chosen, jnp.sum(logliks), prior(theta)
 
 
 def squarem(step):
