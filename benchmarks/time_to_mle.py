@@ -23,8 +23,11 @@ Methods (each with its own default stopping rule, from the same start where they
   judged against its own maximum (and says so).
 
 A run counts as reaching the maximum when its log-likelihood ends within `REACH` = 1e-3 of the
-best any method found on that objective. Times are medians over repeats, with compilation
-(the first call in a fresh process) and without it (a second call in the same process).
+best any method found on that objective. Times are medians over repeats: with compilation (the
+first call in a fresh process with an empty persistent compilation cache), with a warm cache
+(the first call in a second fresh process that finds what the first one compiled, as a second
+`sdessm fit` on the command line does; every method gets the same JAX cache settings), and
+without compilation (a second call in the same process).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -214,10 +218,12 @@ def run_statsmodels(kind, y, times, start):
     }
 
 
-def worker(problem: str, method: str, quick: bool) -> dict:
+def worker(problem: str, method: str, quick: bool, cache: str) -> dict:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_compilation_cache_dir", cache)  # the same for every method
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     warnings.filterwarnings("ignore")
     kind, full, small = PROBLEMS[problem]
     y, times, start = make_data(kind, small if quick else full)
@@ -234,13 +240,23 @@ def worker(problem: str, method: str, quick: bool) -> dict:
 
 
 def run_one(problem: str, method: str, quick: bool, cpu: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", problem, method] + (["--quick"] if quick else [])
+    """Two fresh processes on one empty compilation cache: the first compiles (cold), the
+    second finds its programs there (warm)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     pin = (lambda: os.sched_setaffinity(0, {cpu})) if hasattr(os, "sched_setaffinity") else None
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=pin)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    outs = []
+    with tempfile.TemporaryDirectory() as cache:
+        cmd = [sys.executable, __file__, "--worker", problem, method, "--cache", cache]
+        for _ in range(2):
+            proc = subprocess.run(
+                cmd + (["--quick"] if quick else []),
+                capture_output=True, text=True, env=env, preexec_fn=pin,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                err = proc.stderr.strip()
+                return {"error": err.splitlines()[-1] if err else "failed"}
+            outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return dict(outs[0], warm_seconds=outs[1]["first_seconds"])
 
 
 def summarise(problem: str, runs: dict[str, list[dict]]) -> list[dict]:
@@ -261,41 +277,49 @@ def summarise(problem: str, runs: dict[str, list[dict]]) -> list[dict]:
         elif "objective" in r0:  # another function altogether
             target = r0["loglik"]
         first = statistics.median(r["first_seconds"] for r in ok[method])
+        warm = statistics.median(r["warm_seconds"] for r in ok[method])
         steady = statistics.median(r["seconds"] for r in ok[method])
         if "trajectory" in r0:  # time per iteration x the iterations needed
             lls = np.asarray(r0["trajectory"])
             hit = np.flatnonzero(lls >= target - REACH)
             fraction = (hit[0] + 1) / r0["iterations"] if hit.size else 1.0  # or all of it
-            compile_s = max(first - steady, 0.0)
-            steady, first = steady * fraction, compile_s + steady * fraction
+            compile_s, load_s = max(first - steady, 0.0), max(warm - steady, 0.0)
+            steady, first, warm = (
+                steady * fraction,
+                compile_s + steady * fraction,
+                load_s + steady * fraction,
+            )
         reached = bool(r0["loglik"] >= target - REACH) and "NaN" not in r0.get("objective", "")
         rows.append({
             "problem": problem, "method": method, "loglik": r0["loglik"], "best": target,
-            "reached": reached, "seconds_with_compilation": first, "seconds": steady,
+            "reached": reached, "seconds_with_compilation": first, "seconds_warm_cache": warm,
+            "seconds": steady,
             "iterations": r0.get("iterations"), "note": r0.get("objective", r0.get("message", "")),
         })  # fmt: skip
     ours = next((r for r in rows if r["method"] == "sdessm" and "seconds" in r), None)
     for r in rows:
         if ours and "seconds" in r and r["method"] != "sdessm":
-            r["ratio_with_compilation"] = (
-                r["seconds_with_compilation"] / ours["seconds_with_compilation"]
-            )
-            r["ratio"] = r["seconds"] / ours["seconds"]
+            for key in ("seconds_with_compilation", "seconds_warm_cache", "seconds"):
+                r[key.replace("seconds", "ratio")] = r[key] / ours[key]
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = "| problem | method | log-likelihood | reached | s (with compilation) | s | "
-    lines = [head + "x sdessm (with comp.) | x sdessm |", "|" + "---|" * 8]
+    """Seconds cold (compiling), with a warm cache and without compilation, then the same as
+    multiples of sdessm's."""
+    head = "| problem | method | log-likelihood | reached | s cold | s warm | s | "
+    lines = [head + "x sdessm cold | x warm | x |", "|" + "---|" * 10]
+    keys = ("ratio_with_compilation", "ratio_warm_cache", "ratio")
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['problem']} | {r['method']} | error: {r['error'][:60]} | | | | | |")
+            error = r["error"][:60]
+            lines.append(f"| {r['problem']} | {r['method']} | error: {error} |" + " |" * 7)
             continue
-        ratios = [f"{r[k]:.2f}" if k in r else "-" for k in ("ratio_with_compilation", "ratio")]
+        ratios = " | ".join(f"{r[k]:.2f}" if k in r else "-" for k in keys)
         lines.append(
             f"| {r['problem']} | {r['method']} | {r['loglik']:.4f} | "
             f"{'yes' if r['reached'] else 'NO'} | {r['seconds_with_compilation']:.2f} | "
-            f"{r['seconds']:.2f} | {ratios[0]} | {ratios[1]} |"
+            f"{r['seconds_warm_cache']:.2f} | {r['seconds']:.2f} | {ratios} |"
         )
     return "\n".join(lines)
 
@@ -307,9 +331,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, help="runs per method (default 3, 1 with --quick)")
     parser.add_argument("--out", help="a JSON file for the rows (default: print only)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.quick)))
+        print(json.dumps(worker(*args.worker, args.quick, args.cache)))
         return 0
     repeats = args.repeats or (1 if args.quick else 3)
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]

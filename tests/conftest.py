@@ -33,10 +33,15 @@ def _compilation_cache(tmp_path_factory):
     compiles the same sampler program again for each chain it runs in sequence and for each
     `run` call (a NUTS checkpoint runs one per block); from the cache a repeat costs its tracing
     only; so does a program compiled again after `_free_compiled_programs`. Programs that
-    compile in under 0.1 s are not stored."""
+    compile in under 0.1 s are not stored. The command lines that tests run in subprocesses
+    use the same folder (not the user's `~/.cache/sdessm/jax`)."""
+    import os
+
     from jax.experimental.compilation_cache import compilation_cache
 
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-cache")))
+    folder = str(tmp_path_factory.mktemp("jax-cache"))
+    os.environ["SDESSM_COMPILATION_CACHE"] = folder
+    jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     compilation_cache.reset_cache()
     yield

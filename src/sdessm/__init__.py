@@ -8,6 +8,7 @@ points compute in float64 (enabled for the duration of each call, not globally).
 
 import importlib
 
+from .cache import enable_compilation_cache as enable_compilation_cache
 from .discretize import discretize as discretize
 from .discretize import discretize_params as discretize_params
 from .discretize import sde_from_discrete as sde_from_discrete
@@ -47,10 +48,10 @@ _LAZY = {
 }
 #: Every submodule, reachable as an attribute after `import sdessm` alone (`sdessm.models.load`).
 _SUBMODULES = (
-    "checkpoint", "cli", "datasets", "diagnostics", "discretize", "em", "errors", "fit", "forecast",
-    "identify", "infer", "information", "io", "iteration", "kalman", "models", "moments", "mstep",
-    "parallel", "params", "ppl", "priors", "realisation", "recursion", "report", "results",
-    "simulate", "stats",
+    "cache", "checkpoint", "cli", "datasets", "diagnostics", "discretize", "em", "errors", "fit",
+    "forecast", "identify", "infer", "information", "io", "iteration", "kalman", "models",
+    "moments", "mstep", "parallel", "params", "ppl", "priors", "realisation", "recursion",
+    "report", "results", "simulate", "stats",
 )  # fmt: skip
 
 
@@ -95,5 +96,6 @@ __all__ = [
     "standard_errors",
     "covariance",
     "subspace_start",
+    "enable_compilation_cache",
     *_LAZY,
 ]

@@ -894,12 +894,20 @@ _FORCE_HELP = (
 
 
 def _parser(sub, name: str, help: str):
-    return sub.add_parser(
+    p = sub.add_parser(
         name,
         help=help,
         description=help[0].upper() + help[1:] + ".",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument(
+        "--no-compilation-cache",
+        dest="compilation_cache",
+        action="store_false",
+        help="compile every program anew instead of reusing those compiled by earlier runs "
+        "(kept in $SDESSM_COMPILATION_CACHE or ~/.cache/sdessm/jax; see docs/cli.md)",
+    )
+    return p
 
 
 def _add_simulation(p, n: int, dt: float, missing: float) -> None:
@@ -1042,6 +1050,10 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_enable_x64", True)  # the command line is an entry point: float64
     args = build_parser().parse_args(argv)
     try:
+        if args.compilation_cache:  # before the first compilation: JAX decides once
+            from .cache import enable_compilation_cache
+
+            enable_compilation_cache()
         return args.func(args)
     except _Failed as err:
         return _fail(str(err), EXIT_FAILED)
