@@ -1050,7 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_enable_x64", True)  # the command line is an entry point: float64
     args = build_parser().parse_args(argv)
     try:
-        if args.compilation_cache:  # before the first compilation: JAX decides once
+        if args.compilation_cache:  # before the command compiles anything
             from .cache import enable_compilation_cache
 
             enable_compilation_cache()
