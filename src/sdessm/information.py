@@ -135,7 +135,7 @@ def _objective(result: EMResult):
     y = jnp.asarray(ctx["y"])
     labels, v0, rebuild, unravel, fields = _coordinates(result)
     data = (y if y.ndim == 3 else y[None], ctx["reps"], ctx["groups"], fields)
-    batched = ctx["groups"].ndim == 2
+    batched = ctx["groups"] is not None and ctx["groups"].ndim == 2  # None: a discrete fit
     complete = is_complete(data[0])  # from the values: the program has no NaN branch then
     same_mask = complete or shares_mask(data[0])
 
