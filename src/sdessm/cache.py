@@ -34,7 +34,8 @@ ENVIRONMENT = "SDESSM_COMPILATION_CACHE"
 OFF = ("off", "0", "false", "no", "")
 #: Most bytes kept in the folder; the least recently used entries are evicted beyond it.
 MAX_BYTES = 2**30
-#: Programs that compile faster than this are not written (reading them back costs as much).
+#: Programs that compile faster than this are not written (reading them back costs as much),
+#: unless JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS says otherwise.
 MIN_COMPILE_SECONDS = 0.2
 
 
@@ -68,7 +69,8 @@ def enable_compilation_cache(folder: str | os.PathLike | None = None) -> Path | 
         raise ValueError(f"the compilation cache `{folder}` exists and is not a folder.")
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the user's, if set
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     try:  # needs `filelock` (a dependency); older JAX versions have no size limit at all
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     except AttributeError:
