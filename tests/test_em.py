@@ -1,5 +1,6 @@
 """EM: monotone log-likelihood on every path, stationary M-steps, peer agreement, SDE recovery."""
 
+import functools
 import re
 
 import jax
@@ -228,7 +229,10 @@ def test_discrete_em_iterates_match_pykalman(rng, key):
         "initial_state_mean",
         "initial_state_covariance",
     ]
-    res = sdessm.fit_em(init, y, num_iters=8, tol=0.0, finish="none", fixed=("u",), progress=False)
+    res = sdessm.fit_em(
+        init, y, num_iters=8, tol=0.0, finish="none", fixed=("u",), accelerate=False,
+        progress=False,
+    )  # fmt: skip
     for k in range(1, 9):
         kf = pykalman.KalmanFilter(
             transition_matrices=A,
@@ -314,7 +318,7 @@ def test_closed_form_and_numerical_mstep_agree(rng, key):
     kw = dict(
         dt=0.3, fixed=("H", "R", "mu1", "P1"), num_iters=20, tol=0.0, finish="none", progress=False
     )
-    closed = sdessm.fit_em(init, y, **kw)
+    closed = sdessm.fit_em(init, y, accelerate=False, **kw)
     # a zero log-prior sends F, L and u through the numerical (L-BFGS) M-step
     numerical = sdessm.fit_em(
         init, y, log_prior=lambda p: 0.0, mstep_iters=60, accelerate=False, **kw
@@ -635,6 +639,43 @@ def test_squarem_reaches_the_plain_em_fixed_point_in_fewer_steps(key):
     assert 3 * fast.num_iters < plain.num_iters  # three E-steps per accelerated iteration
 
 
+@pytest.mark.parametrize("irregular", [False, True], ids=["closed_form", "numerical_transitions"])
+def test_squarem_reaches_the_maximum_where_plain_em_crawls(irregular):
+    """A 2-D OU seen in full with an unknown offset u: EM trades u against the latent level
+    and crawls (plain EM is still short after many E-steps); SQUAREM on the closed-form path
+    (uniform steps) and on the numerical-transitions path (irregular steps) reaches a point
+    where the exact log-likelihood's gradient vanishes, with fewer E-steps, monotonely."""
+    truth = sdessm.SDEParams(
+        F=[[-0.3, 0.4], [-0.4, -0.5]], L=0.5 * np.eye(2), H=np.eye(2), u=[1.5, -1.0],
+        R=0.1 * np.eye(2), mu1=np.zeros(2), P1=np.eye(2),
+    )  # fmt: skip
+    if irregular:
+        kw = dict(times=np.cumsum(np.random.default_rng(0).uniform(0.05, 0.15, size=200)))
+    else:
+        kw = dict(dt=0.1)
+    _, y = sdessm.simulate(jax.random.key(0), truth, num_timesteps=None if irregular else 300, **kw)
+    start = truth._replace(F=-np.eye(2), L=np.eye(2), u=np.zeros(2), R=np.eye(2))
+    fit = functools.partial(
+        sdessm.fit_em, start, y, fixed=("P1", "H"), tol=1e-9, finish="none", progress=False,
+        mstep_iters=10, **kw
+    )  # fmt: skip
+    fast = fit(num_iters=600)
+    assert fast.report["stopped"] == "the gain per iteration fell below tol = 1e-09"
+    _assert_monotone(fast.log_likelihoods)
+    plain = fit(num_iters=3 * fast.num_iters, accelerate=False)  # as many E-steps, or more
+    assert plain.log_likelihood < fast.log_likelihood - 0.1
+
+    def loglik(F, Q, u, R, mu1):
+        L = jnp.linalg.cholesky(Q)
+        params = fast.params._replace(F=F, L=L, u=u, R=R, mu1=mu1)
+        return jnp.sum(sdessm.kalman_filter(params, y, **kw).log_likelihood)
+
+    p = fast.params
+    grads = jax.grad(loglik, argnums=tuple(range(5)))(p.F, p.Q, p.u, p.R, p.mu1)
+    for g in grads:
+        np.testing.assert_allclose(np.asarray(g), 0.0, atol=2e-3)
+
+
 def test_map_adds_the_log_prior_and_is_monotone(key):
     truth = {"log": jnp.log(jnp.array([2.0, 0.1, 0.6, 0.15]))}
     _, y = sdessm.simulate(key, _oscillator(truth), dt=0.1, num_timesteps=80)
@@ -782,6 +823,80 @@ def test_safeguard_via_equals_the_nested_safeguards():
             for new in (0.9, 2.0, 40.0, -100.0, np.nan):
                 via, nested = both(*(jnp.asarray(v) for v in (old, fallback, new)))
                 np.testing.assert_array_equal(via, nested, err_msg=f"{old}, {fallback}, {new}")
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_squarem_extrapolates_only_to_valid_points_and_never_loses(checked):
+    """A linear EM map s -> 0.9 s + 0.01 (objective -(s - 0.1)^2), with a `valid` region
+    s >= 0.3 that excludes its fixed point: SQUAREM's extrapolation toward it is shortened
+    until the point is valid (and skipped when no shortening is), the objective never falls,
+    and the step bound starts at plain EM. Without the check the extrapolation leaves the
+    region (so the test can tell)."""
+    from sdessm.iteration import squarem
+
+    seen, refused = [], []
+
+    def step(theta):
+        seen.append(float(theta["s"]))
+        return {"s": 0.9 * theta["s"] + 0.01}, -((theta["s"] - 0.1) ** 2), jnp.zeros(())
+
+    def valid(theta):
+        ok = float(theta["s"]) >= 0.3
+        refused.extend([] if ok else [float(theta["s"])])
+        return ok
+
+    accelerated = squarem(step, valid=valid if checked else None)
+    theta, lls, extrapolated = {"s": jnp.asarray(1.0)}, [], []
+    for _ in range(4):
+        before = len(seen)
+        theta, ll, _ = accelerated(theta)
+        lls.append(float(ll))
+        if len(seen) - before == 3:  # the third point a call evaluates is the extrapolated one
+            extrapolated.append(seen[-1])
+    assert np.all(np.diff(lls) >= 0), lls
+    assert seen[:2] == pytest.approx([1.0, 0.91])  # bound 1 at first: plain EM, two steps
+    assert extrapolated  # the bound grew and SQUAREM extrapolated
+    if checked:
+        assert refused and min(extrapolated) >= 0.3, (extrapolated, refused)
+    else:
+        assert min(extrapolated) < 0.3
+
+
+def test_covariances_valid_allows_round_off_and_singular_but_not_negative():
+    from sdessm.iteration import covariances_valid
+
+    good = LGSSMParams(
+        A=np.eye(2), Sigma=np.diag([1.0, 0.0]), H=np.eye(2), u=np.zeros(2),
+        R=jnp.ones((4, 2, 2)), mu1=np.zeros(2), P1=np.eye(2) * 1e-8,
+    )  # fmt: skip  # a singular Sigma, R per step and rank one, a tiny P1
+    assert covariances_valid(good)
+    assert covariances_valid(good._replace(Sigma=np.diag([1.0, -1e-14])))  # round-off
+    assert not covariances_valid(good._replace(Sigma=np.diag([1.0, -1e-3])))
+    assert not covariances_valid(good._replace(R=good.R.at[3, 0, 0].set(-1.0)))
+    assert not covariances_valid(good._replace(P1=np.full((2, 2), np.nan)))
+    assert covariances_valid(good._replace(Sigma=-np.eye(2)), names=("R", "P1"))
+
+
+def test_the_finish_reuses_its_programs_and_not_the_data(key):
+    """A second fit of the same form on other data of the same shape uses the programs the
+    first compiled (no new entry), and its result is that of a fit with fresh programs."""
+    from sdessm import information
+
+    truth = sdessm.SDEParams(
+        F=[[-0.8]], L=[[0.9]], H=[[1.0]], u=[0.5], R=[[0.3]], mu1=[0.0], P1=[[1.0]]
+    )
+    _, y = sdessm.simulate(key, truth, dt=0.5, num_timesteps=150, num_sequences=2)
+    init = truth._replace(F=[[-2.0]], L=[[0.4]], u=[0.0], R=[[1.0]])
+    fit = functools.partial(sdessm.fit_em, init, dt=0.5, fixed=("H", "P1"), progress=False)
+    fit(y)
+    kept = len(information._PROGRAMS)
+    other = fit(np.asarray(y)[:, ::-1] * 1.5)
+    assert len(information._PROGRAMS) == kept
+    information._PROGRAMS.clear()
+    fresh = fit(np.asarray(y)[:, ::-1] * 1.5)
+    assert other.converged and fresh.converged
+    assert other.log_likelihood == fresh.log_likelihood
+    np.testing.assert_array_equal(other.standard_errors()["F"], fresh.standard_errors()["F"])
 
 
 def test_gaussian_term_gradient_equals_differentiating_the_cholesky_form(rng):

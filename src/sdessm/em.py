@@ -13,6 +13,7 @@ finish and certificate (`sdessm.information`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -43,6 +44,7 @@ from .information import FINISHES
 from .information import finish as finish_fit
 from .iteration import (
     continuous_iteration,
+    covariances_valid,
     discrete_iteration,
     per_step_emissions,
     sde_parametrisation,
@@ -281,9 +283,14 @@ def _resolve(sde0, y, times, dt, fixed, structured: bool, numerical: bool, per_s
 
 
 def _strategy(problem: _Problem, init, structure, log_prior, R_structure, per_step: bool,
-              mstep_iters: int, accelerate: bool) -> _Strategy:  # fmt: skip
+              mstep_iters: int, accelerate: bool, polish: bool) -> _Strategy:  # fmt: skip
     """The path of EM for this problem: structured or MAP (numerical M-step over theta), a
-    numerical transition M-step (irregular steps, or a fixed diffusion), or the closed form."""
+    numerical transition M-step (irregular steps, or a fixed diffusion), or the closed form.
+
+    With `accelerate`, SQUAREM runs on the numerical paths, and on the others when EM itself
+    must reach the maximum (no `polish`): there the quasi-Newton finish does the work of the
+    crawl better from plain EM's earlier handover (4-D OU with 20% missing, T = 2000: 17.5 s
+    to the certified maximum from plain EM, 22.3 s from SQUAREM's later one)."""
     p = problem
     y, fixed, T = p.y, p.fixed, p.y.shape[1]
     is_sde = p.reps is not None
@@ -306,12 +313,15 @@ def _strategy(problem: _Problem, init, structure, log_prior, R_structure, per_st
         state = per_step_emissions(p.sde0, T) if per_step else p.sde0
         config = (fixed, R_structure, per_step, mstep_iters, p.complete, p.same_mask)
         step = lambda s: continuous_iteration(s, y, reps, groups, config)  # noqa: E731
+        valid = functools.partial(covariances_valid, names=("R", "P1"))
+        step = squarem(step, valid=valid) if accelerate and not polish else step
         return _Strategy("numerical transitions", state, step, lambda s: s, None)
     discrete_fixed = set(fixed) | ({"A"} if is_sde and "F" in fixed else set())
     state = per_step_emissions(p.lg0, T) if per_step else p.lg0
     update = not {"A", "Sigma"} <= discrete_fixed
     config = (frozenset(discrete_fixed), R_structure, per_step, update, p.complete, p.same_mask)
     step = lambda s: discrete_iteration(s, y, config)  # noqa: E731
+    step = squarem(step, valid=covariances_valid) if accelerate and not polish else step
     return _Strategy("closed form", state, step, None, None)
 
 
@@ -507,8 +517,9 @@ def run_em(
                 steps = problem.reps[np.reshape(problem.groups, (-1, T - 1))[0]]
             check_identified(problem.sde0, problem.fixed, R_structure, steps)
     strategy = _strategy(
-        problem, init, structure, log_prior, R_structure, per_step, mstep_iters, accelerate
-    )
+        problem, init, structure, log_prior, R_structure, per_step, mstep_iters, accelerate,
+        finish == "polish",
+    )  # fmt: skip
     store = None
     if checkpoint is not None:
         key = ckpt.fingerprint(

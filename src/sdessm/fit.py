@@ -112,9 +112,15 @@ def fit_em(
         psd: when the recovered Q is not PSD: `"report"` raises `NotPSDError` with the fit
             attached; `"nearest"` replaces Q by the nearest PSD matrix, flagged in the report.
         mstep_iters: L-BFGS steps per numerical M-step.
-        accelerate: on the numerical paths (`structure`, `log_prior`, NumPyro models), SQUAREM
-            extrapolation with a monotone safeguard: one iteration is then three E-steps, and
-            EM's slow crawl along weakly identified directions is cut by orders of magnitude.
+        accelerate: SQUAREM extrapolation (Varadhan and Roland 2008), kept monotone, with a
+            step bound that grows from plain EM while extrapolation helps: one iteration is
+            then three E-steps, and EM's crawl along weakly identified directions (an offset u
+            traded against the latent level, a structured damping) is cut by orders of
+            magnitude. It runs on the numerical paths (`structure`, `log_prior`, NumPyro
+            models) and, when `finish` is not "polish", on the closed-form and
+            numerical-transitions paths too (extrapolating only to positive semi-definite
+            covariances); with "polish" those hand the crawl to the quasi-Newton finish,
+            which is faster there. `False` gives plain EM, iterate for iterate.
         progress: show a progress bar.
         checkpoint (str | os.PathLike | None): a file that keeps the run: every
             `checkpoint_every` iterations and at the end, the iterate and the history are written

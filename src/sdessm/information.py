@@ -10,6 +10,7 @@ below `tol`); `standard_errors` and `covariance` invert the observed information
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import warnings
@@ -56,12 +57,13 @@ def _leaf_labels(tree) -> list[str]:
 
 
 def _coordinates(result: EMResult):
-    """Free coordinates of the estimate: `(labels, vector, rebuild, unravel, fields)`.
+    """Free coordinates of the estimate: `(labels, vector, rebuild, unravel, fields, signature)`.
 
     `rebuild(vector, fields)` gives `(parameters, Q)`, Q None where the parameters hold it as
     L L^T or have none (discrete fits), the entries the vector does not hold taken from
     `fields` (default: the estimate's own, the `fields` returned); `unravel` maps a vector back
-    to theta for structured fits.
+    to theta for structured fits. Two results with equal `signature`s have the same `rebuild`
+    and `unravel` as functions of their arguments.
     """
     ctx = result._context
     if ctx["structure"] is not None and (
@@ -70,10 +72,14 @@ def _coordinates(result: EMResult):
         theta = ctx.get("theta", result.params)
         flat, unravel = jax.flatten_util.ravel_pytree(theta)
 
-        def rebuild_structured(v, fields=None):
-            return ctx["structure"](unravel(v)), None
+        structure = ctx["structure"]  # not `ctx`, which holds the data, in the closures
 
-        return _leaf_labels(theta), flat, rebuild_structured, unravel, {}
+        def rebuild_structured(v, fields=None):
+            return structure(unravel(v)), None
+
+        leaves = tuple((np.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(theta))
+        signature = ("structured", id(structure), jax.tree.structure(theta), leaves)
+        return _leaf_labels(theta), flat, rebuild_structured, unravel, {}, signature
     if isinstance(result.params, SDEParams):
         base = result.params._asdict()
         base["Q"] = result.params.Q
@@ -102,8 +108,9 @@ def _coordinates(result: EMResult):
             pieces.append(x[ix])
         slots.append((name, idx))
     vector = jnp.stack(pieces) if pieces else jnp.zeros((0,))
+    isotropic, sde = ctx["R_structure"] == "isotropic", isinstance(result.params, SDEParams)
 
-    def rebuild(v, fields=base):
+    def rebuild(v, fields=base):  # closes over no data (`_programs` keeps it)
         fields = dict(fields)
         k = 0
         for name, idx in slots:
@@ -112,32 +119,43 @@ def _coordinates(result: EMResult):
                 x = x.at[ix].set(v[k])
                 k += 1
             if name in SYMMETRIC and x.ndim == 2:
-                if name == "R" and ctx["R_structure"] == "isotropic":
+                if name == "R" and isotropic:
                     x = x[0, 0] * jnp.eye(x.shape[0], dtype=x.dtype)
                 else:
                     x = jnp.tril(x) + jnp.tril(x, -1).T
             fields[name] = x
-        if isinstance(result.params, SDEParams):
+        if sde:
             return SDEParams(**{k: fields[k] for k in SDEParams._fields}), fields["Q"]
         return LGSSMParams(**fields), None
 
-    return labels, vector, rebuild, None, base
+    layout = tuple((name, tuple(idx)) for name, idx in slots)
+    signature = ("fields", type(result.params).__name__, layout, ctx["R_structure"])
+    return labels, vector, rebuild, None, base, signature
+
+
+#: Compiled programs of the finish kept for later fits of the same form in this process (a
+#: second fit, a bootstrap, other data of the same shape): `_programs` keys them by
+#: `_objective`'s signature; the oldest is dropped beyond this many.
+KEPT_PROGRAMS = 16
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 
 
 def _objective(result: EMResult):
     """The exact objective in the free coordinates of `_coordinates`:
-    `(labels, v0, objective, data, rebuild, unravel)`, `objective(v, data)` the marginal
-    log-likelihood of all sequences (plus the log-prior of a MAP fit in structured coordinates),
-    jittable. The data (observations, steps, the fixed entries) are an argument, not constants
-    of the compiled program, so that a fit of other data of the same shape reuses it (from the
+    `(labels, v0, objective, data, rebuild, unravel, signature)`, `objective(v, data)` the
+    marginal log-likelihood of all sequences (plus the log-prior of a MAP fit in structured
+    coordinates), jittable; objectives with equal signatures are the same function. The data
+    (observations, steps, the fixed entries) are an argument, not constants of the compiled
+    program, so that a fit of other data of the same shape reuses it (`_programs`, and the
     persistent compilation cache, `sdessm.cache`)."""
     ctx = result._context
     y = jnp.asarray(ctx["y"])
-    labels, v0, rebuild, unravel, fields = _coordinates(result)
+    labels, v0, rebuild, unravel, fields, signature = _coordinates(result)
     data = (y if y.ndim == 3 else y[None], ctx["reps"], ctx["groups"], fields)
     batched = ctx["groups"] is not None and ctx["groups"].ndim == 2  # None: a discrete fit
     complete = is_complete(data[0])  # from the values: the program has no NaN branch then
     same_mask = complete or shares_mask(data[0])
+    log_prior = ctx["log_prior"] if unravel is not None else None
 
     def objective(v, data):
         yb, reps, groups, fields = data
@@ -149,17 +167,32 @@ def _objective(result: EMResult):
             lg, params_batched = params, False
         filtered = map_sequences_jit(filter_sequence, lg, yb, params_batched, complete, same_mask)
         total = jnp.sum(filtered.log_likelihood)
-        if ctx["log_prior"] is not None and unravel is not None:
-            total = total + ctx["log_prior"](unravel(v))
+        if log_prior is not None:
+            total = total + log_prior(unravel(v))
         return total
 
-    return labels, v0, objective, data, rebuild, unravel
+    signature = signature + (batched, complete, same_mask, id(log_prior))
+    return labels, v0, objective, data, rebuild, unravel, signature
 
 
-def _information(objective, v, data):
-    """The observed information `-hessian(objective)(v, data)`, symmetrised, as NumPy."""
-    hessian = np.asarray(jax.jit(jax.hessian(objective))(jnp.asarray(v), data))
-    return -0.5 * (hessian + hessian.T)
+def _programs(objective, signature):
+    """`(value_and_grad, hessian)` of `objective(v, data)`, jitted: compiled once per signature
+    (and shape) in this process. The functions whose identities the signature holds are kept
+    with the programs, so that their ids cannot be reused while the entry lives."""
+    if signature in _PROGRAMS:
+        _PROGRAMS.move_to_end(signature)
+        return _PROGRAMS[signature][0]
+    programs = (jax.jit(jax.value_and_grad(objective)), jax.jit(jax.hessian(objective)))
+    _PROGRAMS[signature] = (programs, objective)
+    while len(_PROGRAMS) > KEPT_PROGRAMS:
+        _PROGRAMS.popitem(last=False)
+    return programs
+
+
+def _information(hessian, v, data):
+    """The observed information `-hessian(v, data)`, symmetrised, as NumPy."""
+    h = np.asarray(hessian(jnp.asarray(v), data))
+    return -0.5 * (h + h.T)
 
 
 def _flat_coordinates(labels, info) -> list[tuple[str, float]] | None:
@@ -184,7 +217,7 @@ def _flat_direction(labels, info) -> str | None:
 def _covariance(result: EMResult):
     """(labels, estimate vector, inverse observed information, unravel) in free coordinates."""
     ctx = result._context
-    labels, v0, objective, data, _, unravel = _objective(result)
+    labels, v0, objective, data, _, unravel, signature = _objective(result)
     if ctx["log_prior"] is not None and unravel is None:
         raise ValueError(
             "standard errors of a MAP fit are given in the structured coordinates: fit with "
@@ -194,7 +227,7 @@ def _covariance(result: EMResult):
     if cached is not None and np.allclose(cached[0], np.asarray(v0), rtol=1e-12, atol=1e-14):
         info = cached[1]
     else:
-        info = _information(objective, v0, data)
+        info = _information(_programs(objective, signature)[1], v0, data)
     flat = _flat_direction(labels, info)
     if flat is not None:
         w = np.linalg.eigvalsh(info)
@@ -348,7 +381,7 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
     if finish == "none":
         report["convergence"] = "not checked (finish='none')"
         return dataclasses.replace(result, converged=False, report=report)
-    labels, v0, objective, data, rebuild, unravel = _objective(result)
+    labels, v0, objective, data, rebuild, unravel, signature = _objective(result)
     n = len(labels)
     if n == 0:
         report["convergence"] = "nothing to certify: every parameter is fixed"
@@ -359,10 +392,11 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
             "which the exact Hessian is computed"
         )
         return dataclasses.replace(result, converged=False, report=report)
-    value_and_grad = functools.partial(jax.jit(jax.value_and_grad(objective)), data=data)
+    value_and_grad_at, hessian_at = _programs(objective, signature)
+    value_and_grad = functools.partial(value_and_grad_at, data=data)
     v = np.asarray(v0, dtype=float)
     start = value = float(value_and_grad(jnp.asarray(v))[0])
-    hessian_at = functools.partial(jax.jit(jax.hessian(objective)), data=data)
+    hessian_at = functools.partial(hessian_at, data=data)
     hessians = {}  # a point's Hessian costs a gradient per coordinate: computed once
 
     def hessian(x):

@@ -159,15 +159,31 @@ def structured_iteration(
     return chosen, jnp.sum(logliks), prior(theta)
 
 
-def squarem(step):
+#: SQUAREM's bound on the step length |alpha|: it starts at 1 (plain EM), grows by SQUAREM_GROWTH
+#: each time an extrapolation at the bound is accepted and shrinks by it after a rejected one
+#: (Varadhan and Roland 2008, section 7; their `step.max0` and `mstep`).
+SQUAREM_GROWTH = 4.0
+#: Halvings of alpha toward -1 that SQUAREM tries for a valid extrapolated point, then theta2.
+SQUAREM_HALVINGS = 8
+
+
+def squarem(step, valid=None):
     """SQUAREM (Varadhan and Roland 2008) around a monotone EM map `step`, kept monotone.
 
     From theta0: theta1 = M(theta0), theta2 = M(theta1), r = theta1 - theta0,
-    v = theta2 - 2 theta1 + theta0, alpha = min(-1, -|r| / |v|), and the extrapolated point
+    v = theta2 - 2 theta1 + theta0, alpha = -min(|r| / |v|, bound), and the extrapolated point
     theta' = theta0 - 2 alpha r + alpha^2 v (alpha = -1 gives theta2). The next iterate is
     M(theta') when theta' is at least as good as theta1, else theta2, so the objective never
-    falls. Each call costs three E-steps and returns the objective parts of theta0.
+    falls. Each call costs three E-steps (two when there is nothing to extrapolate) and
+    returns the objective parts of theta0. The bound adapts (`SQUAREM_GROWTH`): along a curved
+    ridge, where EM crawls, a long straight step overshoots, and repeated rejections would
+    cost a third E-step for nothing.
+
+    `valid(theta)` says whether a point is a model at all (covariances positive semi-definite,
+    for parameters that are not unconstrained coordinates); alpha is halved toward -1 until the
+    extrapolated point is valid, so EM's monotonicity argument applies at it.
     """
+    bound = [1.0]
 
     def accelerated(theta0):
         theta1, ll0, lp0 = step(theta0)
@@ -181,13 +197,43 @@ def squarem(step):
         norm_v = float(jnp.linalg.norm(v))
         if norm_v == 0.0:
             return theta2, ll0, lp0
-        alpha = min(-1.0, -float(jnp.linalg.norm(r)) / norm_v)
+        alpha = -min(max(1.0, float(jnp.linalg.norm(r)) / norm_v), bound[0])
+        at_bound = alpha == -bound[0]
         theta_x = unravel(flat0 - 2.0 * alpha * r + alpha**2 * v)
+        for _ in range(SQUAREM_HALVINGS if valid is not None and alpha < -1.0 else 0):
+            if valid(theta_x):
+                break
+            alpha, at_bound = (alpha - 1.0) / 2.0, False
+            theta_x = unravel(flat0 - 2.0 * alpha * r + alpha**2 * v)
+        else:
+            if valid is not None and not valid(theta_x):  # no valid extrapolation: rejected
+                bound[0] = max(1.0, bound[0] / SQUAREM_GROWTH)
+                return theta2, ll0, lp0
+        if alpha == -1.0:  # theta2 itself: no extrapolation left
+            bound[0] *= SQUAREM_GROWTH if at_bound else 1.0
+            return theta2, ll0, lp0
         theta3, llx, lpx = step(theta_x)
-        better = float(llx) + float(lpx) >= float(ll1) + float(lp1)
-        return (theta3 if better and np.isfinite(float(llx) + float(lpx)) else theta2), ll0, lp0
+        objective = float(llx) + float(lpx)
+        if np.isfinite(objective) and objective >= float(ll1) + float(lp1):
+            bound[0] *= SQUAREM_GROWTH if at_bound else 1.0
+            return theta3, ll0, lp0
+        bound[0] = max(1.0, bound[0] / SQUAREM_GROWTH)
+        return theta2, ll0, lp0
 
     return accelerated
+
+
+def covariances_valid(params, names=("Sigma", "R", "P1")) -> bool:
+    """Whether the covariance fields `names` of `params` (one per step allowed) are symmetric
+    positive semi-definite up to round-off: a point SQUAREM may extrapolate to."""
+    for name in names:
+        C = np.asarray(getattr(params, name), dtype=float)
+        if not np.all(np.isfinite(C)):
+            return False
+        w = np.linalg.eigvalsh(0.5 * (C + np.swapaxes(C, -1, -2)))
+        if w.size and float(np.min(w)) < -1e-10 * float(np.max(np.abs(w))):
+            return False
+    return True
 
 
 def per_step_emissions(params, T):
