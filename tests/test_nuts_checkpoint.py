@@ -25,10 +25,13 @@ def _values(idata, group="posterior"):
 
 
 def _assert_same(a, b):
-    for group in ("posterior", "sample_stats", "log_likelihood"):
+    """The same groups, variables, dimensions and values (ArviZ's converter reads a
+    checkpointed run's draws as it reads one `MCMC` run)."""
+    for group in ("posterior", "sample_stats", "log_likelihood", "observed_data"):
         va, vb = _values(a, group), _values(b, group)
         assert va.keys() == vb.keys()
         for k in va:
+            assert a[group][k].dims == b[group][k].dims, (group, k)
             np.testing.assert_array_equal(va[k], vb[k], err_msg=f"{group}/{k}")
 
 

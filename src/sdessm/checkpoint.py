@@ -55,7 +55,8 @@ def _update(h, array) -> None:
     h.update(a.tobytes())
 
 
-def save(path, state, previous, lls, objectives, next_iter: int, key: str, stopped=None):
+def save(path, state, previous, lls, objectives, next_iter: int, key: str, stopped=None,
+         step_bound: float | None = None):  # fmt: skip
     """Write the checkpoint atomically.
 
     Args:
@@ -67,17 +68,19 @@ def save(path, state, previous, lls, objectives, next_iter: int, key: str, stopp
         next_iter (int): the iteration number at which to continue.
         key (str): the `fingerprint` of the fit.
         stopped (dict | None): `{"reason": ..., "converged": ...}` once the run has ended.
+        step_bound (float | None): SQUAREM's step bound to continue with (accelerated EM).
     """
     arrays = {f"state_{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(state))}
     arrays |= {f"previous_{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves(previous))}
     arrays["lls"] = np.asarray(lls, dtype=float)
     arrays["objectives"] = np.asarray(objectives, dtype=float)
-    _write(path, arrays, {"next_iter": int(next_iter), "stopped": stopped}, key, EM_KIND)
+    meta = {"next_iter": int(next_iter), "stopped": stopped, "step_bound": step_bound}
+    _write(path, arrays, meta, key, EM_KIND)
 
 
 def load(path, template, key: str) -> dict | None:
-    """The saved run (`state`, `previous`, `lls`, `objectives`, `next_iter`, `stopped`), or None
-    when `path` does not exist yet.
+    """The saved run (`state`, `previous`, `lls`, `objectives`, `next_iter`, `stopped`,
+    `step_bound`), or None when `path` does not exist yet.
 
     Raises:
         ValueError: `path` is not an sdessm EM checkpoint, or was written by a different fit.
@@ -93,6 +96,7 @@ def load(path, template, key: str) -> dict | None:
         "objectives": files["objectives"].tolist(),
         "next_iter": meta["next_iter"],
         "stopped": meta["stopped"],
+        "step_bound": meta.get("step_bound"),
     }
 
 

@@ -346,6 +346,8 @@ def _iterate(strategy: _Strategy, num_iters: int, tol: float, polish: bool, prog
     )  # fmt: skip
     with bar:
         for it in range(start, num_iters + 1 if stopped is None else start):
+            if store is not None:
+                store.mark()
             new_state, ll, lp = strategy.step(state)
             ll, objective = float(ll), float(ll) + float(lp)
             if not np.isfinite(objective):
@@ -398,10 +400,12 @@ def _iterate(strategy: _Strategy, num_iters: int, tol: float, polish: bool, prog
 
 class _Checkpoint:
     """A run kept in the file `path`: resumed if it holds this run (`key`), written every
-    `every_n` iterations and when the loop stops."""
+    `every_n` iterations and when the loop stops. `bound` is SQUAREM's step bound (a one-item
+    list the accelerated step updates), None for plain EM."""
 
-    def __init__(self, path, key, every_n: int):
-        self.path, self.key, self.every_n = path, key, every_n
+    def __init__(self, path, key, every_n: int, bound: list | None = None):
+        self.path, self.key, self.every_n, self.bound = path, key, every_n, bound
+        self.before = None  # the bound before the latest step
 
     def resume(self, state, num_iters: int):
         saved = ckpt.load(self.path, state, self.key)
@@ -410,20 +414,33 @@ class _Checkpoint:
         state, previous = saved["state"], saved["previous"]
         lls, objectives = saved["lls"], saved["objectives"]
         start, stopped = saved["next_iter"], saved["stopped"]
+        if self.bound is not None and saved["step_bound"] is not None:
+            self.bound[0] = saved["step_bound"]
         if stopped is not None and stopped["reason"] == "reached num_iters":
             if num_iters > start:  # continue: iteration `start` is computed again
                 lls, objectives, stopped = lls[:-1], objectives[:-1], None
         return state, previous, lls, objectives, start, stopped
 
+    def mark(self):
+        """Called before each step: the bound to save if that step is computed again."""
+        self.before = None if self.bound is None else self.bound[0]
+
     def every(self, state, previous, lls, objectives, next_iter: int):
         if next_iter % self.every_n == 0:
-            ckpt.save(self.path, state, previous, lls, objectives, next_iter, key=self.key)
+            bound = None if self.bound is None else self.bound[0]
+            ckpt.save(
+                self.path, state, previous, lls, objectives, next_iter, key=self.key,
+                step_bound=bound,
+            )  # fmt: skip
 
     def stop(self, state, previous, lls, objectives, next_iter, reason: str, converged: bool):
         stopped = {"reason": reason, "converged": converged}
+        # at num_iters the last step is computed again by a continued run: the bound before it
+        bound = self.before if reason == "reached num_iters" else None
         ckpt.save(
-            self.path, state, previous, lls, objectives, next_iter, key=self.key, stopped=stopped
-        )
+            self.path, state, previous, lls, objectives, next_iter, key=self.key, stopped=stopped,
+            step_bound=bound,
+        )  # fmt: skip
 
 
 def _assemble(problem: _Problem, strategy: _Strategy, state, lls, converged, report, R_structure,
@@ -534,7 +551,9 @@ def run_em(
             accelerate=bool(accelerate),
             mstep_iters=mstep_iters,
         )
-        store = _Checkpoint(checkpoint, key, checkpoint_every)
+        store = _Checkpoint(
+            checkpoint, key, checkpoint_every, getattr(strategy.step, "bound", None)
+        )
     state, lls, objectives, converged, report = _iterate(
         strategy, num_iters, tol, finish == "polish", progress, store
     )

@@ -45,6 +45,9 @@ from .results import EMResult
 
 #: Attribute names under which `fit_nuts` stores the EM estimate and the truth (JSON).
 EM_ATTR, TRUTH_ATTR = "sdessm_em", "sdessm_truth"
+#: NUTS's most tree doublings per draw (NumPyro's default), also given to ArviZ for
+#: `reached_max_tree_depth` with checkpointed runs.
+MAX_TREE_DEPTH = 10
 
 
 @contextlib.contextmanager
@@ -551,7 +554,12 @@ def fit_nuts(
         truth = tm.check_values(truth, "truth")
     if chain_method is None:
         chain_method = _default_chain_method(tm, int(num_chains))
-    kernel = NUTS(model, init_strategy=strategy, target_accept_prob=target_accept_prob)
+    kernel = NUTS(
+        model,
+        init_strategy=strategy,
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=MAX_TREE_DEPTH,
+    )
     mcmc = MCMC(
         kernel,
         num_warmup=int(num_warmup),
@@ -583,8 +591,10 @@ def fit_nuts(
                 target_accept_prob=float(target_accept_prob),
                 seed=int(seed),
             )
-            _run_checkpointed(mcmc, checkpoint, checkpoint_every, key, seed, args, kwargs)
-        idata = az.from_numpyro(mcmc, log_likelihood=True)
+            posterior = _run_checkpointed(
+                mcmc, checkpoint, checkpoint_every, key, seed, args, kwargs
+            )
+        idata = az.from_numpyro(mcmc if checkpoint is None else posterior, log_likelihood=True)
     attrs = idata["posterior"].attrs
     if em_values is not None:
         attrs[EM_ATTR] = _jsonable(em_values)
@@ -593,9 +603,9 @@ def fit_nuts(
     return idata
 
 
-def _run_checkpointed(mcmc, path, every: int, key: str, seed: int, args, kwargs) -> None:
+def _run_checkpointed(mcmc, path, every: int, key: str, seed: int, args, kwargs) -> _Draws:
     """Warm-up, then draws in blocks of `every` per chain, each followed by a checkpoint; continue
-    from `path` if it holds this run. Leaves `mcmc` holding every draw, as after one `run`."""
+    from `path` if it holds this run. Returns every draw, for ArviZ, as one run's would be."""
     total = mcmc.num_samples
     # the tree structure of the saved state: one chain's initial state, traced abstractly (no
     # compilation) on a copy of the kernel (`init` sets up the kernel for the chains it is given)
@@ -610,20 +620,62 @@ def _run_checkpointed(mcmc, path, every: int, key: str, seed: int, args, kwargs)
         ckpt.save_sampler(path, state, draws, done, key)
     else:
         state, draws, done = saved["state"], saved["draws"], saved["num_draws"]
+        if draws is not None and set(draws) != {"samples", "stats"}:
+            raise ValueError(
+                f"`checkpoint` {path} holds its draws in the form of an earlier version of "
+                "sdessm; remove it to start afresh, or choose another path."
+            )
     while done < total:
         mcmc.num_samples = min(every, total - done)
         mcmc.post_warmup_state = state
         mcmc.run(state.rng_key, *args, **kwargs)
-        block = jax.device_get(mcmc._states)
+        block = jax.device_get(
+            {
+                "samples": mcmc.get_samples(group_by_chain=True),
+                "stats": mcmc.get_extra_fields(group_by_chain=True),
+            }
+        )
         draws = block if draws is None else jax.tree.map(_append_draws, draws, block)
         state, done = mcmc.last_state, done + mcmc.num_samples
         ckpt.save_sampler(path, state, draws, done, key)
-    # NumPyro keeps the draws of its last `run` only (none if the checkpoint was finished);
-    # ArviZ's converter reads these attributes
-    mcmc._args, mcmc._kwargs = args, kwargs
     mcmc.num_samples = total
-    mcmc._states = jax.tree.map(lambda a: np.asarray(a)[:, :total], draws)
-    mcmc._states_flat = None
+    cut = jax.tree.map(lambda a: np.asarray(a)[:, :total], draws)
+    return _Draws(mcmc, cut["samples"], cut["stats"], args, kwargs)
+
+
+class _Draws:
+    """Draws of a NUTS run gathered block by block, in the form ArviZ's NumPyro converter reads
+    an `MCMC` object (ArviZ 0.23: `get_samples`, `get_extra_fields`, the chains, the model and
+    its arguments) or an inference adapter (ArviZ 1.x: `sample_dims`, `sample_shape`,
+    `get_sample_stats`), so that `az.from_numpyro` converts them as it converts one run."""
+
+    sample_dims = ["chain", "draw"]  # noqa: RUF012 (ArviZ reads it as a list)
+    thinning = 1
+
+    def __init__(self, mcmc, samples: dict, stats: dict, args, kwargs):
+        self.sampler, self.model = mcmc.sampler, mcmc.sampler.model
+        self.num_chains = mcmc.num_chains
+        self.num_samples = int(np.shape(next(iter(samples.values())))[1])
+        self.sample_shape = (self.num_chains, self.num_samples)
+        self._samples, self._stats = samples, stats
+        self._args, self._kwargs = tuple(args), dict(kwargs)  # the converter's names for them
+        self._max_tree_depth = MAX_TREE_DEPTH
+        self.prng_key_func = jax.random.PRNGKey
+
+    @staticmethod
+    def _grouped(draws: dict, group_by_chain: bool) -> dict:
+        if group_by_chain:
+            return dict(draws)
+        return {k: np.reshape(v, (-1,) + np.shape(v)[2:]) for k, v in draws.items()}
+
+    def get_samples(self, group_by_chain: bool = True, **kwargs) -> dict:
+        return self._grouped(self._samples, group_by_chain)
+
+    def get_extra_fields(self, group_by_chain: bool = True, **kwargs) -> dict:
+        return self._grouped(self._stats, group_by_chain)
+
+    def get_sample_stats(self, **kwargs) -> dict:
+        return self._grouped(self._stats, True)
 
 
 def _append_draws(a, b):

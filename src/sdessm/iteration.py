@@ -220,6 +220,7 @@ def squarem(step, valid=None):
         bound[0] = max(1.0, bound[0] / SQUAREM_GROWTH)
         return theta2, ll0, lp0
 
+    accelerated.bound = bound  # a checkpoint keeps it, so a resumed run steps as one run
     return accelerated
 
 
