@@ -30,6 +30,8 @@ from .params import SDEParams as SDEParams
 from .realisation import subspace_start as subspace_start
 from .recursion import FilterResult as FilterResult
 from .recursion import SmootherResult as SmootherResult
+from .residuals import Innovations as Innovations
+from .residuals import innovations as innovations
 from .results import EMResult as EMResult
 from .simulate import simulate as simulate
 
@@ -51,7 +53,7 @@ _SUBMODULES = (
     "cache", "checkpoint", "cli", "datasets", "diagnostics", "discretize", "em", "errors", "fit",
     "forecast", "identify", "infer", "information", "io", "iteration", "kalman", "models",
     "moments", "mstep", "parallel", "params", "ppl", "priors", "realisation", "recursion",
-    "report", "results", "simulate", "stats",
+    "report", "residuals", "results", "simulate", "stats",
 )  # fmt: skip
 
 
@@ -92,6 +94,8 @@ __all__ = [
     "kalman_filter",
     "log_likelihood",
     "rts_smoother",
+    "innovations",
+    "Innovations",
     "simulate",
     "standard_errors",
     "covariance",

@@ -1,0 +1,78 @@
+"""One-step-ahead innovations against the dense joint Gaussian of the observations."""
+
+import jax
+import numpy as np
+import pytest
+import scipy.linalg
+from reference import dense_joint, dense_posterior, random_problem
+
+import sdessm
+
+
+@pytest.mark.parametrize("per_step", [False, True], ids=["shared", "per_step_emissions"])
+def test_standardised_innovations_are_the_inverse_cholesky_of_the_joint_law(rng, per_step):
+    """Stacked in time order, the standardised innovations of the observed entries are
+    C^{-1} (y - E y) with C the lower Cholesky factor of the joint covariance of the observed
+    entries: exactly i.i.d. N(0, 1) under the model. Each step's log density is the dense
+    log p(y_k | y_{1:k-1}); missing entries (a partly missing row, an all-missing row) are NaN."""
+    T, d, p = 9, 2, 3
+    _, _, lg, y = random_problem(rng, T, d, p, per_step_emissions=per_step, irregular=True)
+    y[2, 1] = np.nan
+    y[4] = np.nan
+    y[6, [0, 2]] = np.nan
+    params = sdessm.LGSSMParams(*lg)
+    res = sdessm.innovations(params, y)
+
+    _, _, mean_y, cov_y, _, _, _ = dense_joint(*lg, T)
+    flat = y.reshape(-1)
+    obs = ~np.isnan(flat)
+    C = np.linalg.cholesky(cov_y[np.ix_(obs, obs)])
+    w = scipy.linalg.solve_triangular(C, flat[obs] - mean_y[obs], lower=True)
+    standardized = np.asarray(res.standardized).reshape(-1)
+    np.testing.assert_array_equal(np.isnan(standardized), ~obs)
+    np.testing.assert_allclose(standardized[obs], w, rtol=1e-9, atol=1e-10)
+    raw = np.asarray(res.innovations).reshape(-1)
+    np.testing.assert_array_equal(np.isnan(raw), ~obs)
+
+    dense = [dense_posterior(lg, y, upto=k)[2] for k in range(T + 1)]
+    np.testing.assert_allclose(res.log_densities, np.diff(dense), rtol=1e-9, atol=1e-10)
+    assert float(res.log_densities[4]) == 0.0
+    np.testing.assert_allclose(
+        np.sum(res.log_densities), sdessm.kalman_filter(params, y).log_likelihood, rtol=1e-12
+    )
+
+
+def test_innovations_of_several_sequences_on_their_own_grids(rng, key):
+    """An `SDEParams` with one time grid per sequence: each sequence's innovations are those
+    of that sequence alone, and the covariances are the predicted covariances of y."""
+    sde = sdessm.SDEParams(
+        F=[[-0.5, 1.0], [-1.0, -0.3]], L=0.4 * np.eye(2), H=[[1.0, 0.0]], u=[0.2], R=[[0.1]],
+        mu1=np.zeros(2), P1=np.eye(2),
+    )  # fmt: skip
+    times = np.cumsum(rng.uniform(0.1, 0.6, size=(3, 40)), axis=1)
+    y = np.stack([np.asarray(sdessm.simulate(k, sde, t)[1]) for k, t in zip(
+        jax.random.split(key, 3), times, strict=True)])  # fmt: skip
+    y[1, 5] = np.nan
+    res = sdessm.innovations(sde, y, times)
+    assert res.standardized.shape == (3, 40, 1) and res.covariances.shape == (3, 40, 1, 1)
+    for b in range(3):
+        one = sdessm.innovations(sde, y[b], times[b])
+        np.testing.assert_allclose(res.standardized[b], one.standardized, rtol=1e-12)
+        np.testing.assert_allclose(res.log_densities[b], one.log_densities, rtol=1e-12)
+    filtered = sdessm.kalman_filter(sde, y, times)
+    H = np.asarray(sde.H)
+    S = H @ np.asarray(filtered.predicted_covs) @ H.T + np.asarray(sde.R)
+    np.testing.assert_allclose(res.covariances, S, rtol=1e-12)
+    np.testing.assert_allclose(
+        np.sum(res.log_densities, axis=1), filtered.log_likelihood, rtol=1e-12
+    )
+
+
+def test_bad_arguments_are_named():
+    rw = sdessm.SDEParams(
+        F=[[0.0]], L=[[1.0]], H=[[1.0]], u=[0.0], R=[[1.0]], mu1=[0.0], P1=[[1.0]]
+    )
+    with pytest.raises(ValueError, match="times"):
+        sdessm.innovations(rw, np.zeros((5, 1)))
+    with pytest.raises(ValueError, match="y"):
+        sdessm.innovations(rw, np.zeros((5, 2)), dt=1.0)
