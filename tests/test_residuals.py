@@ -76,3 +76,85 @@ def test_bad_arguments_are_named():
         sdessm.innovations(rw, np.zeros((5, 1)))
     with pytest.raises(ValueError, match="y"):
         sdessm.innovations(rw, np.zeros((5, 2)), dt=1.0)
+
+
+def _oscillator():
+    return sdessm.SDEParams(
+        F=[[0.0, 1.0], [-4.0, -0.4]], L=[[0.0, 0.0], [0.0, 0.8]], H=[[1.0, 0.0], [0.5, 1.0]],
+        u=[0.3, -0.1], R=0.05 * np.eye(2), mu1=np.zeros(2), P1=0.5 * np.eye(2),
+    )  # fmt: skip
+
+
+def test_residual_tests_are_statsmodels_numbers(key):
+    """On one complete sequence: statsmodels' Ljung-Box (several lags), Jarque-Bera and
+    break-variance heteroskedasticity tests of the same innovations, number for number."""
+    pytest.importorskip("statsmodels")
+    from statsmodels.stats.diagnostic import acorr_ljungbox
+    from statsmodels.stats.stattools import jarque_bera
+    from statsmodels.tsa.stattools import breakvar_heteroskedasticity_test
+
+    sde = _oscillator()
+    _, y = sdessm.simulate(key, sde, dt=0.1, num_timesteps=301)
+    wrong = sde._replace(F=[[0.0, 1.0], [-1.0, -0.4]])  # half the frequency: a misfit
+    for params in (sde, wrong):
+        w = np.asarray(sdessm.innovations(params, y, dt=0.1).standardized)
+        tests = sdessm.residual_tests(w, lags=[1, 5, 12])
+        assert tests.lags == (1, 5, 12)
+        for i in range(2):
+            lb = acorr_ljungbox(w[:, i], lags=[1, 5, 12])
+            np.testing.assert_allclose(tests.ljung_box[i], lb["lb_stat"], rtol=1e-10)
+            np.testing.assert_allclose(tests.ljung_box_p[i], lb["lb_pvalue"], rtol=1e-8)
+            jb, jb_p, _, _ = jarque_bera(w[:, i])
+            np.testing.assert_allclose(
+                [tests.jarque_bera[i], tests.jarque_bera_p[i]], [jb, jb_p], rtol=1e-10
+            )
+            het = breakvar_heteroskedasticity_test(w[:, i], subset_length=round(301 / 3))
+            np.testing.assert_allclose(
+                [tests.heteroskedasticity[i], tests.heteroskedasticity_p[i]],
+                [het.statistic, het.pvalue],
+                rtol=1e-10,
+            )
+    assert tests.ljung_box_p.min() < 1e-6  # the misfit's innovations are correlated
+
+
+def test_residual_test_p_values_are_uniform_under_the_model(key):
+    """200 data sets simulated from the model itself, 20% of the values missing: the p-values
+    of each test, over the data sets, are uniform (Kolmogorov-Smirnov at level 1e-3)."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    sde = _oscillator()
+    _, y = sdessm.simulate(key, sde, dt=0.1, num_timesteps=600, num_sequences=200)
+    y = np.array(y)
+    y[np.random.default_rng(0).uniform(size=y.shape) < 0.2] = np.nan
+    w = np.asarray(sdessm.innovations(sde, y, dt=0.1).standardized)
+    runs = [sdessm.residual_tests(w[b], lags=[3, 10]) for b in range(200)]
+    for name in ("ljung_box_p", "jarque_bera_p", "heteroskedasticity_p"):
+        p = np.stack([getattr(r, name) for r in runs]).reshape(200, -1)
+        for column in p.T:
+            assert scipy_stats.kstest(column, "uniform").pvalue > 1e-3, (name, column.mean())
+
+
+def test_residual_tests_refuse_what_they_cannot_test():
+    with pytest.raises(ValueError, match="standardized"):
+        sdessm.residual_tests(np.zeros(10))
+    with pytest.raises(ValueError, match="lags"):
+        sdessm.residual_tests(np.random.default_rng(0).normal(size=(20, 1)), lags=[0, 3])
+    few = np.full((20, 2), np.nan)
+    few[:10, 0] = 1.0
+    with pytest.raises(ValueError, match="column 1 .* 0 observed"):
+        sdessm.residual_tests(few)
+
+
+def test_plot_residuals_draws_one_row_per_column(key, tmp_path):
+    sde = _oscillator()
+    times = np.arange(200) * 0.1
+    _, y = sdessm.simulate(key, sde, times)
+    y = np.array(y)
+    y[::7, 1] = np.nan
+    w = sdessm.innovations(sde, y, times).standardized
+    fig = sdessm.plot_residuals(w, times, names=["position", "mixture"], lags=15)
+    axes = fig.get_axes()
+    assert len(axes) == 8
+    assert axes[0].get_ylabel() == "position" and axes[4].get_ylabel() == "mixture"
+    assert len(axes[3].containers[0]) == 15  # one bar per lag
+    assert "Ljung-Box(15) p = " in axes[7].get_title()
+    fig.savefig(tmp_path / "residuals.png")

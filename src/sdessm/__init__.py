@@ -31,7 +31,10 @@ from .realisation import subspace_start as subspace_start
 from .recursion import FilterResult as FilterResult
 from .recursion import SmootherResult as SmootherResult
 from .residuals import Innovations as Innovations
+from .residuals import ResidualTests as ResidualTests
 from .residuals import innovations as innovations
+from .residuals import plot_residuals as plot_residuals
+from .residuals import residual_tests as residual_tests
 from .results import EMResult as EMResult
 from .simulate import simulate as simulate
 
@@ -96,6 +99,9 @@ __all__ = [
     "rts_smoother",
     "innovations",
     "Innovations",
+    "residual_tests",
+    "ResidualTests",
+    "plot_residuals",
     "simulate",
     "standard_errors",
     "covariance",

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, ArrayLike, Float
 
@@ -96,3 +97,167 @@ def innovations(
     log_densities = -0.5 * (n * jnp.log(2.0 * jnp.pi) + log_det + jnp.sum(w**2, axis=-1))
     nan = jnp.asarray(jnp.nan, dtype=S.dtype)
     return Innovations(jnp.where(observed, w, nan), jnp.where(observed, e, nan), S, log_densities)
+
+
+class ResidualTests(NamedTuple):
+    """Output of `residual_tests`: one row per observed column, p-values beside statistics.
+
+    `ljung_box[i, j]` is the Ljung-Box statistic of column i up to lag `lags[j]`;
+    `heteroskedasticity[i]` is the ratio of the sums of squares of the last and first thirds.
+    """
+
+    lags: tuple[int, ...]
+    ljung_box: np.ndarray  # (p, len(lags))
+    ljung_box_p: np.ndarray
+    jarque_bera: np.ndarray  # (p,)
+    jarque_bera_p: np.ndarray
+    heteroskedasticity: np.ndarray  # (p,)
+    heteroskedasticity_p: np.ndarray
+
+
+def _autocorrelations(w, max_lag: int):
+    """`(r, pairs, centred)` of standardised innovations `w` `(B, T, p)`: the autocorrelation
+    of each column at lags 1..max_lag `(p, max_lag)` (products of deviations from the mean
+    within a sequence, over the sum of squares), the number of observed pairs at each lag, and
+    the deviations (0 where missing)."""
+    observed = ~np.isnan(w)
+    centred = np.where(observed, w - np.nanmean(w, axis=(0, 1)), 0.0)
+    squares = np.sum(centred**2, axis=(0, 1))
+    lags = range(1, max_lag + 1)
+    r = np.stack([np.sum(centred[:, k:] * centred[:, :-k], axis=(0, 1)) for k in lags], -1)
+    pairs = np.stack([np.sum(observed[:, k:] & observed[:, :-k], axis=(0, 1)) for k in lags], -1)
+    return r / squares[:, None], pairs, centred
+
+
+def residual_tests(standardized, lags=None) -> ResidualTests:
+    r"""Tests that standardised innovations are white noise, one column at a time.
+
+    - **Ljung-Box** (serial correlation) up to each lag h of `lags`:
+      $Q_h = n (n + 2) \sum_{k \le h} r_k^2 / m_k$ against $\chi^2_h$, with $r_k$ the sample
+      autocorrelation at lag k (products of deviations from the mean over the sum of squares),
+      n the number of observed values and $m_k$ the number of observed pairs k steps apart
+      within a sequence ($n - k$ for one complete sequence, Ljung and Box's form; with gaps,
+      $m_k$ keeps each term's null variance at one).
+    - **Jarque-Bera** (normality): $n/6\,(S^2 + (K - 3)^2 / 4)$ against $\chi^2_2$, from the
+      sample skewness S and kurtosis K of the observed values.
+    - **Heteroskedasticity** (a variance that changes over time; Harvey 1990, section 5.4):
+      $H = \sum w^2$ over the last third of the steps over $\sum w^2$ over the first third
+      (h = round(T / 3) steps of each sequence), against $F$ with the numbers of observed
+      values as degrees of freedom (scaled by their ratio), two-sided.
+
+    On one complete sequence these are statsmodels' `acorr_ljungbox`, `jarque_bera` and
+    `breakvar_heteroskedasticity_test` (what its state-space results' `test_serial_correlation`,
+    `test_normality` and `test_heteroskedasticity` report); the tests check the numbers.
+
+    Args:
+        standardized: `innovations(...).standardized`, `(T, p)` or `(B, T, p)`, NaN where
+            missing.
+        lags: the lags h (an int: 1..h); default 1..min(10, T // 5).
+
+    Returns:
+        A `ResidualTests`.
+
+    Raises:
+        ValueError: `standardized` is not 2-D or 3-D, a column has fewer than 4 observed
+            values, or a lag is not between 1 and T - 1.
+    """
+    import scipy.stats  # imported by the residual checks only
+
+    w = np.asarray(standardized, dtype=float)
+    if w.ndim not in (2, 3):
+        raise ValueError(f"`standardized` must be (T, p) or (B, T, p); got shape {w.shape}.")
+    w = w if w.ndim == 3 else w[None]
+    T, p = w.shape[1:]
+    if lags is None:
+        lags = max(1, min(10, T // 5))
+    lags = tuple(range(1, int(lags) + 1)) if np.ndim(lags) == 0 else tuple(int(k) for k in lags)
+    if not lags or min(lags) < 1 or max(lags) > T - 1:
+        raise ValueError(f"`lags` must lie between 1 and T - 1 = {T - 1}; got {lags}.")
+    observed = ~np.isnan(w)
+    counts = observed.sum(axis=(0, 1))
+    if counts.min() < 4:
+        raise ValueError(
+            f"column {int(counts.argmin())} of `standardized` has {int(counts.min())} observed "
+            "values; the residual tests need 4 at least."
+        )
+    r, pairs, centred = _autocorrelations(w, max(lags))
+    terms = r**2 / np.maximum(pairs, 1)  # m_k = n - k for one complete sequence
+    ljung_box = (counts[:, None] * (counts[:, None] + 2) * np.cumsum(terms, axis=-1))[
+        :, np.asarray(lags) - 1
+    ]
+    ljung_box_p = scipy.stats.chi2.sf(ljung_box, np.asarray(lags))
+
+    m2, m3, m4 = (np.sum(centred**k, axis=(0, 1)) / counts for k in (2, 3, 4))
+    skew, kurtosis = m3 / m2**1.5, m4 / m2**2
+    jarque_bera = counts / 6.0 * (skew**2 + (kurtosis - 3.0) ** 2 / 4.0)
+    jarque_bera_p = scipy.stats.chi2.sf(jarque_bera, 2)
+
+    h = int(np.round(T / 3))
+    squares = np.where(observed, w**2, 0.0)
+    late, early = np.sum(squares[:, -h:], axis=(0, 1)), np.sum(squares[:, :h], axis=(0, 1))
+    dof_late, dof_early = observed[:, -h:].sum(axis=(0, 1)), observed[:, :h].sum(axis=(0, 1))
+    ratio = late / early
+    scaled = ratio * dof_early / dof_late
+    tails = np.minimum(
+        scipy.stats.f.cdf(scaled, dof_late, dof_early),
+        scipy.stats.f.sf(scaled, dof_late, dof_early),
+    )
+    return ResidualTests(
+        lags, ljung_box, ljung_box_p, jarque_bera, jarque_bera_p, ratio, 2.0 * tails
+    )
+
+
+def plot_residuals(standardized, times=None, names=None, lags: int = 20):
+    """Residual checks in pictures, one row per column of `standardized` (`(T, p)`, or
+    `(B, T, p)` pooled): the standardised innovations over time with the 95% band of N(0, 1),
+    their histogram with the N(0, 1) density, a normal Q-Q plot, and the autocorrelation up to
+    `lags` with the 95% band of white noise. The titles give `residual_tests`' p-values.
+    Returns a matplotlib `Figure`, not attached to pyplot."""
+    import scipy.stats
+    from matplotlib.figure import Figure
+
+    w = np.asarray(standardized, dtype=float)
+    w = w if w.ndim == 3 else w[None]
+    T, p = w.shape[1:]
+    times = np.arange(T) if times is None else np.asarray(times, dtype=float)
+    names = [f"y[{i}]" for i in range(p)] if names is None else list(names)
+    lags = max(1, min(int(lags), T - 1))
+    tests = residual_tests(w, lags=[lags])
+    r = _autocorrelations(w, lags)[0]
+    fig = Figure(figsize=(12, 2.8 * p), layout="constrained")
+    axes = fig.subplots(p, 4, squeeze=False)
+    grid = np.linspace(-4, 4, 200)
+    for i, (series, hist, qq, acf) in enumerate(axes):
+        column = w[..., i]
+        values = column[~np.isnan(column)]
+        for sequence in column:
+            series.plot(times.reshape(-1, T)[0], sequence, ".", ms=2, color="tab:blue")
+        for level in (-1.96, 1.96):
+            series.axhline(level, color="grey", lw=0.8, ls="--")
+        series.set_ylabel(names[i])
+        series.set_xlabel("time")
+        series.set_title("standardised innovations", fontsize="small")
+        hist.hist(values, bins="auto", density=True, color="tab:blue", alpha=0.6)
+        hist.plot(grid, scipy.stats.norm.pdf(grid), color="black", lw=1, label="N(0, 1)")
+        hist.set_title(f"normality: Jarque-Bera p = {tests.jarque_bera_p[i]:.3g}", fontsize="small")
+        hist.legend(fontsize="small")
+        ordered = np.sort(values)
+        expected = scipy.stats.norm.ppf((np.arange(1, ordered.size + 1) - 0.5) / ordered.size)
+        qq.plot(expected, ordered, ".", ms=2, color="tab:blue")
+        qq.plot(expected, expected, color="black", lw=1)
+        qq.set_xlabel("normal quantile")
+        qq.set_title(
+            f"variance, last / first third: {tests.heteroskedasticity[i]:.3g}, "
+            f"p = {tests.heteroskedasticity_p[i]:.3g}",
+            fontsize="small",
+        )
+        acf.bar(np.arange(1, lags + 1), r[i], color="tab:blue", width=0.6)
+        band = 1.96 / np.sqrt(values.size)
+        acf.axhspan(-band, band, color="grey", alpha=0.2, lw=0)
+        acf.axhline(0.0, color="black", lw=0.8)
+        acf.set_xlabel("lag")
+        acf.set_title(
+            f"autocorrelation: Ljung-Box({lags}) p = {tests.ljung_box_p[i, 0]:.3g}",
+            fontsize="small",
+        )
+    return fig
