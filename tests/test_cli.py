@@ -243,6 +243,14 @@ def test_simulate_then_fit_with_forecast(ou_csv, fit_run):
     with open(out / "em_history.csv", newline="") as f:  # Python's float() is exact
         history = [float(row["log_likelihood"]) for row in csv.DictReader(f)]
     assert history[-1] == results["log_likelihood"]
+    # four sites, all identified; 150 rows, the missing ones not counted
+    ic = results["information_criteria"]
+    assert (ic["parameters"], ic["observations"]) == (4, int(np.sum(~np.isnan(y))))
+    assert ic["aic"] == pytest.approx(2 * 4 - 2 * results["log_likelihood"], rel=1e-12)
+    assert ic["bic"] == pytest.approx(
+        4 * np.log(ic["observations"]) - 2 * results["log_likelihood"], rel=1e-12
+    )
+    assert "AIC, AICc, BIC" in (out / "report.html").read_text()
     for png in out.glob("*.png"):  # every picture decodes
         assert plt_imread(png).ndim == 3, png
 

@@ -158,3 +158,31 @@ def test_plot_residuals_draws_one_row_per_column(key, tmp_path):
     assert len(axes[3].containers[0]) == 15  # one bar per lag
     assert "Ljung-Box(15) p = " in axes[7].get_title()
     fig.savefig(tmp_path / "residuals.png")
+
+
+def test_information_criteria_count_the_identified_parameters(key):
+    """A scalar OU seen with noise and an offset, 100 sequences: k = 5 free coordinates (F, Q,
+    u, R, mu1; H and P1 fixed), n the observed values. Freeing H and P1 as well adds two
+    coordinates but one direction the data cannot see (rescaling the state: F stays, Q and P1
+    scale by c^2, H by 1/c, mu1 by c), so k = 6."""
+    truth = sdessm.SDEParams(
+        F=[[-0.8]], L=[[0.9]], H=[[1.0]], u=[0.5], R=[[0.3]], mu1=[0.0], P1=[[1.0]]
+    )
+    _, y = sdessm.simulate(key, truth, dt=0.5, num_timesteps=20, num_sequences=100)
+    y = np.array(y)
+    y[:, ::10] = np.nan
+    start = truth._replace(F=[[-2.0]], L=[[0.4]], u=[0.0], R=[[1.0]])
+    fit = sdessm.fit_em(start, y, dt=0.5, fixed=("H", "P1"), progress=False)
+    assert fit.converged
+    ic = fit.information_criteria()
+    n, ll = int(np.sum(~np.isnan(y))), fit.log_likelihood
+    assert (ic["parameters"], ic["free_coordinates"], ic["observations"]) == (5, 5, n)
+    np.testing.assert_allclose(ic["aic"], 2 * 5 - 2 * ll, rtol=1e-12)
+    np.testing.assert_allclose(ic["aicc"], ic["aic"] + 2 * 5 * 6 / (n - 6), rtol=1e-12)
+    np.testing.assert_allclose(ic["bic"], 5 * np.log(n) - 2 * ll, rtol=1e-12)
+    assert ic == sdessm.information_criteria(fit)
+
+    gauge = sdessm.fit_em(fit.params, y, dt=0.5, fixed=(), progress=False)
+    ic = gauge.information_criteria()
+    assert (ic["free_coordinates"], ic["flat_directions"], ic["parameters"]) == (7, 1, 6)
+    assert gauge.log_likelihood >= ll - 1e-6  # P1 is free now: a larger model

@@ -21,6 +21,7 @@ from .forecast import PosteriorForecast as PosteriorForecast
 from .forecast import forecast as forecast
 from .forecast import forecast_posterior as forecast_posterior
 from .information import covariance as covariance
+from .information import information_criteria as information_criteria
 from .information import standard_errors as standard_errors
 from .kalman import kalman_filter as kalman_filter
 from .kalman import log_likelihood as log_likelihood
@@ -105,6 +106,7 @@ __all__ = [
     "simulate",
     "standard_errors",
     "covariance",
+    "information_criteria",
     "subspace_start",
     "enable_compilation_cache",
     *_LAZY,

@@ -403,7 +403,9 @@ def fit_command(args: argparse.Namespace) -> int:
     table, se, note = _em_table(em)
     notes = _em_verdict(em, args, note, caught)
     ll = em.log_likelihood
+    criteria = em.information_criteria()
     print(_em_summary(em, f"log-likelihood {ll:.6g}"))
+    print(_criteria_line(criteria))
     print(table.to_string(float_format=lambda v: f"{v:.5g}", na_rep="-"))
     _print_warnings(notes)
 
@@ -426,6 +428,7 @@ def fit_command(args: argparse.Namespace) -> int:
         "standard_errors": se,
         "standard_errors_note": note,
         "log_likelihood": ll,
+        "information_criteria": criteria,
         "converged": em.converged,
         "convergence": em.report.get("convergence"),
         "gradient_norm": em.report.get("gradient_norm"),
@@ -436,7 +439,8 @@ def fit_command(args: argparse.Namespace) -> int:
         "warnings": [text for kind, text in notes if kind != "ok"],
         "versions": versions(),
     }
-    outcome = {"log-likelihood": f"{ll:.10g}", "EM iterations": str(em.num_iters)}
+    outcome = {"log-likelihood": f"{ll:.10g}", "AIC, AICc, BIC": _criteria_line(criteria)}
+    outcome["EM iterations"] = str(em.num_iters)
     outcome["EM stopped because"] = em.report["stopped"]
     outcome["convergence"] = em.report.get("convergence", "")
     _write_results(
@@ -463,6 +467,15 @@ def fit_command(args: argparse.Namespace) -> int:
         ],
     )
     return _status(args, notes)
+
+
+def _criteria_line(criteria: dict) -> str:
+    """AIC, AICc and BIC in one line, with the counts they use."""
+    c = criteria
+    return (
+        f"AIC {c['aic']:.6g}, AICc {c['aicc']:.6g}, BIC {c['bic']:.6g} ({c['parameters']} "
+        f"identified parameters, {c['observations']} observed values)"
+    )
 
 
 def _status(args, notes) -> int:

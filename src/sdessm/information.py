@@ -213,6 +213,14 @@ def _flat_direction(labels, info) -> str | None:
     return None if flat is None else ", ".join(f"{name} ({c:+.2f})" for name, c in flat)
 
 
+def _information_at_estimate(result: EMResult, v0, objective, data, signature):
+    """The observed information at the estimate: the finish's, or computed now."""
+    cached = result._context.get("information")  # the finish's, at this very point
+    if cached is not None and np.allclose(cached[0], np.asarray(v0), rtol=1e-12, atol=1e-14):
+        return cached[1]
+    return _information(_programs(objective, signature)[1], v0, data)
+
+
 @float64
 def _covariance(result: EMResult):
     """(labels, estimate vector, inverse observed information, unravel) in free coordinates."""
@@ -223,11 +231,7 @@ def _covariance(result: EMResult):
             "standard errors of a MAP fit are given in the structured coordinates: fit with "
             "`structure=` to get them."
         )
-    cached = ctx.get("information")  # computed by the finish of `fit_em` at this very point
-    if cached is not None and np.allclose(cached[0], np.asarray(v0), rtol=1e-12, atol=1e-14):
-        info = cached[1]
-    else:
-        info = _information(_programs(objective, signature)[1], v0, data)
+    info = _information_at_estimate(result, v0, objective, data, signature)
     flat = _flat_direction(labels, info)
     if flat is not None:
         w = np.linalg.eigvalsh(info)
@@ -504,3 +508,50 @@ def standard_errors(result: EMResult):
     if "R" in out and result._context["R_structure"] == "isotropic":
         out["R"] = np.where(np.eye(out["R"].shape[0], dtype=bool), out["R"][0, 0], np.nan)
     return out
+
+
+@float64
+def information_criteria(result: EMResult) -> dict:
+    r"""AIC, AICc and BIC of a fit, from its log-likelihood and its identified parameters.
+
+    The number of parameters k counts the directions the data identify: the free coordinates
+    of the standard errors (fixed fields, and the entries a structure of R or a symmetric
+    matrix does not free, are not coordinates), less the directions along which the observed
+    information vanishes (below `FLAT_RTOL` of its largest eigenvalue). Those are a change of
+    state coordinates that leaves the law of the data unchanged (F, L and H all free: $d^2$
+    of them for a general d-dimensional state), or an estimate on a boundary. n counts the
+    observed values (entries of y that are not NaN).
+
+    $\mathrm{AIC} = 2k - 2\ell$, $\mathrm{AICc} = \mathrm{AIC} + 2k(k + 1) / (n - k - 1)$
+    (NaN when $n \le k + 1$), $\mathrm{BIC} = k \log n - 2\ell$, with $\ell$ the maximised
+    log-likelihood (without the log-prior of a MAP fit); lower is better.
+
+    Args:
+        result (EMResult): what `fit_em` returned.
+
+    Returns:
+        dict: `log_likelihood`, `free_coordinates`, `flat_directions`, `parameters` (k),
+            `observations` (n), `aic`, `aicc`, `bic`.
+    """
+    labels, v0, objective, data, _, _, signature = _objective(result)
+    free = len(labels)
+    if 0 < free <= MAX_CERTIFIED_COORDINATES:
+        info = _information_at_estimate(result, v0, objective, data, signature)
+        w = np.linalg.eigvalsh(info) if np.all(np.isfinite(info)) else np.zeros(free)
+        flat = int(np.sum(w <= FLAT_RTOL * max(1.0, np.abs(w).max())))
+    else:  # no Hessian for so many coordinates: all counted
+        flat = 0
+    k = free - flat
+    n = int(np.sum(~np.isnan(np.asarray(result._context["y"]))))
+    ll = result.log_likelihood
+    aic = 2.0 * k - 2.0 * ll
+    return {
+        "log_likelihood": ll,
+        "free_coordinates": free,
+        "flat_directions": flat,
+        "parameters": k,
+        "observations": n,
+        "aic": aic,
+        "aicc": aic + 2.0 * k * (k + 1) / (n - k - 1) if n > k + 1 else float("nan"),
+        "bic": k * np.log(n) - 2.0 * ll,
+    }

@@ -50,3 +50,8 @@ class EMResult:
     def covariance(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """`sdessm.covariance(self)`: `(labels, estimate, cov)` of the free coordinates."""
         return information.covariance(self)
+
+    def information_criteria(self) -> dict:
+        """`sdessm.information_criteria(self)`: AIC, AICc and BIC, with the number of
+        identified parameters and of observed values they use."""
+        return information.information_criteria(self)
