@@ -251,6 +251,14 @@ def test_simulate_then_fit_with_forecast(ou_csv, fit_run):
         4 * np.log(ic["observations"]) - 2 * results["log_likelihood"], rel=1e-12
     )
     assert "AIC, AICc, BIC" in (out / "report.html").read_text()
+    # the residual checks of the written estimate, as sdessm.residual_tests gives them
+    checks = results["residual_tests"]
+    w = sdessm.innovations(sde, y, t).standardized
+    expected = sdessm.residual_tests(w)
+    assert checks["lags"] == list(expected.lags)
+    assert checks["columns"]["y"]["ljung_box_p"] == pytest.approx(expected.ljung_box_p[0])
+    assert checks["columns"]["y"]["jarque_bera_p"] == pytest.approx(expected.jarque_bera_p[0])
+    assert (out / "residuals.png").read_bytes()[:8] == PNG_MAGIC
     for png in out.glob("*.png"):  # every picture decodes
         assert plt_imread(png).ndim == 3, png
 
@@ -295,7 +303,7 @@ def test_sample_with_posterior_predictive_forecast(sample_run):
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium installed (apt-get install chromium)")
 def test_fit_report_renders_with_every_image_and_the_convergence_status(fit_run, tmp_path):
     seen = render_in_browser(fit_run / "report.html", tmp_path)
-    assert int(seen["images"]) == 4 and seen["decoded"] == seen["images"]
+    assert int(seen["images"]) == 5 and seen["decoded"] == seen["images"]
     headings = seen["headings"].split("|")
     for expected in ("Result", "Data", "Model", "Estimates and standard errors", "Settings"):
         assert expected in headings

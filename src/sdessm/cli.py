@@ -387,6 +387,46 @@ def _smoothing_figures(times, y, names, sde, x_true=None) -> dict:
     }
 
 
+def _residual_checks(sde, times, y, names):
+    """`(table, saved, figure)` of the residual checks at the estimate: the p-values per column
+    (a DataFrame), the same for params.json, and `plot_residuals`; `(note, None, None)` when
+    the data are too few to test."""
+    import pandas as pd
+
+    from .residuals import innovations, plot_residuals, residual_tests
+
+    standardized = innovations(sde, y, times).standardized
+    try:
+        tests = residual_tests(standardized)
+    except ValueError as err:
+        return f"Residual checks not run: {err}", {"not_run": str(err)}, None
+    lag = tests.lags[-1]
+    table = pd.DataFrame(
+        {
+            f"Ljung-Box p (lags 1-{lag})": tests.ljung_box_p[:, -1],
+            "Jarque-Bera p": tests.jarque_bera_p,
+            "variance ratio, last/first third": tests.heteroskedasticity,
+            "variance p": tests.heteroskedasticity_p,
+        },
+        index=list(names),
+    )
+    saved = {
+        "lags": list(tests.lags),
+        "columns": {
+            name: {
+                "ljung_box": tests.ljung_box[i].tolist(),
+                "ljung_box_p": tests.ljung_box_p[i].tolist(),
+                "jarque_bera": float(tests.jarque_bera[i]),
+                "jarque_bera_p": float(tests.jarque_bera_p[i]),
+                "heteroskedasticity": float(tests.heteroskedasticity[i]),
+                "heteroskedasticity_p": float(tests.heteroskedasticity_p[i]),
+            }
+            for i, name in enumerate(names)
+        },
+    }
+    return table, saved, plot_residuals(standardized, times, names)
+
+
 def fit_command(args: argparse.Namespace) -> int:
     """EM on data from a CSV file."""
     from .diagnostics import plot_em_history
@@ -410,6 +450,9 @@ def fit_command(args: argparse.Namespace) -> int:
     _print_warnings(notes)
 
     figures = {**_smoothing_figures(times, y, names, em.sde), "em_history.png": plot_em_history(em)}
+    checks, checks_saved, checks_figure = _residual_checks(em.sde, times, y, names)
+    if checks_figure is not None:
+        figures["residuals.png"] = checks_figure
     forecast_files, forecast_section = {}, []
     if future is not None:
         forecast_files = _forecast_outputs(times, y, names, forecast(em.sde, y, times, future))
@@ -429,6 +472,7 @@ def fit_command(args: argparse.Namespace) -> int:
         "standard_errors_note": note,
         "log_likelihood": ll,
         "information_criteria": criteria,
+        "residual_tests": checks_saved,
         "converged": em.converged,
         "convergence": em.report.get("convergence"),
         "gradient_norm": em.report.get("gradient_norm"),
@@ -461,6 +505,11 @@ def fit_command(args: argparse.Namespace) -> int:
             ("Data and the smoothed signal (95% band)", figures["smoothed_observations.png"]),
             ("Latent states (95% band)", figures["smoothed_states.png"]),
             ("EM progress", figures["em_history.png"]),
+            (
+                "Residual checks: the standardised one-step-ahead prediction errors, i.i.d. "
+                "N(0, 1) under the model; small p-values say what it misses",
+                [checks, *([checks_figure] if checks_figure is not None else [])],
+            ),
             *forecast_section,
             ("Settings", settings),
             ("Versions", versions()),
