@@ -389,8 +389,8 @@ def _smoothing_figures(times, y, names, sde, x_true=None) -> dict:
 
 def _residual_checks(sde, times, y, names):
     """`(table, saved, figure)` of the residual checks at the estimate: the p-values per column
-    (a DataFrame), the same for params.json, and `plot_residuals`; `(note, None, None)` when
-    the data are too few to test."""
+    (a DataFrame), the same for params.json, and `plot_residuals`; `(a sentence saying why,
+    {"not_run": why}, None)` when the data are too few to test."""
     import pandas as pd
 
     from .residuals import innovations, plot_residuals, residual_tests
