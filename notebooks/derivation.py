@@ -321,7 +321,9 @@ def mstep_by_hand(params, y):
 
 
 by_hand = mstep_by_hand(guess, y_small)
-one_step = sdessm.fit_em(guess, y_small, num_iters=1, finish="none", progress=False).params
+one_step = sdessm.fit_em(
+    guess, y_small, num_iters=1, finish="none", accelerate=False, progress=False
+).params
 mstep_errors = {k: rel_err(getattr(one_step, k), getattr(by_hand, k)) for k in by_hand._fields}
 print("relative error, fit_em(num_iters=1) vs the derivation's M-step by hand:")
 print({k: f"{v:.1e}" for k, v in mstep_errors.items()})
@@ -355,7 +357,9 @@ osc_start = sdessm.SDEParams(
 )
 with warnings.catch_warnings():
     warnings.simplefilter("error", sdessm.NyquistWarning)
-    em = sdessm.fit_em(osc_start, y_osc, dt=dt, num_iters=200, finish="none", progress=False)
+    em = sdessm.fit_em(
+        osc_start, y_osc, dt=dt, num_iters=200, finish="none", accelerate=False, progress=False
+    )
 lls = em.log_likelihoods
 increments = np.diff(lls)
 print(f"{em.num_iters} iterations ({em.report['stopped']}), path: {em.report['path']}")
@@ -399,9 +403,10 @@ fig
 # %% [markdown]
 # Every increment is positive. They shrink slowly, not to zero within 200 iterations: with F,
 # L and H all free the likelihood is flat along the changes of state coordinates $x \to Tx$,
-# and plain EM converges only linearly, crawling along such weakly identified directions (the
-# NumPyro-model path of `fit_em` accelerates this with SQUAREM). What remains is small (on
-# these data, 800 more iterations add less than one unit of log-likelihood), and the
+# and plain EM (`accelerate=False`, the map of the derivation) converges only linearly,
+# crawling along such weakly identified directions (by default `fit_em` accelerates it with
+# SQUAREM and finishes with quasi-Newton steps on the exact log-likelihood). What remains is
+# small (on these data, 800 more iterations add less than one unit of log-likelihood), and the
 # eigenvalues of F, which do not depend on the coordinates, are already close to the true
 # ones; the entries of F are not comparable.
 #
@@ -571,7 +576,9 @@ dense_mstep = {
     "R": (Eyy - Eyx @ W_ref.T - W_ref @ Eyx.T + W_ref @ Exx @ W_ref.T) / len(emitted),
     "mu1": pm[xs[0]],
 }
-one = sdessm.fit_em(guess, y_miss, num_iters=1, finish="none", progress=False).params
+one = sdessm.fit_em(
+    guess, y_miss, num_iters=1, finish="none", accelerate=False, progress=False
+).params
 stat_errors = {k: rel_err(getattr(one, k), v) for k, v in dense_mstep.items()}
 print("relative error, fit_em(num_iters=1) vs the M-step on brute-force statistics:")
 print({k: f"{v:.1e}" for k, v in stat_errors.items()})
