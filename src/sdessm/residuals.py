@@ -15,6 +15,7 @@ $n_k$ observed entries, sum to the log-likelihood.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -129,7 +130,9 @@ def _autocorrelations(w, max_lag: int):
     return r / squares[:, None], pairs, centred
 
 
-def residual_tests(standardized, lags=None) -> ResidualTests:
+def residual_tests(
+    standardized: Float[ArrayLike, "*B T p"], lags: int | Sequence[int] | None = None
+) -> ResidualTests:
     r"""Tests that standardised innovations are white noise, one column at a time.
 
     - **Ljung-Box** (serial correlation) up to each lag h of `lags`:
