@@ -195,13 +195,18 @@ def _information(hessian, v, data):
     return -0.5 * (h + h.T)
 
 
+def _flat_floor(w) -> float:
+    """Eigenvalues of the observed information at or below this are flat (`FLAT_RTOL`)."""
+    return FLAT_RTOL * max(1.0, float(np.abs(w).max()))
+
+
 def _flat_coordinates(labels, info) -> list[tuple[str, float]] | None:
     """None when `info` is positive definite, else the largest components of its flattest
     direction, `[(label, component), ...]`."""
     if not np.all(np.isfinite(info)):
         return [(label, float("nan")) for label in labels[:4]]
     w, V = np.linalg.eigh(info)
-    if w.min() > FLAT_RTOL * max(1.0, np.abs(w).max()):
+    if w.min() > _flat_floor(w):
         return None
     top = np.argsort(-np.abs(V[:, 0]))[:4]
     return [(labels[i], float(V[i, 0])) for i in top]
@@ -314,7 +319,7 @@ def _polish(value_and_grad, hessian, v, valid, progress: bool):
     if not np.all(np.isfinite(h)):
         return v, -negative(v)[0], 0
     w, V = np.linalg.eigh(-0.5 * (h + h.T))
-    w = np.maximum(np.abs(w), FLAT_RTOL * max(1.0, np.abs(w).max()))
+    w = np.maximum(np.abs(w), _flat_floor(w))
     inverse = (V / w) @ V.T
     bar = progress_bar()(desc="Newton finish", disable=not progress, leave=False)
     options = dict(maxiter=POLISH_ITERATIONS, gtol=1e-10, hess_inv0=0.5 * (inverse + inverse.T))
@@ -538,7 +543,7 @@ def information_criteria(result: EMResult) -> dict:
     if 0 < free <= MAX_CERTIFIED_COORDINATES:
         info = _information_at_estimate(result, v0, objective, data, signature)
         w = np.linalg.eigvalsh(info) if np.all(np.isfinite(info)) else np.zeros(free)
-        flat = int(np.sum(w <= FLAT_RTOL * max(1.0, np.abs(w).max())))
+        flat = int(np.sum(w <= _flat_floor(w)))
     else:  # no Hessian for so many coordinates: all counted
         flat = 0
     k = free - flat

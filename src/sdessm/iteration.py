@@ -199,16 +199,18 @@ def squarem(step, valid=None):
             return theta2, ll0, lp0
         alpha = -min(max(1.0, float(jnp.linalg.norm(r)) / norm_v), bound[0])
         at_bound = alpha == -bound[0]
-        theta_x = unravel(flat0 - 2.0 * alpha * r + alpha**2 * v)
-        for _ in range(SQUAREM_HALVINGS if valid is not None and alpha < -1.0 else 0):
-            if valid(theta_x):
-                break
-            alpha, at_bound = (alpha - 1.0) / 2.0, False
-            theta_x = unravel(flat0 - 2.0 * alpha * r + alpha**2 * v)
-        else:
-            if valid is not None and not valid(theta_x):  # no valid extrapolation: rejected
+
+        def point(alpha):
+            return unravel(flat0 - 2.0 * alpha * r + alpha**2 * v)
+
+        theta_x = point(alpha)
+        halvings = 0
+        while valid is not None and alpha < -1.0 and not valid(theta_x):
+            if halvings == SQUAREM_HALVINGS:  # no valid extrapolation: rejected
                 bound[0] = max(1.0, bound[0] / SQUAREM_GROWTH)
                 return theta2, ll0, lp0
+            alpha, at_bound, halvings = (alpha - 1.0) / 2.0, False, halvings + 1
+            theta_x = point(alpha)
         if alpha == -1.0:  # theta2 itself: no extrapolation left
             bound[0] *= SQUAREM_GROWTH if at_bound else 1.0
             return theta2, ll0, lp0
@@ -226,7 +228,9 @@ def squarem(step, valid=None):
 
 def covariances_valid(params, names=("Sigma", "R", "P1")) -> bool:
     """Whether the covariance fields `names` of `params` (one per step allowed) are symmetric
-    positive semi-definite up to round-off: a point SQUAREM may extrapolate to."""
+    positive semi-definite up to round-off relative to their own largest eigenvalue (not the
+    absolute floor of the public checks, `_checks.check_covariance`: a variance of 1e-6 in the
+    data's units must not go negative): a point SQUAREM may extrapolate to."""
     for name in names:
         C = np.asarray(getattr(params, name), dtype=float)
         if not np.all(np.isfinite(C)):
