@@ -42,7 +42,7 @@ import sdessm.models  # noqa: E402
 
 import sdessm  # noqa: E402
 from sdessm import priors  # noqa: E402
-from sdessm.io import atomic_path  # noqa: E402
+from sdessm.outputs import atomic_path  # noqa: E402
 
 zoo = sdessm.models.load("damped_oscillator")
 PARAMS = ("omega", "zeta", "sigma", "u", "noise")

@@ -389,17 +389,18 @@ class Child:
         """The jitted iteration `sdessm.fit_em` runs (E-step + M-step, P1 fixed), or None."""
         import jax.numpy as jnp
 
-        import sdessm.em as em
+        import sdessm.em_problem as em_problem
         import sdessm.iteration as iteration
+        from sdessm.problem import mask_flags
 
         fixed, prob = frozenset({"P1"}), self.prob
         if prob.kind != "irregular":
-            config = (fixed, "full", False, True, *em.mask_flags(yb))
+            config = (fixed, "full", False, True, *mask_flags(yb))
             return lambda: iteration.discrete_iteration(data["lg_init"], yb, config)
 
         def step_on(n):  # the SDE's generalized EM (numerical F, L step) on the first n steps
-            reps, groups = em._group_steps(yb[:, :n], data["times"][:n], None)
-            config = (fixed, "full", False, 30, *em.mask_flags(yb))
+            reps, groups = em_problem.step_groups(yb[:, :n], data["times"][:n], None)
+            config = (fixed, "full", False, 30, *mask_flags(yb))
             args = (jnp.asarray(reps), jnp.asarray(groups), config)
             return lambda: iteration.continuous_iteration(data["sde_init"], yb[:, :n], *args)
 

@@ -44,7 +44,7 @@ jax.config.update("jax_enable_x64", True)
 
 import sdessm.models  # noqa: E402
 
-from sdessm.io import atomic_path  # noqa: E402
+from sdessm.outputs import atomic_path  # noqa: E402
 
 zoo = sdessm.models.load("damped_oscillator")
 PARAMS = ("omega", "zeta", "sigma", "u", "noise")

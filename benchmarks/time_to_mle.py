@@ -134,7 +134,7 @@ def run_lbfgs(kind, y, times, start):
     import sdessm
 
     if start is None:
-        from sdessm.infer import trace_model
+        from sdessm.model_em import trace_model
 
         module = _zoo(kind)
         tm = trace_model(module.model, y, times)

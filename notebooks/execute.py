@@ -146,7 +146,7 @@ def _tail(path: Path, lines: int = 30) -> str | None:
 def _write_atomically(nb, path: Path) -> None:
     import nbformat
 
-    from sdessm.io import atomic_path
+    from sdessm.outputs import atomic_path
 
     with atomic_path(path) as tmp:
         nbformat.write(nb, str(tmp))

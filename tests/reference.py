@@ -1,17 +1,24 @@
-"""Slow but obvious reference implementations, in NumPy/SciPy only (no sdessm code).
+"""Slow but obvious reference implementations, in NumPy/SciPy only (no sdessm code), and the
+models the tests share.
 
 - `dense_*`: the joint Gaussian of all states and observations of one sequence, built densely and
   conditioned on the observed entries with plain linear algebra.
 - `quadrature_sigma`: the transition covariance integral by adaptive quadrature.
 - `random_problem`: random stable models, missing masks and per-step parameters.
+- model factories (`linear_sde`, `scalar_ou`, `oscillator`, `random_sde`, `sde_params`) and
+  `with_missing`: the parameters and data of the tests, named by what they are. They build
+  `sdessm.SDEParams` (the container only); no reference computation above uses sdessm.
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import scipy.integrate
 import scipy.linalg
 import scipy.stats
+
+import sdessm
 
 
 def random_stable_drift(rng, d, rate=1.0):
@@ -140,7 +147,7 @@ def random_problem(rng, T, d, p, *, per_step_emissions=False, irregular=False, m
     mu1, P1 = rng.normal(size=d), random_spd(rng, d)
     y = rng.normal(size=(T, p)) * 2.0
     if missing:
-        y[rng.uniform(size=y.shape) < missing] = np.nan
+        y = with_missing(rng, y, missing)
     sde = dict(F=F, L=L, H=H, u=u, R=R, mu1=mu1, P1=P1)
     return sde, times, (A, Sigma, H, u, R, mu1, P1), y
 
@@ -200,3 +207,63 @@ def dense_stats(params, ys):
             out["yx"] = out["yx"] + np.concatenate([z[d:, :d], mean[k, d:, None]], axis=1)
             out["xx"] = out["xx"] + xhat
     return out
+
+
+# --------------------------------------------------------------------------- model factories
+# Fields are NumPy float64 arrays. A number for `L`, `R` or `P1` is that multiple of the identity,
+# a number for `u` or `mu1` that value in every entry.
+
+
+def _matrix(x, n):
+    return x * np.eye(n) if np.ndim(x) == 0 else np.asarray(x, dtype=float)
+
+
+def _vector(x, n):
+    return np.full(n, x, dtype=float) if np.ndim(x) == 0 else np.asarray(x, dtype=float)
+
+
+def linear_sde(F, L=1.0, H=None, *, u=0.0, R=1.0, mu1=0.0, P1=1.0):
+    """The LTI SDE dx = F x dt + L dW observed as y = H x + u + N(0, R), H = I if not given."""
+    F = np.asarray(F, dtype=float)
+    d = F.shape[0]
+    H = np.eye(d) if H is None else np.asarray(H, dtype=float)
+    p = H.shape[0]
+    L, R, P1 = _matrix(L, d), _matrix(R, p), _matrix(P1, d)
+    return sdessm.SDEParams(F, L, H, _vector(u, p), R, _vector(mu1, d), P1)
+
+
+def scalar_ou(theta, sigma=1.0, *, u=0.0, R=1.0, mu1=0.0, P1=1.0):
+    """The scalar OU dx = -theta x dt + sigma dW observed as y = x + u + N(0, R)."""
+    # 0.0 - theta: theta = 0 (a random walk) gives the drift +0.0, as a written [[0.0]] does
+    return linear_sde([[0.0 - theta]], [[sigma]], u=u, R=R, mu1=mu1, P1=P1)
+
+
+def oscillator(omega, zeta, sigma, *, H=((1.0, 0.0),), u=0.0, R=1.0, mu1=0.0, P1=1.0):
+    """A damped oscillator x = (position, velocity), noise sigma on the velocity, position seen."""
+    F = np.array([[0.0, 1.0], [-(omega**2), -2 * zeta * omega]])
+    return linear_sde(F, [[0.0], [sigma]], H, u=u, R=R, mu1=mu1, P1=P1)
+
+
+def random_sde(rng, d, p, *, L_scale=0.6, R_scale=0.2, H=None, random_x1=True):
+    """A random stable d-dim SDE with p observations (x_1 ~ N(0, I) unless random_x1)."""
+    return sdessm.SDEParams(
+        F=random_stable_drift(rng, d),
+        L=rng.normal(size=(d, d)) * L_scale,
+        H=rng.normal(size=(p, d)) if H is None else H,
+        u=rng.normal(size=p),
+        R=random_spd(rng, p, R_scale),
+        mu1=rng.normal(size=d) if random_x1 else np.zeros(d),
+        P1=random_spd(rng, d) if random_x1 else np.eye(d),
+    )
+
+
+def sde_params(sde, *, as_jax=False):
+    """The SDEParams of a `random_problem` SDE dict (its fields as JAX arrays with as_jax)."""
+    return sdessm.SDEParams(**({k: jnp.asarray(v) for k, v in sde.items()} if as_jax else sde))
+
+
+def with_missing(rng, y, fraction, *, rows=False):
+    """A copy of y with each entry (each row with rows) NaN with probability fraction."""
+    y = np.array(y)
+    y[rng.uniform(size=len(y) if rows else y.shape) < fraction] = np.nan
+    return y

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import linear_sde
 from sdessm.models import load
 
 import sdessm
@@ -96,15 +97,7 @@ def test_resume_continues_exactly(data, tmp_path):
 def test_sde_paths_resume_exactly(tmp_path):
     """The closed form (uniform steps) and the numerical transition M-step (irregular)."""
     rng = np.random.default_rng(0)
-    truth = sdessm.SDEParams(
-        F=np.array([[-0.5, 1.0], [-1.0, -0.3]]),
-        L=0.7 * np.eye(2),
-        H=np.eye(2),
-        u=np.zeros(2),
-        R=0.05 * np.eye(2),
-        mu1=np.zeros(2),
-        P1=np.eye(2),
-    )
+    truth = linear_sde([[-0.5, 1.0], [-1.0, -0.3]], 0.7, R=0.05)
     start = truth._replace(F=-np.eye(2), L=0.3 * np.eye(2), R=0.2 * np.eye(2))
     for times in (np.arange(80) * 0.2, np.cumsum(rng.uniform(0.05, 0.4, 80))):
         y = np.array(sdessm.simulate(jax.random.key(1), truth, times)[1])

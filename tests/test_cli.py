@@ -17,7 +17,7 @@ from browser import BROWSER, render_in_browser
 from sdessm.models import available, load
 
 import sdessm
-from sdessm import cli
+from sdessm import cli, runs
 from sdessm.io import read_csv, write_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -114,7 +114,7 @@ def test_saved_results_load_back_exactly(tmp_path, monkeypatch):
     post = {"theta": rng.normal(size=(2, 7)), "noise": rng.gamma(2.0, size=(2, 7, 3))}
     idata = _idata(post, {"sdessm_em": json.dumps({"theta": 0.1})})
     args = cli.build_parser().parse_args(["fit", "x.csv", "--out", str(tmp_path / "nc")])
-    cli._write_results(args, {"posterior.nc": idata}, "t", [])
+    runs.write_results(args, {"posterior.nc": idata}, "t", [])
     back = az.from_netcdf(tmp_path / "nc" / "posterior.nc")
     for k, v in post.items():
         np.testing.assert_array_equal(back["posterior"][k].values, v)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from reference import scalar_ou
 from sdessm.models import load
 
 import sdessm
@@ -167,15 +168,7 @@ def test_strict_exit_status_and_the_saved_verdict(no_drift, tmp_path, capsys):
 def test_the_finish_stays_where_the_public_filter_is_defined():
     """A noise-free OU series with R free: the maximum pulls R to 0. Whatever the finish does,
     the returned parameters are valid and the recorded log-likelihood is the public filter's."""
-    truth = sdessm.SDEParams(
-        F=-0.5 * np.eye(1),
-        L=np.eye(1),
-        H=np.eye(1),
-        u=np.zeros(1),
-        R=1e-12 * np.eye(1),
-        mu1=np.zeros(1),
-        P1=np.eye(1),
-    )
+    truth = scalar_ou(0.5, R=1e-12)
     times = 0.5 * np.arange(120)
     _, y = sdessm.simulate(jax.random.key(4), truth, times)
     start = truth._replace(F=-np.eye(1), R=0.3 * np.eye(1))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 from matplotlib.figure import Figure
+from reference import linear_sde
 from sdessm.models import load
 
 import sdessm
@@ -77,7 +78,7 @@ def test_identifiable_functionals_closed_forms_and_gauge(rng):
     F = np.array([[-0.3, 1.2], [-0.8, -0.4]])
     L = np.array([[0.6, 0.0], [0.3, 0.4]])
     H = np.array([[1.0, 0.5]])
-    base = sdessm.SDEParams(F, L, H, np.ones(1), 0.04 * np.eye(1), np.zeros(2), np.eye(2))
+    base = linear_sde(F, L, H, u=1.0, R=0.04)
     T = rng.normal(size=(2, 2)) + 2 * np.eye(2)
     Ti = np.linalg.inv(T)
     moved = base._replace(F=T @ F @ Ti, L=T @ L, H=H @ Ti)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
-from reference import quadrature_sigma, random_stable_drift
+from reference import quadrature_sigma, random_stable_drift, scalar_ou
 
 import sdessm
 
@@ -165,15 +165,7 @@ def test_gradient_matches_finite_differences(rng):
 
 
 def _ou():
-    return sdessm.SDEParams(
-        F=-np.eye(1),
-        L=np.eye(1),
-        H=np.eye(1),
-        u=np.zeros(1),
-        R=np.eye(1),
-        mu1=np.zeros(1),
-        P1=np.eye(1),
-    )
+    return scalar_ou(1.0)
 
 
 def test_discretize_params_groups_equal_steps():

@@ -9,28 +9,24 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.optimize
-from reference import random_spd, random_stable_drift
+from reference import (
+    linear_sde,
+    random_sde,
+    random_spd,
+    random_stable_drift,
+    scalar_ou,
+    with_missing,
+)
 
 import sdessm
 from sdessm.discretize import continuous_discrete, diffusion_from_sigma
-from sdessm.em import _group_steps, _recover
-from sdessm.kalman import prepare
+from sdessm.em import _recover
+from sdessm.em_problem import step_groups
 from sdessm.mstep import closed_form_mstep, expected_complete_loglik
 from sdessm.params import LGSSMParams
+from sdessm.problem import resolve
 from sdessm.results import EMResult
 from sdessm.stats import expected_stats
-
-
-def _sde(rng, d, p, H=None):
-    return sdessm.SDEParams(
-        F=random_stable_drift(rng, d),
-        L=rng.normal(size=(d, d)) * 0.6,
-        H=rng.normal(size=(p, d)) if H is None else H,
-        u=rng.normal(size=p),
-        R=random_spd(rng, p, 0.2),
-        mu1=rng.normal(size=d),
-        P1=random_spd(rng, d),
-    )
 
 
 def _perturbed(rng, params, scale=0.3):
@@ -72,7 +68,7 @@ PATHS = {
 def test_sde_em_loglik_never_decreases(rng, key, path):
     cfg = PATHS[path]
     B, T = cfg["B"], cfg.get("T", 60)
-    truth = _sde(rng, 2, 2)
+    truth = random_sde(rng, 2, 2)
     if cfg.get("irregular"):
         times = np.cumsum(rng.uniform(0.05, 0.5, size=T))
         kw = dict(times=times)
@@ -83,7 +79,7 @@ def test_sde_em_loglik_never_decreases(rng, key, path):
     )
     y = np.array(y)
     if cfg.get("missing"):
-        y[rng.uniform(size=y.shape) < cfg["missing"]] = np.nan
+        y = with_missing(rng, y, cfg["missing"])
         y[:, -1] = 0.0  # no padding here
     init = _perturbed(rng, truth)
     res = sdessm.fit_em(
@@ -124,12 +120,11 @@ MSTEP_CASES = {
 @pytest.mark.parametrize("case", MSTEP_CASES)
 def test_closed_form_mstep_maximises_expected_complete_loglik(rng, key, case):
     fixed, structure = MSTEP_CASES[case]
-    truth = _sde(rng, 2, 3)
+    truth = random_sde(rng, 2, 3)
     _, y = sdessm.simulate(key, truth, dt=0.2, num_timesteps=20, num_sequences=3)
-    y = np.array(y)
-    y[rng.uniform(size=y.shape) < 0.2] = np.nan
+    y = with_missing(rng, y, 0.2)
     y[:, -1] = 1.0
-    current, yb, _ = prepare(_perturbed(rng, truth).discretize(dt=0.2), y)
+    current, yb, *_ = resolve(_perturbed(rng, truth).discretize(dt=0.2), y)
     stats, _ = expected_stats(current, yb)
     new = closed_form_mstep(stats, current, fixed, structure)
     for name in fixed:
@@ -161,15 +156,14 @@ def test_closed_form_mstep_maximises_expected_complete_loglik(rng, key, case):
 def test_expected_complete_loglik_gradient_matches_finite_differences(rng, key):
     """The written-out gradient of the Gaussian terms, against central differences, at a point
     that is not the maximiser (one transition group per step)."""
-    truth = _sde(rng, 2, 3)
+    truth = random_sde(rng, 2, 3)
     times = np.cumsum(rng.uniform(0.05, 0.3, size=15))
     _, y = sdessm.simulate(key, truth, times, num_sequences=2)
-    y = np.array(y)
-    y[rng.uniform(size=y.shape) < 0.2] = np.nan
+    y = with_missing(rng, y, 0.2)
     start = _perturbed(rng, truth)
-    reps, groups = _group_steps(y, times, None)
+    reps, groups = step_groups(y, times, None)
     A_g, Sigma_g, per_transition = continuous_discrete(start, reps, groups)
-    _, yb, _ = prepare(per_transition, y)
+    _, yb, *_ = resolve(per_transition, y)
     e_step = jax.jit(expected_stats, static_argnums=3, static_argnames="complete")
     stats, _ = e_step(per_transition, yb, groups, len(reps), complete=False)
     current = LGSSMParams(A_g, Sigma_g, *per_transition[2:])
@@ -216,7 +210,7 @@ def test_discrete_em_iterates_match_pykalman(rng, key):
     8, where both are exact (log-likelihoods to 1e-8 relative, parameters to 1e-7).
     """
     pykalman = pytest.importorskip("pykalman")
-    truth = _sde(rng, 2, 2)
+    truth = random_sde(rng, 2, 2)
     _, y = sdessm.simulate(key, truth, dt=0.3, num_timesteps=80)
     y = np.asarray(y)
     init = _perturbed(rng, truth).discretize(dt=0.3)
@@ -260,9 +254,7 @@ def test_discrete_em_iterates_match_pykalman(rng, key):
 
 def test_converged_em_is_a_stationary_point(rng, key):
     # scalar OU observed with an offset: identifiable, EM converges quickly
-    truth = sdessm.SDEParams(
-        F=[[-0.8]], L=[[0.9]], H=[[1.0]], u=[0.5], R=[[0.3]], mu1=[0.0], P1=[[1.0]]
-    )
+    truth = scalar_ou(0.8, 0.9, u=0.5, R=0.3)
     _, y = sdessm.simulate(key, truth, dt=0.5, num_timesteps=400, num_sequences=3)
     init = truth._replace(F=[[-2.0]], L=[[0.4]], u=[0.0], R=[[1.0]])
     res = sdessm.fit_em(init, y, dt=0.5, fixed=("H",), num_iters=3000, tol=1e-13, progress=False)
@@ -310,7 +302,7 @@ def test_converged_em_is_a_stationary_point(rng, key):
 def test_closed_form_and_numerical_mstep_agree(rng, key):
     # Both maximise the same expected complete-data log-likelihood (the discrete <-> SDE map is a
     # bijection here), so their EM iterates coincide: a stronger check than agreeing at the end.
-    truth = _sde(rng, 2, 2, H=np.eye(2))._replace(
+    truth = random_sde(rng, 2, 2, H=np.eye(2))._replace(
         L=np.array([[0.8, 0.0], [0.3, 0.6]]), R=0.01 * np.eye(2)
     )
     _, y = sdessm.simulate(key, truth, dt=0.3, num_timesteps=300, num_sequences=3)
@@ -363,9 +355,7 @@ def _check_recovery(res, truth, z=4.0):
 
 
 def test_ou_recovery_within_standard_errors(key):
-    truth = sdessm.SDEParams(
-        F=[[-0.7]], L=[[0.8]], H=[[1.0]], u=[0.0], R=[[0.1]], mu1=[0.0], P1=[[0.5]]
-    )
+    truth = scalar_ou(0.7, 0.8, R=0.1, P1=0.5)
     _, y = sdessm.simulate(key, truth, dt=0.2, num_timesteps=1500, num_sequences=2)
     init = truth._replace(F=[[-2.0]], L=[[0.3]], R=[[0.5]])
     res = sdessm.fit_em(
@@ -380,9 +370,7 @@ def test_three_dimensional_recovery_within_standard_errors(key):
     F = np.array([[-0.4, 1.2, 0.0], [-1.2, -0.4, 0.3], [0.0, -0.2, -0.8]])
     L = np.array([[0.5, 0.0, 0.0], [0.1, 0.4, 0.0], [0.0, 0.2, 0.6]])
     R = np.array([[0.05, 0.01, 0.0], [0.01, 0.04, 0.0], [0.0, 0.0, 0.06]])
-    truth = sdessm.SDEParams(
-        F=F, L=L, H=np.eye(3), u=np.zeros(3), R=R, mu1=np.zeros(3), P1=np.eye(3)
-    )
+    truth = linear_sde(F, L, R=R)
     _, y = sdessm.simulate(key, truth, dt=0.1, num_timesteps=5000, num_sequences=8)
     init = truth._replace(F=-np.eye(3), L=0.3 * np.eye(3), R=0.2 * np.eye(3))
     res = sdessm.fit_em(
@@ -422,15 +410,7 @@ def test_stiff_known_drift_with_a_rank_one_diffusion_runs_finite_and_monotone(ke
     """F = diag(-500, -0.2) held fixed (one mode decays within a step: A is singular), L of
     rank one, learning L, H, u, R and mu1: EM runs, never lowers the log-likelihood, and Q comes
     from Sigma without a logarithm."""
-    truth = sdessm.SDEParams(
-        F=np.diag([-500.0, -0.2]),
-        L=np.array([[0.0], [0.5]]),
-        H=np.array([[1.0, 0.0]]),
-        u=np.zeros(1),
-        R=np.array([[0.05]]),
-        mu1=np.zeros(2),
-        P1=np.eye(2),
-    )
+    truth = linear_sde(np.diag([-500.0, -0.2]), [[0.0], [0.5]], [[1.0, 0.0]], R=0.05)
     _, y = sdessm.simulate(key, truth, dt=0.1, num_timesteps=200)
     start = truth._replace(L=np.array([[0.1], [0.3]]), H=np.array([[0.8, 0.1]]), R=[[0.1]])
     res = sdessm.fit_em(start, y, dt=0.1, fixed=("F", "P1"), finish="none", progress=False)
@@ -459,9 +439,7 @@ def test_no_real_logarithm(rng):
         )
     # data that flip sign at every step: EM fits A < 0, which no SDE produces at this step
     y = (5.0 * (-1.0) ** np.arange(60) + rng.normal(size=60) * 0.1)[:, None]
-    init = sdessm.SDEParams(
-        F=[[-0.5]], L=[[1.0]], H=[[1.0]], u=[0.0], R=[[1.0]], mu1=[0.0], P1=[[10.0]]
-    )
+    init = scalar_ou(0.5, P1=10.0)
     with pytest.raises(sdessm.NoRealLogarithmError) as err:
         sdessm.fit_em(init, y, dt=1.0, fixed=("H", "u", "P1"), num_iters=30, progress=False)
     assert float(err.value.result.discrete.A[0, 0]) < 0  # the discrete fit is not lost
@@ -488,15 +466,7 @@ def test_indefinite_q_is_reported_or_replaced():
 
 def test_nyquist_warning(key):
     dt, w = 0.1, 0.95 * np.pi / 0.1
-    rot = sdessm.SDEParams(
-        F=[[-0.1, -w], [w, -0.1]],
-        L=0.3 * np.eye(2),
-        H=np.eye(2),
-        u=np.zeros(2),
-        R=0.01 * np.eye(2),
-        mu1=np.zeros(2),
-        P1=np.eye(2),
-    )
+    rot = linear_sde([[-0.1, -w], [w, -0.1]], 0.3, R=0.01)
     _, y = sdessm.simulate(key, rot, dt=dt, num_timesteps=50)
     with pytest.warns(sdessm.NyquistWarning, match="Nyquist"):
         res = sdessm.fit_em(
@@ -509,7 +479,7 @@ def test_nyquist_warning(key):
 
 
 def test_padding_does_not_change_the_fit(rng, key):
-    truth = _sde(rng, 2, 1)
+    truth = random_sde(rng, 2, 1)
     _, y = sdessm.simulate(key, truth, dt=0.3, num_timesteps=40, num_sequences=2)
     y = np.array(y)
     y[1, 25:] = np.nan  # the second sequence is 25 long
@@ -523,7 +493,7 @@ def test_padding_does_not_change_the_fit(rng, key):
 
 
 def test_lgssm_fit_and_progress_bar(rng, key, capsys):
-    truth = _sde(rng, 2, 2)
+    truth = random_sde(rng, 2, 2)
     _, y = sdessm.simulate(key, truth, dt=0.3, num_timesteps=50, num_sequences=2)
     init = _perturbed(rng, truth).discretize(dt=0.3)
     res = sdessm.fit_em(init, y, num_iters=4, tol=0.0, finish="none", progress=True)
@@ -547,13 +517,13 @@ def test_lgssm_fit_and_progress_bar(rng, key, capsys):
     ],
 )
 def test_bad_options(rng, kwargs, message):
-    truth = _sde(rng, 2, 2)
+    truth = random_sde(rng, 2, 2)
     with pytest.raises(ValueError, match=re.escape(message)):
         sdessm.fit_em(truth, np.zeros((5, 2)), dt=0.1, progress=False, **kwargs)
 
 
 def test_bad_data_for_em(rng):
-    truth = _sde(rng, 2, 2)
+    truth = random_sde(rng, 2, 2)
     with pytest.raises(ValueError, match="at least 2 time steps"):
         sdessm.fit_em(truth, np.zeros((1, 2)), dt=0.1, progress=False)
     lg = truth.discretize(np.array([0.0, 0.1, 0.3]))
@@ -571,7 +541,7 @@ def test_bad_data_for_em(rng):
 
 
 def test_known_per_step_offset(rng, key):
-    truth = _sde(rng, 2, 2)
+    truth = random_sde(rng, 2, 2)
     T = 40
     offset = np.sin(np.arange(T) / 3.0)[:, None] * np.array([1.0, -2.0])  # a known u_k
     with_offset = truth._replace(u=offset)
@@ -645,10 +615,7 @@ def test_squarem_reaches_the_maximum_where_plain_em_crawls(irregular):
     and crawls (plain EM is still short after many E-steps); SQUAREM on the closed-form path
     (uniform steps) and on the numerical-transitions path (irregular steps) reaches a point
     where the exact log-likelihood's gradient vanishes, with fewer E-steps, monotonely."""
-    truth = sdessm.SDEParams(
-        F=[[-0.3, 0.4], [-0.4, -0.5]], L=0.5 * np.eye(2), H=np.eye(2), u=[1.5, -1.0],
-        R=0.1 * np.eye(2), mu1=np.zeros(2), P1=np.eye(2),
-    )  # fmt: skip
+    truth = linear_sde([[-0.3, 0.4], [-0.4, -0.5]], 0.5, u=[1.5, -1.0], R=0.1)
     if irregular:
         kw = dict(times=np.cumsum(np.random.default_rng(0).uniform(0.05, 0.15, size=200)))
     else:
@@ -701,7 +668,7 @@ def test_map_adds_the_log_prior_and_is_monotone(key):
 
 
 def test_map_on_sde_params(rng, key):
-    truth = _sde(rng, 2, 2, H=np.eye(2))
+    truth = random_sde(rng, 2, 2, H=np.eye(2))
     _, y = sdessm.simulate(key, truth, dt=0.3, num_timesteps=40, num_sequences=2)
 
     def log_prior(p):
@@ -728,9 +695,7 @@ def test_map_on_sde_params(rng, key):
 
 
 def test_standard_errors_match_finite_difference_information(rng, key):
-    truth = sdessm.SDEParams(
-        F=[[-0.8]], L=[[0.9]], H=[[1.0]], u=[0.5], R=[[0.3]], mu1=[0.0], P1=[[1.0]]
-    )
+    truth = scalar_ou(0.8, 0.9, u=0.5, R=0.3)
     _, y = sdessm.simulate(key, truth, dt=0.5, num_timesteps=200, num_sequences=2)
     res = sdessm.fit_em(
         truth, y, dt=0.5, fixed=("H", "mu1", "P1"), num_iters=2000, tol=1e-12, progress=False
@@ -763,9 +728,7 @@ def test_standard_errors_match_finite_difference_information(rng, key):
 def test_standard_errors_of_ou_drift_match_asymptotics(key):
     # nearly noise-free, finely sampled OU: Var(theta_hat) ~ 2 theta / (total time)
     theta, total = 1.0, 3 * 600 * 0.1
-    truth = sdessm.SDEParams(
-        F=[[-theta]], L=[[1.0]], H=[[1.0]], u=[0.0], R=[[1e-6]], mu1=[0.0], P1=[[0.5]]
-    )
+    truth = scalar_ou(theta, R=1e-6, P1=0.5)
     _, y = sdessm.simulate(key, truth, dt=0.1, num_timesteps=600, num_sequences=3)
     res = sdessm.fit_em(
         truth, y, dt=0.1, fixed=("H", "u", "R", "mu1", "P1"), num_iters=200, progress=False
@@ -775,7 +738,7 @@ def test_standard_errors_of_ou_drift_match_asymptotics(key):
 
 
 def test_standard_errors_name_the_unidentified_direction(rng, key):
-    truth = _sde(rng, 2, 2)
+    truth = random_sde(rng, 2, 2)
     _, y = sdessm.simulate(key, truth, dt=0.3, num_timesteps=15, num_sequences=2)
     # F, L, H all free: refused by default, run when asked for explicitly
     res = sdessm.fit_em(truth, y, dt=0.3, fixed=(), num_iters=3, progress=False)
@@ -882,9 +845,7 @@ def test_the_finish_reuses_its_programs_and_not_the_data(key):
     first compiled (no new entry), and its result is that of a fit with fresh programs."""
     from sdessm import information
 
-    truth = sdessm.SDEParams(
-        F=[[-0.8]], L=[[0.9]], H=[[1.0]], u=[0.5], R=[[0.3]], mu1=[0.0], P1=[[1.0]]
-    )
+    truth = scalar_ou(0.8, 0.9, u=0.5, R=0.3)
     _, y = sdessm.simulate(key, truth, dt=0.5, num_timesteps=150, num_sequences=2)
     init = truth._replace(F=[[-2.0]], L=[[0.4]], u=[0.0], R=[[1.0]])
     fit = functools.partial(sdessm.fit_em, init, dt=0.5, fixed=("H", "P1"), progress=False)
@@ -961,10 +922,7 @@ def test_all_nan_steps_keep_the_fixed_point_of_em(key):
     """All-NaN steps add no emission statistic: EM's fixed point is still the maximum of the
     exact likelihood (one iteration from the certified maximum stays there), and that likelihood
     is the one of the data without those steps, on the irregular times that are left."""
-    truth = sdessm.SDEParams(
-        F=np.array([[-0.5, 1.0], [-1.0, -0.3]]), L=0.5 * np.eye(2), H=np.eye(2),
-        u=np.array([1.0, -1.0]), R=0.3 * np.eye(2), mu1=np.zeros(2), P1=np.eye(2),
-    )  # fmt: skip
+    truth = linear_sde([[-0.5, 1.0], [-1.0, -0.3]], 0.5, u=[1.0, -1.0], R=0.3)
     times = np.arange(150) * 0.2
     y = np.array(sdessm.simulate(key, truth, times)[1])
     rows = np.random.default_rng(1).uniform(size=150) < 0.4

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
-from reference import dense_posterior, quadrature_sigma, random_problem
+from reference import dense_posterior, quadrature_sigma, random_problem, sde_params
 from sdessm.models import load
 from test_diagnostics import _idata as arviz_data
 
@@ -33,15 +33,11 @@ def _dense_forecast(sde, times, y, future):
     return m, P, m @ H.T + u, H @ P @ H.T + R, blocks[T:, T:]
 
 
-def _sde(d):
-    return sdessm.SDEParams(**{k: jnp.asarray(v) for k, v in d.items()})
-
-
 @pytest.mark.parametrize("d, p, missing", [(2, 2, 0.3), (3, 1, 0.0), (1, 1, 0.2)])
 def test_forecast_equals_dense_gaussian(rng, d, p, missing):
     sde, times, _, y = random_problem(rng, 7, d, p, irregular=True, missing=missing)
     future = times[-1] + np.cumsum(rng.uniform(0.05, 0.9, size=4))
-    fc = sdessm.forecast(_sde(sde), y, times, future)
+    fc = sdessm.forecast(sde_params(sde, as_jax=True), y, times, future)
     m, P, ym, yc, _ = _dense_forecast(sde, times, y, future)
     np.testing.assert_allclose(fc.times, future)
     np.testing.assert_allclose(fc.state_means, m, rtol=1e-8, atol=1e-10)
@@ -74,26 +70,28 @@ def test_sequences_and_grids(rng):
     y2 = rng.normal(size=y.shape)
     times2 = times * 1.3
     future = times2[-1] + np.array([0.2, 0.5, 1.5])
+    params = sde_params(sde, as_jax=True)
     # per-sequence grids, shared future times
-    fc = sdessm.forecast(_sde(sde), np.stack([y, y2]), np.stack([times, times2]), future)
+    fc = sdessm.forecast(params, np.stack([y, y2]), np.stack([times, times2]), future)
     for b, (yb, tb) in enumerate(((y, times), (y2, times2))):
-        one = sdessm.forecast(_sde(sde), yb, tb, future)
+        one = sdessm.forecast(params, yb, tb, future)
         np.testing.assert_allclose(fc.obs_means[b], one.obs_means, rtol=1e-12)
         np.testing.assert_allclose(fc.state_covs[b], one.state_covs, rtol=1e-12)
     # shared grid, per-sequence future times
     fut2 = np.stack([future, future + 1.0])
-    fc = sdessm.forecast(_sde(sde), np.stack([y, y2]), times2, fut2)
+    fc = sdessm.forecast(params, np.stack([y, y2]), times2, fut2)
     for b, yb in enumerate((y, y2)):
-        one = sdessm.forecast(_sde(sde), yb, times2, fut2[b])
+        one = sdessm.forecast(params, yb, times2, fut2[b])
         np.testing.assert_allclose(fc.obs_covs[b], one.obs_covs, rtol=1e-12)
 
 
 def test_uniform_steps_and_lgssm_agree(rng):
     sde, _, _, y = random_problem(rng, 9, 2, 2, missing=0.1)
+    params = sde_params(sde, as_jax=True)
     dt = 0.3
-    by_dt = sdessm.forecast(_sde(sde), y, dt=dt, num_steps=5)
-    by_times = sdessm.forecast(_sde(sde), y, dt * np.arange(9), dt * np.arange(9, 14))
-    lgssm = sdessm.discretize_params(_sde(sde), dt=dt)
+    by_dt = sdessm.forecast(params, y, dt=dt, num_steps=5)
+    by_times = sdessm.forecast(params, y, dt * np.arange(9), dt * np.arange(9, 14))
+    lgssm = sdessm.discretize_params(params, dt=dt)
     by_steps = sdessm.forecast(lgssm, y, num_steps=5)
     np.testing.assert_allclose(by_dt.times, dt * np.arange(9, 14))
     for other in (by_times, by_steps):
@@ -118,7 +116,7 @@ def test_jit_and_grad(rng):
     future = times[-1] + np.array([0.5, 1.0])
 
     def sd_ahead(F):
-        fc = sdessm.forecast(_sde(sde)._replace(F=F), y, times, future)
+        fc = sdessm.forecast(sde_params(sde, as_jax=True)._replace(F=F), y, times, future)
         return jnp.sqrt(fc.obs_covs[-1, 0, 0])
 
     F = jnp.asarray(sde["F"])

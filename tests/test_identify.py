@@ -8,25 +8,20 @@ symmetry the check names leaves the exact log-likelihood of data unchanged (the 
 import numpy as np
 import pytest
 import scipy.linalg
-from reference import dense_joint, quadrature_sigma, random_spd, random_stable_drift
+from reference import (
+    dense_joint,
+    linear_sde,
+    oscillator,
+    quadrature_sigma,
+    random_spd,
+    random_stable_drift,
+    scalar_ou,
+)
 
 import sdessm
 from sdessm.identify import _fields, _law, check_identified, unidentified
 
 STEPS = np.full(50, 0.2)
-
-
-def _sde(F, L, H, *, R=None, mu1=None):
-    d, p = len(F), len(H)
-    return sdessm.SDEParams(
-        F=np.asarray(F, float),
-        L=np.asarray(L, float),
-        H=np.asarray(H, float),
-        u=np.zeros(p),
-        R=np.eye(p) * 0.2 if R is None else R,
-        mu1=np.full(d, 0.3) if mu1 is None else mu1,
-        P1=np.eye(d),
-    )
 
 
 def _loglik(params, y, times):
@@ -52,7 +47,7 @@ def test_the_law_of_the_stretch_is_the_reference_joint_gaussian(rng):
 def test_a_scale_of_the_state_is_not_identified_by_a_held_p1(rng, key):
     """OU with H free: (H / c, Q c^2, mu1 c, P1 c^2) is one law; holding P1 pins c only through
     x_1. The check names H, Q, P1 and asks to hold H; with H held the model is identified."""
-    ou = _sde([[-0.7]], [[0.8]], [[1.0]])
+    ou = scalar_ou(0.7, 0.8, R=0.2, mu1=0.3)
     times = np.arange(40) * 0.2
     _, y = sdessm.simulate(key, ou, times)
     c = 1.7
@@ -66,7 +61,7 @@ def test_a_scale_of_the_state_is_not_identified_by_a_held_p1(rng, key):
 
 def test_a_rotation_of_a_fully_observed_state_asks_to_hold_h(rng):
     F, Q = random_stable_drift(rng, 2), random_spd(rng, 2)
-    sde = _sde(F, np.linalg.cholesky(Q), np.eye(2))
+    sde = linear_sde(F, np.linalg.cholesky(Q), R=0.2, mu1=0.3)
     problem = unidentified(sde, {"P1"}, "full", STEPS)
     assert problem is not None and problem[1:] == (("H",), 0)
     for R_structure in ("full", "diagonal", "isotropic"):
@@ -77,7 +72,7 @@ def test_a_rotation_of_a_fully_observed_state_asks_to_hold_h(rng):
 
 
 def test_a_random_walk_level_and_offset_are_one_direction(key):
-    walk = _sde([[0.0]], [[0.5]], [[1.0]])
+    walk = scalar_ou(0.0, 0.5, R=0.2, mu1=0.3)
     times = np.arange(30) * 0.5
     _, y = sdessm.simulate(key, walk, times)
     shifted = walk._replace(mu1=walk.mu1 + 2.0, u=walk.u - 2.0)
@@ -90,7 +85,7 @@ def test_a_random_walk_level_and_offset_are_one_direction(key):
 def test_a_general_drift_seen_through_one_coordinate_needs_structure(key):
     """H = [1, 0] and L = [0, 1]^T held: T = [[1, 0], [a, 1]] keeps both and changes F, so no
     held emission or noise field helps; the message asks for structure."""
-    osc = _sde([[0.0, 1.0], [-4.0, -0.5]], [[0.0], [1.0]], [[1.0, 0.0]])
+    osc = oscillator(2.0, 0.125, 1.0, R=0.2, mu1=0.3)  # F = [[0, 1], [-4, -0.5]]
     times = np.arange(60) * 0.1
     _, y = sdessm.simulate(key, osc, times)
     T = np.array([[1.0, 0.0], [0.6, 1.0]])
@@ -105,7 +100,7 @@ def test_a_general_drift_seen_through_one_coordinate_needs_structure(key):
 
 
 def test_fit_em_with_the_default_fixed_refuses_before_iterating(rng, key):
-    sde = _sde(random_stable_drift(rng, 2), np.eye(2), np.eye(2))
+    sde = linear_sde(random_stable_drift(rng, 2), R=0.2, mu1=0.3)
     times = np.arange(50) * 0.2
     _, y = sdessm.simulate(key, sde, times)
     with pytest.raises(ValueError, match=r"fixed=\('P1',\) \(the default\).*fixed=\('P1', 'H'\)"):
@@ -117,6 +112,6 @@ def test_fit_em_with_the_default_fixed_refuses_before_iterating(rng, key):
 
 
 def test_fields_read_q_from_l():
-    sde = _sde([[-1.0, 0.0], [0.0, -2.0]], [[1.0], [2.0]], [[1.0, 0.0]])
+    sde = linear_sde([[-1.0, 0.0], [0.0, -2.0]], [[1.0], [2.0]], [[1.0, 0.0]], R=0.2, mu1=0.3)
     np.testing.assert_array_equal(_fields(sde)["Q"], [[1.0, 2.0], [2.0, 4.0]])
     assert list(_fields(sde)) == ["F", "Q", "H", "u", "R", "mu1", "P1"]

@@ -14,7 +14,8 @@ from numpyro.infer.util import log_density
 from sdessm.models import load
 
 import sdessm
-from sdessm.infer import fit_nuts, trace_model
+from sdessm.infer import fit_nuts
+from sdessm.model_em import trace_model
 from sdessm.ppl import LTISDE
 
 OU = load("ou")

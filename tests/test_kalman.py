@@ -6,7 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import dense_filter, dense_smoother, random_problem
+from reference import (
+    dense_filter,
+    dense_smoother,
+    linear_sde,
+    random_problem,
+    sde_params,
+    with_missing,
+)
 
 import sdessm
 
@@ -82,7 +89,7 @@ def test_sequences_sharing_a_mask_match_dense_gaussian(rng, case):
 @pytest.mark.parametrize("irregular", [False, True])
 def test_sde_form_equals_discrete_form(rng, irregular):
     sde, times, arrays, y = random_problem(rng, 8, 2, 2, irregular=irregular, missing=0.2)
-    params = sdessm.SDEParams(**sde)
+    params = sde_params(sde)
     got = sdessm.rts_smoother(params, y, times)
     means, covs, cross, loglik = dense_smoother(arrays, y)  # arrays built with SciPy + quadrature
     np.testing.assert_allclose(got.log_likelihood, loglik, rtol=1e-8)
@@ -96,7 +103,7 @@ def test_sde_form_equals_discrete_form(rng, irregular):
 
 def test_several_sequences_shared_and_own_times(rng):
     sde, times, arrays, _ = random_problem(rng, 6, 2, 1, irregular=True)
-    params = sdessm.SDEParams(**sde)
+    params = sde_params(sde)
     ys = rng.normal(size=(3, 6, 1))
     ys[0, 2] = ys[1, 4:] = np.nan  # the second sequence is shorter: NaN padding
     got = sdessm.rts_smoother(params, ys, times)
@@ -143,8 +150,7 @@ def test_single_time_step(rng):
 def test_jit_and_vmap_agree(rng):
     _, _, arrays, _ = random_problem(rng, 9, 2, 2, per_step_emissions=True)
     params = _lgssm(arrays)
-    ys = rng.normal(size=(4, 9, 2))
-    ys[rng.uniform(size=ys.shape) < 0.25] = np.nan
+    ys = with_missing(rng, rng.normal(size=(4, 9, 2)), 0.25)
     batch = sdessm.rts_smoother(params, ys)
     jitted = jax.jit(sdessm.rts_smoother)(params, ys)
     vmapped = jax.vmap(sdessm.rts_smoother, in_axes=(None, 0))(params, jnp.asarray(ys))
@@ -155,7 +161,7 @@ def test_jit_and_vmap_agree(rng):
 
 def test_grad_of_loglik_matches_finite_differences(rng):
     sde, times, _, y = random_problem(rng, 10, 2, 2, irregular=True, missing=0.2)
-    params = sdessm.SDEParams(**{k: jnp.asarray(v) for k, v in sde.items()})
+    params = sde_params(sde, as_jax=True)
 
     def loglik(F, L, R):
         return sdessm.kalman_filter(params._replace(F=F, L=L, R=R), y, times).log_likelihood
@@ -183,7 +189,7 @@ def test_grad_of_loglik_matches_finite_differences(rng):
 
 def test_loglik_is_jittable_in_the_sde_parameters(rng):
     sde, times, arrays, y = random_problem(rng, 6, 2, 2, irregular=True)
-    params = sdessm.SDEParams(**sde)
+    params = sde_params(sde)
     f = jax.jit(lambda F: sdessm.kalman_filter(params._replace(F=F), y, times).log_likelihood)
     np.testing.assert_allclose(f(jnp.asarray(sde["F"])), dense_smoother(arrays, y)[3], rtol=1e-8)
 
@@ -202,7 +208,7 @@ def test_log_likelihood_alone_matches_dense_gaussian(rng, case, d, p):
 
 def test_log_likelihood_alone_sde_form_sequences_and_gradient(rng):
     sde, times, arrays, _ = random_problem(rng, 8, 3, 2, irregular=True)
-    params = sdessm.SDEParams(**{k: jnp.asarray(v) for k, v in sde.items()})
+    params = sde_params(sde, as_jax=True)
     ys = rng.normal(size=(3, 8, 2))
     ys[0, 2, 1] = ys[1, 5:] = np.nan
     got = sdessm.log_likelihood(params, ys, times)
@@ -229,8 +235,9 @@ def test_log_likelihood_alone_sde_form_sequences_and_gradient(rng):
 @pytest.mark.parametrize("slow_mode", [False, True])
 def test_log_likelihood_steady_state_form(rng, slow_mode):
     """Long complete uniform data: the steady-state form (or, where the Riccati recursion has not
-    converged in LOGLIK_STEADY_STEPS, the fallback) equals the full filter, values and gradients."""
-    from sdessm.kalman import LOGLIK_STEADY_STEPS, _loglik_steady
+    converged in STEADY_STEPS, the fallback) equals the full filter, values and gradients."""
+    from sdessm.kalman import _loglik_steady
+    from sdessm.recursion import STEADY_STEPS
 
     F = np.array([[-0.05, 1.0], [-1.0, -0.3]])
     if slow_mode:  # a mode that relaxes over ~1e4 steps and a vague start: no steady state yet
@@ -244,13 +251,13 @@ def test_log_likelihood_steady_state_form(rng, slow_mode):
         mu1=jnp.zeros(2),
         P1=jnp.eye(2) * (1e4 if slow_mode else 1.0),
     )
-    T = 3 * LOGLIK_STEADY_STEPS
+    T = 3 * STEADY_STEPS
     _, y = sdessm.simulate(jax.random.key(5), params, dt=0.1, num_timesteps=T)
     y = np.asarray(y)
     lg = sdessm.discretize_params(params, dt=0.1)
     C = np.linalg.cholesky(np.asarray(lg.R))
     H_w, y_w = np.linalg.solve(C, lg.H), np.linalg.solve(C, (y - np.asarray(lg.u)).T).T
-    _, converged = _loglik_steady(lg.A, lg.Sigma, H_w, y_w, lg.mu1, lg.P1, LOGLIK_STEADY_STEPS)
+    _, converged = _loglik_steady(lg.A, lg.Sigma, H_w, y_w, lg.mu1, lg.P1, STEADY_STEPS)
     assert bool(converged) != slow_mode  # both branches are exercised
 
     def both(R):
@@ -428,7 +435,7 @@ def test_nan_in_y_is_never_an_error():
 def test_entry_points_compute_in_float64_when_x64_is_off(rng):
     sde, times, arrays, y = random_problem(rng, 6, 2, 2, irregular=True)
     with jax.enable_x64(False):
-        params = sdessm.SDEParams(**{k: jnp.asarray(v) for k, v in sde.items()})  # float32
+        params = sde_params(sde, as_jax=True)  # float32
         res = sdessm.kalman_filter(params, y, times)
     assert res.log_likelihood.dtype == np.float64
     ref = dense_smoother(arrays, y)[3]
@@ -440,9 +447,7 @@ def test_q_of_numpy_parameters_stays_float64_when_x64_is_off(rng):
     import warnings
 
     L = rng.normal(size=(2, 2))
-    params = sdessm.SDEParams(
-        -np.eye(2), L, np.eye(2), np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)
-    )
+    params = linear_sde(-np.eye(2), L)
     with jax.enable_x64(False), warnings.catch_warnings():
         warnings.simplefilter("error")
         Q = params.Q
@@ -454,7 +459,7 @@ def test_log_likelihood_of_a_traced_y_takes_the_complete_path_when_it_can(rng):
     """A traced `y` decides its path at run time (`lax.cond`): values and gradients equal those
     with `y` closed over, with and without NaN; `complete` states the path outright."""
     sde, _, _, y = random_problem(rng, 30, 2, 2)
-    params = sdessm.SDEParams(**sde)
+    params = sde_params(sde)
     y_nan = np.array(y)
     y_nan[4, 0] = np.nan
 

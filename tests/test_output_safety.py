@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sdessm.io import (
+from sdessm.outputs import (
     MANIFEST,
     OutputMoved,
     OutputRefused,
@@ -160,9 +160,9 @@ def test_results_are_kept_when_the_destination_changes_during_the_run(here):
 
 _WRITER = """
 import os, sys, time
-import sdessm.io as io
+import sdessm.outputs as outputs
 if {no_exchange}:
-    io._swap = None  # the two-rename path of systems without an atomic exchange
+    outputs._swap = None  # the two-rename path of systems without an atomic exchange
 if {pause_between_renames}:
     real_rename = os.rename
     def slow_rename(a, b):
@@ -171,7 +171,7 @@ if {pause_between_renames}:
             print("between", flush=True)
             time.sleep(60)
     os.rename = slow_rename
-with io.atomic_folder(sys.argv[1]) as tmp:
+with outputs.atomic_folder(sys.argv[1]) as tmp:
     (tmp / "a.txt").write_text("new")
     if {pause_in_body}:
         print("writing", flush=True)
@@ -228,9 +228,9 @@ def test_a_kill_between_the_two_renames_puts_the_old_folder_back(tmp_path):
 
 
 def test_the_two_rename_path_replaces_the_folder(tmp_path, monkeypatch):
-    import sdessm.io as io
+    import sdessm.outputs as outputs
 
-    monkeypatch.setattr(io, "_swap", None)
+    monkeypatch.setattr(outputs, "_swap", None)
     _write(tmp_path / "out", {"a.txt": "old"})
     _write(tmp_path / "out", {"a.txt": "new"})
     assert (tmp_path / "out" / "a.txt").read_text() == "new"
@@ -243,7 +243,7 @@ def test_atomic_path_killed_mid_write_leaves_the_old_file(tmp_path):
     script = textwrap.dedent(
         """
         import sys, time
-        from sdessm.io import atomic_path
+        from sdessm.outputs import atomic_path
         with atomic_path(sys.argv[1]) as tmp:
             tmp.write_text("half")
             print("writing", flush=True)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import dense_filter, dense_smoother, random_problem
+from reference import dense_filter, dense_smoother, random_problem, sde_params
 
 import sdessm
 from sdessm.kalman import filter_sequence, smoother_sequence
@@ -125,7 +125,7 @@ def test_public_api_with_times(rng):
     """`method="parallel"` through `times` (irregular, discretised by sdessm) and per-sequence
     time grids `(B, T)`."""
     sde, times, _, y = _problem(rng, 9, 2, 2, irregular=True, missing=0.2)
-    params = sdessm.SDEParams(**sde)
+    params = sde_params(sde)
     for fn in (sdessm.kalman_filter, sdessm.rts_smoother):
         _assert_same(fn(params, y, times, method="parallel"), fn(params, y, times))
     ys = _sequences(rng, y, 3, missing=True)
@@ -141,7 +141,7 @@ def test_log_likelihood_jit_and_grad(rng):
     sde = {k: jnp.asarray(v) for k, v in sde.items()}
 
     def loglik(F, method):
-        return sdessm.log_likelihood(sdessm.SDEParams(**(sde | dict(F=F))), y, times, method=method)
+        return sdessm.log_likelihood(sde_params(sde | dict(F=F)), y, times, method=method)
 
     value_and_grad = jax.jit(jax.value_and_grad(loglik), static_argnames="method")
     (v_seq, g_seq), (v_par, g_par) = (

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from reference import random_problem
+from reference import random_problem, with_missing
 
 import sdessm
 
@@ -18,7 +18,7 @@ def test_filter_and_smoother_agree_with_pykalman(rng, irregular, missing_rows):
     T, d, p = 40, 3, 2
     _, _, (A, Sigma, H, u, R, mu1, P1), y = random_problem(rng, T, d, p, irregular=irregular)
     if missing_rows:  # pykalman skips a time step when any of its entries is masked
-        y[rng.uniform(size=T) < 0.25] = np.nan
+        y = with_missing(rng, y, 0.25, rows=True)
     kf = pykalman.KalmanFilter(
         transition_matrices=A,
         observation_matrices=H,

@@ -7,7 +7,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from numpyro.infer import MCMC, NUTS, Predictive
-from reference import dense_smoother, random_problem
+from reference import dense_smoother, random_problem, sde_params, with_missing
 
 import sdessm
 from sdessm.ppl import LTISDE
@@ -19,8 +19,7 @@ def _dist(sde, times):
 
 def test_log_prob_is_the_dense_gaussian_marginal(rng):
     sde, times, arrays, _ = random_problem(rng, 6, 2, 2, irregular=True)
-    ys = rng.normal(size=(2, 3, 6, 2))
-    ys[rng.uniform(size=ys.shape) < 0.2] = np.nan
+    ys = with_missing(rng, rng.normal(size=(2, 3, 6, 2)), 0.2)
     lp = _dist(sde, times).log_prob(ys)
     assert lp.shape == (2, 3)
     for i in range(2):
@@ -33,7 +32,7 @@ def test_sample_moments(rng, key):
     d = _dist(sde, times)
     y = np.asarray(d.sample(key, (20_000,)))
     assert y.shape == (20_000, 4, 2)
-    _, ref = sdessm.simulate(jax.random.key(7), sdessm.SDEParams(**sde), times, 20_000)
+    _, ref = sdessm.simulate(jax.random.key(7), sde_params(sde), times, 20_000)
     ref = np.asarray(ref)
     se = ref.std(0) / np.sqrt(20_000)
     np.testing.assert_array_less(np.abs(y.mean(0) - ref.mean(0)), 8 * se)

@@ -10,7 +10,7 @@ import scipy.stats
 from sdessm.models import load
 
 import sdessm
-from sdessm.infer import trace_model
+from sdessm.model_em import trace_model
 from sdessm.priors import data_scales
 
 # Each site's units: (power of y's unit, power of time's unit, shifted with y's origin). A change of

@@ -20,7 +20,7 @@ import scipy.linalg
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from reference import dense_smoother, quadrature_sigma
+from reference import dense_smoother, linear_sde, quadrature_sigma
 
 import sdessm
 
@@ -309,15 +309,7 @@ def test_em_monotone_with_a_numerically_singular_transition_covariance():
     eigenvalues 1e-20 and 0.1, the transition term of the expected complete-data log-likelihood
     is dominated by round-off, and an L-BFGS point that looked better once lowered the
     log-likelihood by 9. The M-step is now checked on the log-likelihood itself."""
-    start = sdessm.SDEParams(
-        F=np.array([[-0.2, 0.0], [1e-8, -0.2]]),
-        L=np.array([[1.0, 0.0], [0.0, 0.0]]),
-        H=np.array([[1.0, 1.0]]),
-        u=np.zeros(1),
-        R=np.array([[0.1]]),
-        mu1=np.zeros(2),
-        P1=np.eye(2),
-    )
+    start = linear_sde([[-0.2, 0.0], [1e-8, -0.2]], [[1.0, 0.0], [0.0, 0.0]], [[1.0, 1.0]], R=0.1)
     times = np.array([0.0, 0.1, 0.3, 0.6, 1.0, 1.5, 2.1, 2.8, 3.6, 4.5, 5.5, 6.6])
     y = np.array([0.7, 0.8, 0.6, 0.75, 0.7, 0.65, 0.8, 0.7, 0.75, 0.6, np.nan, np.nan])[:, None]
     with warnings.catch_warnings():

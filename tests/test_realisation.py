@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from reference import with_missing
 from sdessm.models import load
 
 import sdessm
@@ -41,8 +42,7 @@ def test_two_observed_coordinates_with_missing_values_and_sequences():
     truth = mou.to_sde(**values)
     times = np.arange(4000) * 0.1
     _, y = sdessm.simulate(jax.random.key(2), truth, times, num_sequences=3)
-    y = np.array(y)
-    y[np.random.default_rng(0).uniform(size=y.shape) < 0.2] = np.nan
+    y = with_missing(np.random.default_rng(0), y, 0.2)
     start = subspace_start(y + np.array([5.0, -3.0]), times, state_dim=2)
     np.testing.assert_allclose(_eigenvalues(start.F), _eigenvalues(truth.F), atol=0.06)
     np.testing.assert_allclose(start.u, [5.0, -3.0], atol=0.1)

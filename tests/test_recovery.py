@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import with_missing
 from sdessm.models import load
 
 import sdessm
@@ -32,8 +33,7 @@ def test_damped_oscillator_em_then_nuts(config):
     times = np.arange(config["T"]) * 0.1
     truth = {k: jnp.asarray(v, dtype=float) for k, v in OSC.TRUE_PARAMS.items()}
     _, y = sdessm.simulate(jax.random.key(config["seed"]), OSC.to_sde(**truth), times)
-    y = np.array(y)
-    y[np.random.default_rng(0).uniform(size=y.shape) < config["miss"]] = np.nan
+    y = with_missing(np.random.default_rng(0), y, config["miss"])
 
     mle = sdessm.fit_em(OSC.model, y, times, init=START, progress=False)
     map_ = sdessm.fit_em(OSC.model, y, times, init=START, objective="map", progress=False)

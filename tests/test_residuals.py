@@ -4,7 +4,14 @@ import jax
 import numpy as np
 import pytest
 import scipy.linalg
-from reference import dense_joint, dense_posterior, random_problem
+from reference import (
+    dense_joint,
+    dense_posterior,
+    linear_sde,
+    random_problem,
+    scalar_ou,
+    with_missing,
+)
 
 import sdessm
 
@@ -45,10 +52,7 @@ def test_standardised_innovations_are_the_inverse_cholesky_of_the_joint_law(rng,
 def test_innovations_of_several_sequences_on_their_own_grids(rng, key):
     """An `SDEParams` with one time grid per sequence: each sequence's innovations are those
     of that sequence alone, and the covariances are the predicted covariances of y."""
-    sde = sdessm.SDEParams(
-        F=[[-0.5, 1.0], [-1.0, -0.3]], L=0.4 * np.eye(2), H=[[1.0, 0.0]], u=[0.2], R=[[0.1]],
-        mu1=np.zeros(2), P1=np.eye(2),
-    )  # fmt: skip
+    sde = linear_sde([[-0.5, 1.0], [-1.0, -0.3]], 0.4, [[1.0, 0.0]], u=0.2, R=0.1)
     times = np.cumsum(rng.uniform(0.1, 0.6, size=(3, 40)), axis=1)
     y = np.stack([np.asarray(sdessm.simulate(k, sde, t)[1]) for k, t in zip(
         jax.random.split(key, 3), times, strict=True)])  # fmt: skip
@@ -69,9 +73,7 @@ def test_innovations_of_several_sequences_on_their_own_grids(rng, key):
 
 
 def test_bad_arguments_are_named():
-    rw = sdessm.SDEParams(
-        F=[[0.0]], L=[[1.0]], H=[[1.0]], u=[0.0], R=[[1.0]], mu1=[0.0], P1=[[1.0]]
-    )
+    rw = scalar_ou(0.0)  # a random walk
     with pytest.raises(ValueError, match="times"):
         sdessm.innovations(rw, np.zeros((5, 1)))
     with pytest.raises(ValueError, match="y"):
@@ -79,10 +81,8 @@ def test_bad_arguments_are_named():
 
 
 def _oscillator():
-    return sdessm.SDEParams(
-        F=[[0.0, 1.0], [-4.0, -0.4]], L=[[0.0, 0.0], [0.0, 0.8]], H=[[1.0, 0.0], [0.5, 1.0]],
-        u=[0.3, -0.1], R=0.05 * np.eye(2), mu1=np.zeros(2), P1=0.5 * np.eye(2),
-    )  # fmt: skip
+    F, L = [[0.0, 1.0], [-4.0, -0.4]], [[0.0, 0.0], [0.0, 0.8]]  # omega = 2, zeta = 0.1; L 2 x 2
+    return linear_sde(F, L, [[1.0, 0.0], [0.5, 1.0]], u=[0.3, -0.1], R=0.05, P1=0.5)
 
 
 def test_residual_tests_are_statsmodels_numbers(key):
@@ -123,8 +123,7 @@ def test_residual_test_p_values_are_uniform_under_the_model(key):
     scipy_stats = pytest.importorskip("scipy.stats")
     sde = _oscillator()
     _, y = sdessm.simulate(key, sde, dt=0.1, num_timesteps=600, num_sequences=200)
-    y = np.array(y)
-    y[np.random.default_rng(0).uniform(size=y.shape) < 0.2] = np.nan
+    y = with_missing(np.random.default_rng(0), y, 0.2)
     w = np.asarray(sdessm.innovations(sde, y, dt=0.1).standardized)
     runs = [sdessm.residual_tests(w[b], lags=[3, 10]) for b in range(200)]
     for name in ("ljung_box_p", "jarque_bera_p", "heteroskedasticity_p"):
@@ -165,9 +164,7 @@ def test_information_criteria_count_the_identified_parameters(key):
     u, R, mu1; H and P1 fixed), n the observed values. Freeing H and P1 as well adds two
     coordinates but one direction the data cannot see (rescaling the state: F stays, Q and P1
     scale by c^2, H by 1/c, mu1 by c), so k = 6."""
-    truth = sdessm.SDEParams(
-        F=[[-0.8]], L=[[0.9]], H=[[1.0]], u=[0.5], R=[[0.3]], mu1=[0.0], P1=[[1.0]]
-    )
+    truth = scalar_ou(0.8, 0.9, u=0.5, R=0.3)
     _, y = sdessm.simulate(key, truth, dt=0.5, num_timesteps=20, num_sequences=100)
     y = np.array(y)
     y[:, ::10] = np.nan

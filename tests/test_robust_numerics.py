@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.linalg
-from reference import dense_posterior, dense_smoother
+from reference import dense_posterior, dense_smoother, linear_sde, oscillator, with_missing
 
 import sdessm
 from sdessm.discretize import stationary_covariance
@@ -82,11 +82,9 @@ def grid_times(rng, T, unit):
 
 
 def damped_oscillator(R=0.02, omega=2.0, zeta=0.1, sigma=0.6):
-    F = np.array([[0.0, 1.0], [-(omega**2), -2 * zeta * omega]])
-    L = np.array([[0.0], [sigma]])
-    P_inf = np.asarray(stationary_covariance(F, L @ L.T))
-    H, u, R = np.array([[1.0, 0.0]]), np.array([0.5]), np.array([[R]])
-    return sdessm.SDEParams(F=F, L=L, H=H, u=u, R=R, mu1=np.zeros(2), P1=P_inf)
+    """`reference.oscillator` started in its stationary law."""
+    params = oscillator(omega, zeta, sigma, u=0.5, R=R)
+    return params._replace(P1=np.asarray(stationary_covariance(params.F, params.Q)))
 
 
 # --------------------------------------------------------------------------- 1. long sequence
@@ -99,8 +97,7 @@ def test_million_steps_stay_finite_psd_and_reach_the_riccati_solution(rng):
     T, dt = 10**6, 0.05
     params = damped_oscillator()
     _, y = sdessm.simulate(jax.random.key(1), params, np.arange(T) * dt)
-    y = np.array(y)
-    y[rng.uniform(size=T) < 0.03] = np.nan
+    y = with_missing(rng, y, 0.03, rows=True)
     lg = params.discretize(dt=dt)
 
     before, start = peak_rss_mb(), time.perf_counter()
@@ -170,8 +167,7 @@ def test_stiff_steps_match_the_dense_reference(rng, kind):
         mu1=np.array([0.3, -0.1]),
         P1=np.array([[1.0, 0.2], [0.2, 0.5]]),
     )
-    y = rng.normal(size=(T, 2))
-    y[rng.uniform(size=y.shape) < 0.1] = np.nan
+    y = with_missing(rng, rng.normal(size=(T, 2)), 0.1)
     A, Sigma = eigen_discretize(F, L @ L.T, np.diff(times))
     A_got, Sigma_got = sdessm.discretize(F, L, np.diff(times))
     assert max_rel(A_got, A) < 1e-12 and max_rel(Sigma_got, Sigma) < 1e-12
@@ -222,17 +218,13 @@ def test_near_singular_observation_noise(rng, case):
     against its closed form to 1e-8.
     """
     H, R = NEAR_SINGULAR_R[case]
-    p = H.shape[0]
     F = np.array([[0.0, 1.0], [-4.0, -0.4]])
     L = np.array([[0.3, 0.0], [0.1, 0.6]])
     T = 40  # as in the stiff and nearly unobservable cases: the compiled programs are shared
     times = irregular_times(rng, T, 0.3)
-    params = sdessm.SDEParams(
-        F=F, L=L, H=H, u=np.zeros(p), R=R, mu1=np.zeros(2), P1=np.array([[1.0, 0.3], [0.3, 2.0]])
-    )
+    params = linear_sde(F, L, H, R=R, P1=[[1.0, 0.3], [0.3, 2.0]])
     _, y = sdessm.simulate(jax.random.key(3), params, times)
-    y = np.array(y)
-    y[rng.uniform(size=y.shape) < 0.15] = np.nan
+    y = with_missing(rng, y, 0.15)
 
     filt = sdessm.kalman_filter(params, y, times)
     smooth = sdessm.rts_smoother(params, y, times)
@@ -270,18 +262,9 @@ def test_unobservable_mode_keeps_its_prior(rng, unobserved):
         P1 = np.diag([0.49, 2.5])
     T = 2000
     times = grid_times(rng, T, 1 / 16)
-    params = sdessm.SDEParams(
-        F=F,
-        L=L,
-        H=np.array([[1.0, 0.0]]),
-        u=np.zeros(1),
-        R=np.array([[0.1]]),
-        mu1=np.array([0.0, 0.7]),
-        P1=P1,
-    )
+    params = linear_sde(F, L, [[1.0, 0.0]], R=0.1, mu1=[0.0, 0.7], P1=P1)
     _, y = sdessm.simulate(jax.random.key(5), params, times)
-    y = np.array(y)
-    y[rng.uniform(size=y.shape) < 0.1] = np.nan
+    y = with_missing(rng, y, 0.1)
     filt = sdessm.kalman_filter(params, y, times)
     smooth = sdessm.rts_smoother(params, y, times)
     assert_outputs_sound(filt, smooth)
@@ -308,14 +291,11 @@ def test_nearly_unobservable_mode(rng, coupling):
     L = np.diag([0.7, 0.2])
     H = np.array([[1.0, eps if coupling == "observation" else 0.0]])
     P1 = np.asarray(stationary_covariance(F, L @ L.T))
-    params = sdessm.SDEParams(
-        F=F, L=L, H=H, u=np.zeros(1), R=np.array([[0.1]]), mu1=np.zeros(2), P1=P1
-    )
+    params = linear_sde(F, L, H, R=0.1, P1=P1)
     T = 2000
     times = grid_times(rng, T, 1 / 16)
     _, y = sdessm.simulate(jax.random.key(6), params, times)
-    y = np.array(y)
-    y[rng.uniform(size=y.shape) < 0.1] = np.nan
+    y = with_missing(rng, y, 0.1)
     filt = sdessm.kalman_filter(params, y, times)
     smooth = sdessm.rts_smoother(params, y, times)
     assert_outputs_sound(filt, smooth)
@@ -367,8 +347,7 @@ def test_float32_inside_jit_matches_float64(rng):
     T = 1000
     times = grid_times(rng, T, 1 / 16)
     _, y = sdessm.simulate(jax.random.key(7), params, times)
-    y = np.array(y)
-    y[rng.uniform(size=T) < 0.1] = np.nan
+    y = with_missing(rng, y, 0.1, rows=True)
     filt, smooth, loglik, ref = _float32_run(params, y, times)
     assert_outputs_sound(filt, smooth, tol=1e-6)
     want = float(ref.log_likelihood)
@@ -393,8 +372,7 @@ def test_float32_near_singular_noise_and_short_steps_stay_finite(rng):
     T = 1000
     times = grid_times(rng, T, 2.0**-11)
     _, y = sdessm.simulate(jax.random.key(8), params, times)
-    y = np.array(y)
-    y[rng.uniform(size=T) < 0.1] = np.nan
+    y = with_missing(rng, y, 0.1, rows=True)
     filt, smooth, loglik, ref = _float32_run(params, y, times)
     assert_outputs_sound(filt, smooth, tol=1e-6)
     want = float(ref.log_likelihood)
@@ -417,15 +395,7 @@ def test_em_reports_a_collapsing_noise_variance(stuck_at):
     left at +-1e-16 by round-off: the objective then drops by O(1), which EM reports (returning
     the last good iterate) -- or, were the round-off negative, the NaN error again."""
     T, dt = 300, 0.1
-    params = sdessm.SDEParams(
-        F=-np.eye(2),
-        L=0.5 * np.eye(2),
-        H=np.eye(2),
-        u=np.zeros(2),
-        R=0.1 * np.eye(2),
-        mu1=np.zeros(2),
-        P1=np.eye(2),
-    )
+    params = linear_sde(-np.eye(2), 0.5, R=0.1)
     _, y = sdessm.simulate(jax.random.key(0), params, np.arange(T) * dt)
     y = np.array(y)
     y[:, 1] = stuck_at

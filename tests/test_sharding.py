@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import sdessm
-from sdessm.em import shard_sequences
+from sdessm.em_problem import shard_sequences
 
 SCRIPT = textwrap.dedent(
     """
@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     import jax
     import numpy as np
     import sdessm
-    from sdessm.em import shard_sequences
+    from sdessm.em_problem import shard_sequences
 
     jax.config.update("jax_enable_x64", True)
     assert jax.device_count() == 4, jax.devices()

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.linalg
-from reference import quadrature_sigma
+from reference import oscillator, quadrature_sigma
 
 import sdessm
 
@@ -14,16 +14,10 @@ N = 40_000  # draws; checks allow 6 standard errors
 
 
 def _oscillator():
-    omega, zeta, sigma = 2.0, 0.15, 0.8
-    return sdessm.SDEParams(
-        F=np.array([[0.0, 1.0], [-(omega**2), -2 * zeta * omega]]),
-        L=np.array([[0.0], [sigma]]),
-        H=np.array([[1.0, 0.0], [0.5, 1.0]]),
-        u=np.array([0.3, -1.0]),
-        R=np.array([[0.2, 0.05], [0.05, 0.1]]),
-        mu1=np.array([1.0, -0.5]),
-        P1=np.array([[0.3, 0.1], [0.1, 0.2]]),
-    )
+    return oscillator(
+        2.0, 0.15, 0.8, H=[[1.0, 0.0], [0.5, 1.0]], u=[0.3, -1.0], R=[[0.2, 0.05], [0.05, 0.1]],
+        mu1=[1.0, -0.5], P1=[[0.3, 0.1], [0.1, 0.2]],
+    )  # fmt: skip
 
 
 def _assert_moments(samples, mean, cov):

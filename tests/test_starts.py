@@ -6,18 +6,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import with_missing
 from sdessm.models import load
 
 import sdessm
 from sdessm import cli
-from sdessm.infer import _best_start, _prior_medians, trace_model
 from sdessm.io import read_csv, write_csv
+from sdessm.model_em import _best_start, _prior_medians, trace_model
 from sdessm.moments import differences, moments
 
 
 def test_moments_match_a_loop_over_observed_pairs(rng):
-    y = rng.normal(size=(3, 40, 2)) + np.array([5.0, -2.0])
-    y[rng.uniform(size=y.shape) < 0.2] = np.nan
+    y = with_missing(rng, rng.normal(size=(3, 40, 2)) + np.array([5.0, -2.0]), 0.2)
     times = np.cumsum(rng.uniform(0.5, 1.5, size=40))
     m = moments(times, y, lags=3)
     for j in range(2):

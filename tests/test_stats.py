@@ -6,20 +6,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import dense_stats, random_problem, random_spd, random_stable_drift
+from reference import (
+    dense_stats,
+    random_problem,
+    random_sde,
+    scalar_ou,
+    with_missing,
+)
 
 import sdessm
-from sdessm.kalman import prepare, smoother_sequence
-from sdessm.recursion import shares_mask
-from sdessm.stats import (
-    STEADY_STEPS,
-    SufficientStats,
-    _add,
-    _steady_covariances,
-    _wsum,
-    expected_stats,
-    steady_state_applies,
-)
+from sdessm.kalman import smoother_sequence
+from sdessm.problem import resolve, shares_mask
+from sdessm.stats import SufficientStats, _add, _wsum, expected_stats
+from sdessm.steady import SHORTCUT_FROM, steady_covariances, steady_state_applies
 
 RTOL, ATOL = 1e-8, 1e-10
 
@@ -35,10 +34,10 @@ def test_stats_match_dense_posterior(rng, missing, d, p):
     _, _, arrays, _ = random_problem(rng, 6, d, p)
     ys = rng.normal(size=(3, 6, p))
     if missing:
-        ys[rng.uniform(size=ys.shape) < missing] = np.nan
+        ys = with_missing(rng, ys, missing)
         ys[:, -1, 0] = 0.3  # keep the last row observed: no padding here
         ys[:, 2] = np.nan  # an all-NaN step inside: no emission statistic
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     stats, logliks = estep(lg, y)
     ref = dense_stats(arrays, ys)
     for name, value in ref.items():
@@ -55,7 +54,7 @@ def test_trailing_nan_rows_are_padding(rng):
     _, _, arrays, _ = random_problem(rng, 7, 2, 2)
     ys = rng.normal(size=(2, 7, 2))
     ys[1, 4:] = np.nan  # the second sequence has 4 observations
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     stats, _ = expected_stats(lg, y)
     ref_a = dense_stats(arrays, ys[:1])
     short = tuple(a[:3] if i < 2 else a for i, a in enumerate(arrays))
@@ -70,7 +69,7 @@ def test_trailing_nan_rows_are_padding(rng):
 
 def test_groups_split_transitions(rng):
     _, _, arrays, y = random_problem(rng, 6, 2, 2, irregular=True)
-    lg, yb, _ = prepare(sdessm.LGSSMParams(*arrays), y[None])
+    lg, yb, *_ = resolve(sdessm.LGSSMParams(*arrays), y[None])
     groups = np.array([0, 1, 0, 1, 1])
     split, _ = expected_stats(lg, yb, groups=groups, num_groups=2)
     whole, _ = expected_stats(lg, yb)
@@ -82,7 +81,7 @@ def test_per_step_emission_stats(rng):
     _, _, arrays, _ = random_problem(rng, 5, 2, 2, per_step_emissions=True)
     ys = rng.normal(size=(4, 5, 2))
     ys[0, 1, 0] = np.nan
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     per, _ = expected_stats(lg, y, per_step=True)
     total, _ = expected_stats(lg, y)
     assert per.yy.shape == (5, 2, 2) and per.num_emissions.shape == (5,)
@@ -91,7 +90,7 @@ def test_per_step_emission_stats(rng):
     # an all-NaN step stays latent per step (a step no sequence observes keeps H_k, u_k, R_k)
     # and adds nothing to the shared sums
     ys[0, 1] = np.nan
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     np.testing.assert_allclose(expected_stats(lg, y, per_step=True)[0].num_emissions, [4.0] * 5)
     assert float(expected_stats(lg, y)[0].num_emissions) == 19
 
@@ -100,7 +99,7 @@ def test_per_step_emission_stats(rng):
 def test_complete_data_fast_path_equals_general_path(rng, per_step):
     _, _, arrays, _ = random_problem(rng, 8, 3, 2, irregular=True)
     ys = rng.normal(size=(3, 8, 2))
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     fast, ll_fast = expected_stats(lg, y, per_step=per_step, complete=True)
     general, ll = expected_stats(
         lg, y, groups=np.zeros(7, dtype=np.int32), num_groups=2, per_step=per_step
@@ -193,33 +192,17 @@ def assert_stats_equal(got, want, rtol=1e-10):
 @pytest.mark.parametrize("converges", [True, False])
 def test_steady_state_shortcut_equals_full_recursion(rng, key, converges):
     # the shortest data that take the shortcut, and longer ones
-    T = 4 * STEADY_STEPS if converges else 4 * STEADY_STEPS + 37
+    T = SHORTCUT_FROM if converges else SHORTCUT_FROM + 37
     if converges:
-        sde = sdessm.SDEParams(
-            F=random_stable_drift(rng, 3),
-            L=rng.normal(size=(3, 3)),
-            H=rng.normal(size=(2, 3)),
-            u=rng.normal(size=2),
-            R=random_spd(rng, 2, 0.3),
-            mu1=np.zeros(3),
-            P1=np.eye(3),
-        )
+        sde = random_sde(rng, 3, 2, L_scale=1.0, R_scale=0.3, random_x1=False)
     else:  # a random walk with tiny diffusion: the Riccati recursion takes ~1e4 steps
-        sde = sdessm.SDEParams(
-            F=np.zeros((1, 1)),
-            L=[[1e-4]],
-            H=np.eye(1),
-            u=np.zeros(1),
-            R=np.eye(1),
-            mu1=np.zeros(1),
-            P1=np.eye(1),
-        )
-    lg, yb, _ = prepare(
+        sde = scalar_ou(0.0, 1e-4)
+    lg, yb, *_ = resolve(
         sde.discretize(dt=0.2),
         sdessm.simulate(key, sde, dt=0.2, num_timesteps=T, num_sequences=3)[1],
     )
     assert steady_state_applies(lg, T, True, False)
-    assert bool(_steady_covariances(lg, T)["ok"]) == converges
+    assert bool(steady_covariances(lg, T)["ok"]) == converges
     stats, logliks = jax.jit(lambda p, y: expected_stats(p, y, complete=True))(lg, yb)
     assert_stats_equal((stats, logliks), plain_stats(lg, yb))
 
@@ -234,7 +217,7 @@ def _masked(rng, ys, kind):
         mask[-2:] = True  # trailing padding, shared
         ys[:, mask] = np.nan
     elif kind == "different":
-        ys[rng.uniform(size=ys.shape) < 0.3] = np.nan
+        ys = with_missing(rng, ys, 0.3)
         ys[1, -3:] = np.nan  # one sequence is shorter
         ys[2, 4] = np.nan  # a row missing entirely inside a sequence
     return ys
@@ -244,7 +227,7 @@ def _masked(rng, ys, kind):
 def test_sequences_match_plain_recursion(rng, kind):
     _, _, arrays, _ = random_problem(rng, 12, 3, 2)
     ys = _masked(rng, rng.normal(size=(4, 12, 2)), kind)
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     assert shares_mask(y) == (kind != "different") and not shares_mask(jnp.ones((1, 1)) > 0)
     promise = dict(complete=kind == "complete", same_mask=kind == "same")
     for per_step in (False, True):
@@ -261,7 +244,7 @@ def test_groups_match_plain_recursion(rng, kind, per_step):
     _, _, arrays, _ = random_problem(rng, 10, 2, 2, irregular=True)
     ys = _masked(rng, rng.normal(size=(3, 10, 2)), kind)
     groups = rng.integers(0, 3, size=9).astype(np.int32)
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     promise = dict(complete=kind == "complete", same_mask=kind == "same")
     got = estep(lg, y, groups, num_groups=3, per_step=per_step, **promise)
     assert_stats_equal(got, plain_stats(lg, ys, groups, 3, per_step))
@@ -288,7 +271,7 @@ def test_mask_table_matches_plain_recursion(rng, kind, per_step):
     """With shared H, R and T >= 2^p the emission moments come from a table of all masks."""
     _, _, arrays, _ = random_problem(rng, 20, 2, 3)
     ys = _masked(rng, rng.normal(size=(3, 20, 3)), kind)
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     got = estep(lg, y, per_step=per_step)
     assert_stats_equal(got, plain_stats(lg, ys, per_step=per_step))
 
@@ -296,7 +279,7 @@ def test_mask_table_matches_plain_recursion(rng, kind, per_step):
 def test_per_step_emissions_match_plain_recursion(rng):
     _, _, arrays, _ = random_problem(rng, 6, 2, 3, per_step_emissions=True)
     ys = _masked(rng, rng.normal(size=(3, 6, 3)), "different")
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     for per_step in (False, True):
         got = estep(lg, y, per_step=per_step)
         assert_stats_equal(got, plain_stats(lg, ys, per_step=per_step))
@@ -308,7 +291,7 @@ def test_single_step_sequences(rng, kind):
     ys = rng.normal(size=(2, 1, 2))
     if kind == "different":
         ys[0, 0, 1] = np.nan
-    lg, y, _ = prepare(sdessm.LGSSMParams(arrays[0][0], arrays[1][0], *arrays[2:]), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(arrays[0][0], arrays[1][0], *arrays[2:]), ys)
     got = estep(lg, y, complete=kind == "complete")
     assert_stats_equal(got, plain_stats(lg, ys))
 
@@ -318,7 +301,7 @@ def test_same_mask_sequences_match_dense_posterior(rng):
     ys = rng.normal(size=(3, 6, 3))
     ys[:, rng.uniform(size=(6, 3)) < 0.35] = np.nan
     ys[:, -1, 0] = 0.3  # the last row observed: no padding here
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     stats, _ = expected_stats(lg, y)  # eager: the equal masks are found on the concrete y
     for name, value in dense_stats(arrays, ys).items():
         got = getattr(stats, name)
@@ -329,7 +312,7 @@ def test_same_mask_sequences_match_dense_posterior(rng):
 def test_float32_statistics_agree_with_float64(rng):
     _, _, arrays, _ = random_problem(rng, 300, 2, 2)
     ys = _masked(rng, rng.normal(size=(3, 300, 2)), "different")
-    lg, y, _ = prepare(sdessm.LGSSMParams(*arrays), ys)
+    lg, y, *_ = resolve(sdessm.LGSSMParams(*arrays), ys)
     lg32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), lg)
     got = estep(lg32, y.astype(jnp.float32))
     assert got[0].S00.dtype == jnp.float32

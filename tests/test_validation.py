@@ -18,7 +18,7 @@ from sdessm._checks import PSD_RTOL, SYM_RTOL
 from sdessm.discretize import stationary_covariance
 from sdessm.infer import fit_nuts
 from sdessm.io import read_csv
-from sdessm.kalman import prepare
+from sdessm.problem import resolve
 
 OU = load("ou")
 TIMES = np.array([0.0, 0.5, 1.0, 1.5])
@@ -241,7 +241,7 @@ CASES = [
     ),
     (
         "prepare-y-columns",
-        lambda: prepare(lgssm(), np.zeros((4, 3))),
+        lambda: resolve(lgssm(), np.zeros((4, 3))),
         ValueError,
         "`y` has 3 columns",
     ),
@@ -584,9 +584,9 @@ def test_within_tolerance_passes():
 def test_integers_are_numbers():
     """Integer arrays are accepted and converted to float; NaN in `y` is a missing value."""
     ints = lgssm(A=np.eye(2, dtype=int), Sigma=np.eye(2, dtype=int), R=np.ones((1, 1), int))
-    params, y, _ = prepare(ints, np.array([[1], [2], [3], [4]]))
+    params, y, *_ = resolve(ints, np.array([[1], [2], [3], [4]]))
     assert params.A.dtype == y.dtype == np.float64
-    prepare(lgssm(), np.full((4, 1), np.nan))
+    resolve(lgssm(), np.full((4, 1), np.nan))
 
 
 def test_value_checks_do_not_run_under_jit():

@@ -46,7 +46,7 @@ __version__ = "0.1.0"
 #: `import sdessm` (and the command line's first line of output) stays fast.
 _LAZY = {
     "fit_nuts": ("infer", "fit_nuts"),
-    "fit_em_model": ("infer", "fit_em_model"),
+    "fit_em_model": ("model_em", "fit_em_model"),
     "LTISDE": ("ppl", "LTISDE"),
     "identifiable": ("diagnostics", "identifiable"),
     "recovery_table": ("diagnostics", "recovery_table"),
@@ -54,10 +54,11 @@ _LAZY = {
 }
 #: Every submodule, reachable as an attribute after `import sdessm` alone (`sdessm.models.load`).
 _SUBMODULES = (
-    "cache", "checkpoint", "cli", "datasets", "diagnostics", "discretize", "em", "errors", "fit",
-    "forecast", "identify", "infer", "information", "io", "iteration", "kalman", "models",
-    "moments", "mstep", "parallel", "params", "ppl", "priors", "realisation", "recursion",
-    "report", "residuals", "results", "simulate", "stats",
+    "cache", "checkpoint", "cli", "commands", "datasets", "diagnostics", "discretize", "em",
+    "em_problem", "errors", "fit", "forecast", "identify", "infer", "information", "io",
+    "iteration", "kalman", "model_em", "models", "moments", "mstep", "newton", "outputs",
+    "parallel", "params", "ppl", "priors", "problem", "realisation", "recursion", "report",
+    "residuals", "results", "runs", "simulate", "stats", "steady", "summaries",
 )  # fmt: skip
 
 

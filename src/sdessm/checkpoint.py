@@ -5,7 +5,7 @@ parameter pytree), the log-likelihood and objective histories, the next iteratio
 the run stopped (if it did), and a fingerprint of the fit: the data, the time grid, the path
 and settings, and the starting values. EM is deterministic, so a run resumed from a checkpoint
 takes the same steps as one that was never interrupted. The file is replaced in one rename
-(`sdessm.io.atomic_path`), so a run killed at any moment leaves the previous checkpoint whole.
+(`sdessm.outputs.atomic_path`), so a run killed at any moment leaves the previous checkpoint whole.
 
 A NUTS checkpoint (`save_sampler`, `load_sampler`) holds the sampler's state after warm-up or
 after the last block of draws (positions, adapted step size and mass matrix, random keys), the
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .io import atomic_path
+from .outputs import atomic_path
 
 FORMAT = 1
 
@@ -214,3 +214,48 @@ def _rebuild(path, files: dict, prefix: str, template):
         if s is None or s.shape != np.shape(t):
             raise ValueError(_OTHER_SHAPES.format(path=path))
     return jax.tree.unflatten(treedef, [jnp.asarray(s) for s in saved])
+
+
+class RunFile:
+    """A run kept in the file `path`: resumed if it holds this run (`key`), written every
+    `every_n` iterations and when the loop stops. `bound` is SQUAREM's step bound (a one-item
+    list the accelerated step updates), None for plain EM."""
+
+    def __init__(self, path, key, every_n: int, bound: list | None = None):
+        self.path, self.key, self.every_n, self.bound = path, key, every_n, bound
+        self.before = None  # the bound before the latest step
+
+    def resume(self, state, num_iters: int):
+        saved = load(self.path, state, self.key)
+        if saved is None:
+            return state, state, [], [], 0, None
+        state, previous = saved["state"], saved["previous"]
+        lls, objectives = saved["lls"], saved["objectives"]
+        start, stopped = saved["next_iter"], saved["stopped"]
+        if self.bound is not None and saved["step_bound"] is not None:
+            self.bound[0] = saved["step_bound"]
+        if stopped is not None and stopped["reason"] == "reached num_iters":
+            if num_iters > start:  # continue: iteration `start` is computed again
+                lls, objectives, stopped = lls[:-1], objectives[:-1], None
+        return state, previous, lls, objectives, start, stopped
+
+    def mark(self):
+        """Called before each step: the bound to save if that step is computed again."""
+        self.before = None if self.bound is None else self.bound[0]
+
+    def every(self, state, previous, lls, objectives, next_iter: int):
+        if next_iter % self.every_n == 0:
+            bound = None if self.bound is None else self.bound[0]
+            save(
+                self.path, state, previous, lls, objectives, next_iter, key=self.key,
+                step_bound=bound,
+            )  # fmt: skip
+
+    def stop(self, state, previous, lls, objectives, next_iter, reason: str, converged: bool):
+        stopped = {"reason": reason, "converged": converged}
+        # at num_iters the last step is computed again by a continued run: the bound before it
+        bound = self.before if reason == "reached num_iters" else None
+        save(
+            self.path, state, previous, lls, objectives, next_iter, key=self.key, stopped=stopped,
+            step_bound=bound,
+        )  # fmt: skip

@@ -235,6 +235,19 @@ def discretize_params(
     params = as_arrays(params.validate())
     if (times is None) == (dt is None):
         raise ValueError("give exactly one of `times` (T,) and `dt` (a uniform step).")
+    if times is not None:
+        times_arr = as_float_array(times, "times")
+        if times_arr.ndim != 1:
+            raise ValueError(f"`times` must have shape (T,); got {times_arr.shape}.")
+        check_times("times", times_arr)
+    return on_grid(params, times, dt)
+
+
+def on_grid(params: SDEParams, times=None, dt=None) -> LGSSMParams:
+    """The discrete model of `params` (validated, fields arrays) on checked `times` `(T,)` or
+    `(B, T)`, or on a uniform step `dt` (checked here): the one rule behind `discretize_params`
+    and `sdessm.problem.resolve`. Equal steps share one matrix exponential; a grid `(T,)` of
+    equal steps gives one `(d, d)` pair, one grid per sequence keeps its `(B, T-1, d, d)`."""
     if dt is not None:
         dt = as_float_array(dt, "dt")
         check_ndim_shape("dt", dt, (), "a scalar step; use `times` for irregular steps")
@@ -242,12 +255,9 @@ def discretize_params(
         A, Sigma = discretize_steps(params.F, params.Q, dt)
     else:
         steps = time_steps(times)
-        times = as_float_array(times, "times")
-        if times.ndim != 1:
-            raise ValueError(f"`times` must have shape (T,); got {times.shape}.")
-        check_times("times", times)
         A, Sigma = discretize_grouped(params.F, params.Q, steps)
-        A, Sigma = shared_if_uniform(A, Sigma, steps)
+        if np.ndim(steps) == 1:
+            A, Sigma = shared_if_uniform(A, Sigma, steps)
     return LGSSMParams(A, Sigma, params.H, params.u, params.R, params.mu1, params.P1)
 
 

@@ -1,6 +1,6 @@
 r"""The EM loop, from a start given as parameters: the data resolved once, one path chosen, its
 iteration (`sdessm.iteration`) run until it stops gaining, the SDE recovered, then the Newton
-finish and certificate (`sdessm.information`).
+finish and certificate (`sdessm.newton`).
 
 - Uniform steps: the closed-form M-step of the derivation in the discrete model, then
   $[[F, Q], [0, -F^\top]] = \log([[A, \Sigma A^{-\top}], [0, A^{-\top}]]) / \Delta t$.
@@ -27,21 +27,18 @@ from . import checkpoint as ckpt
 from ._checks import (
     check_count,
     check_nonnegative,
-    check_something_observed,
     float64,
     progress_bar,
 )
 from .discretize import (
     continuous_discrete,
     diffusion_from_sigma,
-    group_steps,
     psd_factor,
     sde_from_discrete,
 )
+from .em_problem import FitProblem, check_arguments, resolve_fit
 from .errors import NoRealLogarithmError, NotPSDError, NyquistWarning
 from .identify import check_identified
-from .information import FINISHES
-from .information import finish as finish_fit
 from .iteration import (
     continuous_iteration,
     covariances_valid,
@@ -51,13 +48,9 @@ from .iteration import (
     squarem,
     structured_iteration,
 )
-from .kalman import prepare
-from .mstep import R_STRUCTURES
-from .params import LGSSMParams, SDEParams
+from .newton import finish as finish_fit
+from .params import SDEParams
 from .results import EMResult
-
-SDE_FIELDS = ("F", "L", "Q", "H", "u", "R", "mu1", "P1")
-LGSSM_FIELDS = LGSSMParams._fields
 
 #: Relative log-likelihood decrease tolerated as round-off.
 DECREASE_RTOL = 1e-9
@@ -71,69 +64,6 @@ HANDOVER = 1e-3
 CRAWL_WINDOW, CRAWL_RATIO = 5, 0.8
 
 
-def _free_fields(init, fixed, B):
-    allowed = SDE_FIELDS if isinstance(init, SDEParams) else LGSSM_FIELDS
-    fixed = ("P1",) if fixed is None and B == 1 else (() if fixed is None else fixed)
-    if isinstance(fixed, str):
-        fixed = (fixed,)
-    unknown = sorted(set(fixed) - set(allowed))
-    if unknown:
-        raise ValueError(f"`fixed` names unknown field(s) {unknown}; choose from {list(allowed)}.")
-    fixed = frozenset("L" if f == "Q" else f for f in fixed)
-    return fixed
-
-
-def mask_flags(y) -> tuple[bool, bool]:
-    """(no NaN in `y` (B, T, p), every sequence has the NaN pattern of the first): static flags
-    of the E-step, which shares one covariance recursion among sequences with one pattern."""
-    missing = np.isnan(np.asarray(y))
-    return not bool(missing.any()), bool((missing == missing[:1]).all())
-
-
-def shard_sequences(y, devices="all"):
-    """`y` (B, T, p) as one array whose sequences are split evenly over `devices`.
-
-    `devices` is `"all"` (`jax.devices()`: with `jax.distributed` initialised, the devices of
-    every process) or a sequence of devices. Every process passes the same full `y`; each device
-    receives its block of sequences (`jax.make_array_from_callback`).
-
-    Raises:
-        ValueError: no device given, or B not a multiple of their number.
-    """
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    devices = jax.devices() if isinstance(devices, str) and devices == "all" else devices
-    if isinstance(devices, str) or not len(devices):
-        raise ValueError(
-            f"`devices` must be 'all' or a non-empty list of devices; got {devices!r}."
-        )
-    y = np.asarray(y)
-    if y.ndim != 3 or y.shape[0] % len(devices):
-        raise ValueError(
-            f"`devices`: the {y.shape[0] if y.ndim == 3 else 1} sequence(s) of `y` cannot be "
-            f"split evenly over {len(devices)} devices; use a number of sequences that is a "
-            "multiple of the number of devices, or fewer devices."
-        )
-    mesh = Mesh(np.asarray(devices), ("sequences",))
-    sharding = NamedSharding(mesh, PartitionSpec("sequences"))
-    return jax.make_array_from_callback(y.shape, sharding, lambda index: y[index])
-
-
-def _observed_transitions(y) -> int:
-    """Transitions within the observed span of each sequence of `y` (B, T, p), summed."""
-    observed = np.any(~np.isnan(np.asarray(y)), axis=-1)
-    last = np.where(observed.any(axis=1), y.shape[1] - 1 - np.argmax(observed[:, ::-1], axis=1), 0)
-    return int(np.sum(last))
-
-
-def _group_steps(y, times, dt):
-    """Representative steps (G,) and the group of each transition ((T-1,) or (B, T-1))."""
-    T = y.shape[-2]
-    if dt is not None:
-        return np.array([float(dt)]), np.zeros(T - 1, dtype=np.int32)
-    return group_steps(np.diff(np.asarray(times, dtype=float), axis=-1))
-
-
 def _crawling(objectives) -> bool:
     """EM converging linearly and slowly: each of the last `CRAWL_WINDOW` gains is more than
     `CRAWL_RATIO` times the one before, so what is left is many times the last gain."""
@@ -141,23 +71,6 @@ def _crawling(objectives) -> bool:
     if len(gains) < CRAWL_WINDOW or np.any(gains <= 0):
         return False
     return bool(np.all(gains[1:] > CRAWL_RATIO * gains[:-1]))
-
-
-class _Problem(NamedTuple):
-    """The data and time grid of a fit, resolved once from the user's arguments."""
-
-    sde0: SDEParams | LGSSMParams  # the start (a known per-step offset taken out)
-    lg0: LGSSMParams  # its discrete model on the grid
-    y: jax.Array  # (B, T, p), less a known offset; sharded over `devices` if asked
-    y_host: jax.Array  # the same, on the host (what a checkpoint fingerprints)
-    y_given: jax.Array  # (B, T, p) as given
-    batched: bool  # y was given as (B, T, p)
-    fixed: frozenset  # the fields held at their start
-    reps: np.ndarray | None  # representative steps (G,), None for an `LGSSMParams` fit
-    groups: np.ndarray | None  # the group of each transition, (T-1,) or (B, T-1)
-    offset: jax.Array | None  # a known per-step offset u_k, taken out of y
-    complete: bool  # no NaN in y
-    same_mask: bool  # every sequence has the NaN pattern of the first
 
 
 class _Strategy(NamedTuple):
@@ -175,114 +88,7 @@ class _Strategy(NamedTuple):
     structured: bool = False  # the state is the theta of a user's `structure`
 
 
-def _check_arguments(init, structure, log_prior, R_structure, emissions, psd, finish, fixed):
-    """Argument checks that need no data: the SDEParams (or LGSSMParams) the start stands for,
-    and `fixed` as a tuple of names (None where not given)."""
-    if structure is None and log_prior is None and not isinstance(init, SDEParams | LGSSMParams):
-        raise TypeError(
-            "`model` must be SDEParams, LGSSMParams, a NumPyro model function, or theta with "
-            f"`structure`; got {type(init).__name__}."
-        )
-    if R_structure not in R_STRUCTURES:
-        raise ValueError(f"`R_structure` must be one of {R_STRUCTURES}; got {R_structure!r}.")
-    if emissions not in ("shared", "per_step"):
-        raise ValueError(f"`emissions` must be 'shared' or 'per_step'; got {emissions!r}.")
-    if psd not in ("report", "nearest"):
-        raise ValueError(f"`psd` must be 'report' or 'nearest'; got {psd!r}.")
-    if finish not in FINISHES:
-        raise ValueError(f"`finish` must be one of {FINISHES}; got {finish!r}.")
-    if fixed is not None and structure is None:
-        names = (fixed,) if isinstance(fixed, str) else fixed
-        try:
-            names = tuple(names)
-        except TypeError:
-            names = None
-        if names is None or not all(isinstance(f, str) for f in names):
-            raise TypeError(
-                "`fixed` must be a field name or a sequence of field names, e.g. ('H', 'u'); "
-                f"got {fixed!r}."
-            )
-        fixed = names
-        _free_fields(init, fixed, 1)  # unknown names
-    if structure is not None:
-        if fixed is not None:
-            raise ValueError("`fixed` does not apply with `structure`: keep constants inside it.")
-        sde0 = structure(init)
-        if not isinstance(sde0, SDEParams):
-            raise TypeError(f"`structure(init)` must return SDEParams; got {type(sde0).__name__}.")
-    elif log_prior is not None and not isinstance(init, SDEParams):
-        raise TypeError("`log_prior` without `structure` needs an `SDEParams` init.")
-    else:
-        sde0 = init
-    if (structure is not None or log_prior is not None) and (
-        R_structure != "full" or emissions != "shared"
-    ):
-        raise ValueError(
-            "`R_structure` and `emissions` set the closed-form M-step; with `structure` or "
-            "`log_prior`, build them into the parameters instead."
-        )
-    return sde0, fixed
-
-
-def _resolve(sde0, y, times, dt, fixed, structured: bool, numerical: bool, per_step: bool,
-             devices) -> _Problem:  # fmt: skip
-    """The data on their grid (`_Problem`), with the checks that need them."""
-    lg0, y_arr, _ = prepare(sde0, y, times, dt)
-    yb = y_arr if y_arr.ndim == 3 else y_arr[None]
-    B, T, _ = yb.shape
-    if T < 2:
-        raise ValueError("`y` must hold at least 2 time steps for EM.")
-    fixed = frozenset() if structured else _free_fields(sde0, fixed, B)
-    if not {"H", "u", "R"} <= fixed:
-        check_something_observed(yb, "EM would estimate its emission parameters from nothing")
-    transitions_free = not structured and not ({"F", "L"} <= fixed or {"A", "Sigma"} <= fixed)
-    if transitions_free and _observed_transitions(yb) == 0:
-        raise ValueError(
-            "`y` holds no transition between observed time steps: every sequence is observed at "
-            "one time at most (trailing all-NaN rows are padding). EM needs a sequence observed "
-            "at two times at least, or the transition parameters in `fixed`."
-        )
-    if per_step:
-        d = lg0.state_dim
-        need = (0 if "H" in fixed else d) + (0 if "u" in fixed else 1) + (0 if "R" in fixed else 1)
-        if B < need:
-            raise ValueError(
-                f"`emissions='per_step'` estimates H_k, u_k, R_k at each step from the B = {B} "
-                f"sequences; with these free it needs B >= {need}. Use more sequences, fix some "
-                "emission fields, or emissions='shared'."
-            )
-    y_given, offset = yb, None
-    per_step_fields = [k for k, n in (("H", 2), ("u", 1), ("R", 2)) if np.ndim(getattr(lg0, k)) > n]
-    if per_step_fields and not per_step and not numerical:
-        if per_step_fields != ["u"] or "u" not in fixed:
-            raise ValueError(
-                f"per-step {per_step_fields} with emissions='shared' is supported only for a known "
-                "per-step offset `u` held fixed (fixed=(..., 'u')); use emissions='per_step'."
-            )
-        offset = lg0.u  # a known offset u_k: fit y_k - u_k with u = 0
-        yb = yb - offset[None]
-        zero_u = jnp.zeros(offset.shape[-1], dtype=offset.dtype)
-        lg0, sde0 = lg0._replace(u=zero_u), sde0._replace(u=zero_u)
-    reps = groups = None
-    if isinstance(sde0, SDEParams):
-        sde0 = type(sde0)(*(jnp.asarray(x, dtype=float) for x in sde0))
-        reps, groups = _group_steps(yb, times, dt)
-    elif lg0.time_varying()["A"] and not {"A", "Sigma"} <= fixed:
-        raise ValueError(
-            "an `LGSSMParams` with per-step `A`/`Sigma` can only be fitted with both fixed; "
-            "for irregular times fit an `SDEParams` with `times`."
-        )
-    complete, same_mask = mask_flags(yb)
-    y_host = yb  # a sharded array may not be addressable here in full
-    if devices is not None:
-        yb = shard_sequences(yb, devices)
-    return _Problem(
-        sde0, lg0, yb, y_host, y_given, y_arr.ndim == 3, fixed, reps, groups, offset,
-        complete, same_mask,
-    )  # fmt: skip
-
-
-def _strategy(problem: _Problem, init, structure, log_prior, R_structure, per_step: bool,
+def _strategy(problem: FitProblem, init, structure, log_prior, R_structure, per_step: bool,
               mstep_iters: int, accelerate: bool, polish: bool) -> _Strategy:  # fmt: skip
     """The path of EM for this problem: structured or MAP (numerical M-step over theta), a
     numerical transition M-step (irregular steps, or a fixed diffusion), or the closed form.
@@ -331,7 +137,7 @@ def _iterate(strategy: _Strategy, num_iters: int, tol: float, polish: bool, prog
 
     It stops when an iteration gains less than `tol` (with `polish`: less than `HANDOVER`, or
     when EM crawls), at `num_iters`, or when the objective falls (round-off aside), keeping the
-    previous iterate. `store` is a `_Checkpoint` or None."""
+    previous iterate. `store` is a `checkpoint.RunFile` or None."""
     state, previous = strategy.state, strategy.state
     lls, objectives, start, stopped = [], [], 0, None
     report: dict = {"path": strategy.path}
@@ -398,52 +204,7 @@ def _iterate(strategy: _Strategy, num_iters: int, tol: float, polish: bool, prog
     return state, lls, objectives, converged, report
 
 
-class _Checkpoint:
-    """A run kept in the file `path`: resumed if it holds this run (`key`), written every
-    `every_n` iterations and when the loop stops. `bound` is SQUAREM's step bound (a one-item
-    list the accelerated step updates), None for plain EM."""
-
-    def __init__(self, path, key, every_n: int, bound: list | None = None):
-        self.path, self.key, self.every_n, self.bound = path, key, every_n, bound
-        self.before = None  # the bound before the latest step
-
-    def resume(self, state, num_iters: int):
-        saved = ckpt.load(self.path, state, self.key)
-        if saved is None:
-            return state, state, [], [], 0, None
-        state, previous = saved["state"], saved["previous"]
-        lls, objectives = saved["lls"], saved["objectives"]
-        start, stopped = saved["next_iter"], saved["stopped"]
-        if self.bound is not None and saved["step_bound"] is not None:
-            self.bound[0] = saved["step_bound"]
-        if stopped is not None and stopped["reason"] == "reached num_iters":
-            if num_iters > start:  # continue: iteration `start` is computed again
-                lls, objectives, stopped = lls[:-1], objectives[:-1], None
-        return state, previous, lls, objectives, start, stopped
-
-    def mark(self):
-        """Called before each step: the bound to save if that step is computed again."""
-        self.before = None if self.bound is None else self.bound[0]
-
-    def every(self, state, previous, lls, objectives, next_iter: int):
-        if next_iter % self.every_n == 0:
-            bound = None if self.bound is None else self.bound[0]
-            ckpt.save(
-                self.path, state, previous, lls, objectives, next_iter, key=self.key,
-                step_bound=bound,
-            )  # fmt: skip
-
-    def stop(self, state, previous, lls, objectives, next_iter, reason: str, converged: bool):
-        stopped = {"reason": reason, "converged": converged}
-        # at num_iters the last step is computed again by a continued run: the bound before it
-        bound = self.before if reason == "reached num_iters" else None
-        ckpt.save(
-            self.path, state, previous, lls, objectives, next_iter, key=self.key, stopped=stopped,
-            step_bound=bound,
-        )  # fmt: skip
-
-
-def _assemble(problem: _Problem, strategy: _Strategy, state, lls, converged, report, R_structure,
+def _assemble(problem: FitProblem, strategy: _Strategy, state, lls, converged, report, R_structure,
               psd: str) -> EMResult:  # fmt: skip
     """The `EMResult` of the final state: the SDE (recovered by the matrix logarithm on the
     closed-form path), its discrete model on the grid, the known offset put back."""
@@ -513,7 +274,7 @@ def run_em(
     `LGSSMParams`, or theta with `structure`): the arguments are `fit_em`'s
     (`sdessm.fit.fit_em`), less those of a NumPyro model."""
     # argument checks: all of them before the data are read or anything is compiled
-    sde0, fixed_given = _check_arguments(
+    sde0, fixed_given = check_arguments(
         init, structure, log_prior, R_structure, emissions, psd, finish, fixed
     )
     num_iters, mstep_iters = (
@@ -525,7 +286,7 @@ def run_em(
         raise ValueError(f"`checkpoint_every` must be >= 1; got {checkpoint_every}.")
     numerical, per_step = structure is not None or log_prior is not None, emissions == "per_step"
     structured = structure is not None
-    problem = _resolve(sde0, y, times, dt, fixed_given, structured, numerical, per_step, devices)
+    problem = resolve_fit(sde0, y, times, dt, fixed_given, structured, numerical, per_step, devices)
     if fixed_given is None and finish != "none" and not numerical and not per_step:
         if problem.offset is None and not any(problem.lg0.time_varying().values()):
             T = problem.y.shape[1]
@@ -539,21 +300,15 @@ def run_em(
     )  # fmt: skip
     store = None
     if checkpoint is not None:
-        key = ckpt.fingerprint(
-            strategy.state,
-            path=strategy.path,
-            y=problem.y_host,
+        settings = dict(
             times=None if times is None else np.asarray(times, dtype=float),
             dt=None if dt is None else float(dt),
-            fixed=tuple(sorted(problem.fixed)),
             R_structure=R_structure,
             emissions=emissions,
             accelerate=bool(accelerate),
             mstep_iters=mstep_iters,
         )
-        store = _Checkpoint(
-            checkpoint, key, checkpoint_every, getattr(strategy.step, "bound", None)
-        )
+        store = _run_file(checkpoint, checkpoint_every, problem, strategy, settings)
     state, lls, objectives, converged, report = _iterate(
         strategy, num_iters, tol, finish == "polish", progress, store
     )
@@ -570,6 +325,19 @@ def run_em(
     if one_step and not strategy.numerical and result.sde is not None:
         _report_drift(np.asarray(result.sde.F), float(problem.reps[0]), result.report, warn=False)
     return result
+
+
+def _run_file(path, every: int, problem: FitProblem, strategy: _Strategy, settings: dict):
+    """The checkpoint file of this run: its key fingerprints the start, the path of EM, the
+    data, the fixed fields and every setting that changes the iterates."""
+    key = ckpt.fingerprint(
+        strategy.state,
+        path=strategy.path,
+        y=problem.y_host,
+        fixed=tuple(sorted(problem.fixed)),
+        **settings,
+    )
+    return ckpt.RunFile(path, key, every, getattr(strategy.step, "bound", None))
 
 
 def _report_drift(F, dt, report, warn: bool = True):

@@ -1,7 +1,7 @@
 """`fit_em`: the one entry point of EM, whatever the model is given as.
 
 Parameters (`SDEParams`, `LGSSMParams`, or theta with `structure`) go to the EM loop
-(`sdessm.em.run_em`); a NumPyro model goes to `sdessm.infer.fit_em_model`, which traces it into
+(`sdessm.em.run_em`); a NumPyro model goes to `sdessm.model_em.fit_em_model`, which traces it into
 a structure and a start and runs the same loop. Choosing here, above both, keeps the layers one
 way: `em` never imports the NumPyro layer.
 """
@@ -150,7 +150,7 @@ def fit_em(
     """
     arguments = dict(locals())
     if callable(model) and not isinstance(model, (SDEParams, LGSSMParams)):
-        from .infer import fit_em_model  # the NumPyro layer, imported when a model is given
+        from .model_em import fit_em_model  # the NumPyro layer, imported when a model is given
 
         fields = dict(dt=dt, fixed=fixed, structure=structure, log_prior=log_prior)
         given = sorted(k for k, v in fields.items() if v is not None)

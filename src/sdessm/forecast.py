@@ -28,8 +28,10 @@ from jaxtyping import Array, ArrayLike, Float
 from ._checks import check_count, check_finite, check_times, concrete, float64
 from .discretize import discretize_grouped, symmetrize
 from .io import posterior_draws
-from .kalman import filter_sequence, is_complete, prepare
+from .kalman import filter_sequence
 from .params import LGSSMParams, SDEParams, as_float_array
+from .problem import is_complete, resolve
+from .recursion import predict
 from .results import EMResult
 from .simulate import psd_sqrt
 
@@ -97,10 +99,7 @@ def _propagate(m, P, A, Sigma):
     """Moments at each future time from `N(m, P)` at the last observation: `(N, d)`, `(N, d, d)`."""
 
     def step(carry, xs):
-        m, P = carry
-        A_n, Sigma_n = xs
-        m = A_n @ m
-        P = symmetrize(A_n @ P @ A_n.T + Sigma_n)
+        m, P = predict(*carry, *xs)
         return (m, P), (m, P)
 
     _, (means, covs) = jax.lax.scan(step, (m, P), (A, Sigma))
@@ -205,8 +204,8 @@ def _future_steps(params, y, times, future_times, dt, num_steps):
 
 
 def _setup(params, y, times, future_times, dt, num_steps):
-    """Validate and resolve into `(past LGSSMParams, y, past_batched, A, Sigma, future_batched,
-    future_times)` with `A`, `Sigma` of the future steps."""
+    """Validate and resolve into `(past Problem, A, Sigma, future_batched, future_times)` with
+    `A`, `Sigma` of the future steps."""
     if isinstance(params, EMResult):
         params = params.sde if params.sde is not None else params.params
     if not isinstance(params, SDEParams | LGSSMParams):
@@ -215,14 +214,16 @@ def _setup(params, y, times, future_times, dt, num_steps):
             f"{type(params).__name__} (for a NumPyro model's site values use `model_sde`)."
         )
     future_times, steps = _future_steps(params, y, times, future_times, dt, num_steps)
-    past, y, past_batched = prepare(params, y, times, dt)
-    if any(np.ndim(v) != nd for v, nd in zip((past.H, past.u, past.R), (2, 1, 2), strict=True)):
+    problem = resolve(params, y, times, dt)
+    past, y = problem.params, problem.y
+    tv = past.time_varying()
+    if tv["H"] or tv["u"] or tv["R"]:
         raise ValueError(
             "forecasting needs time-invariant emissions (`H`, `u`, `R` without a time axis): "
             "the future has no per-step values."
         )
     if isinstance(params, LGSSMParams):
-        if past.A.ndim != 2 or past.Sigma.ndim != 2:
+        if tv["A"] or tv["Sigma"]:
             raise ValueError(
                 "`num_steps` continues a time-invariant `LGSSMParams`; this one has per-step "
                 "`A`/`Sigma`. Forecast from the `SDEParams` at `future_times` instead."
@@ -231,12 +232,12 @@ def _setup(params, y, times, future_times, dt, num_steps):
         A = jnp.broadcast_to(past.A, (num_steps, *past.A.shape))
         Sigma = jnp.broadcast_to(past.Sigma, (num_steps, *past.Sigma.shape))
         future_times = np.arange(1, num_steps + 1, dtype=float)
-        return past, y, past_batched, A, Sigma, False, future_times
+        return problem, A, Sigma, False, future_times
     A, Sigma = discretize_grouped(params.F, params.L @ params.L.T, steps)
     future_batched = steps.ndim == 2
     if future_batched and y.ndim != 3:
         raise ValueError(f"per-sequence `times` need `y` of shape (B, T, p); got {y.shape}.")
-    return past, y, past_batched, A, Sigma, future_batched, future_times
+    return problem, A, Sigma, future_batched, future_times
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 6, 7))  # compiled once per shape and flags
@@ -257,8 +258,8 @@ def _apply(fn, past, y, past_batched, A, Sigma, future_batched, complete, *extra
 def forecast(
     params: SDEParams | LGSSMParams,
     y: Float[ArrayLike, "*B T p"],
-    times: Float[ArrayLike, "*B T"] | None = None,
-    future_times: Float[ArrayLike, "*B N"] | None = None,
+    times: Float[ArrayLike, "*#B T"] | None = None,
+    future_times: Float[ArrayLike, "*#B N"] | None = None,
     *,
     dt: float | None = None,
     num_steps: int | None = None,
@@ -294,9 +295,8 @@ def forecast(
         >>> fc.state_covs[:, 0, 0].round(12).tolist()   # Var[x_1 | y_1] = 1/2, plus Q * step
         [1.5, 3.5]
     """
-    complete = is_complete(y)
-    past, y, pb, A, Sigma, fb, future_times = _setup(params, y, times, future_times, dt, num_steps)
-    out = _apply(_forecast_one, past, y, pb, A, Sigma, fb, complete)
+    past, A, Sigma, fb, future_times = _setup(params, y, times, future_times, dt, num_steps)
+    out = _apply(_forecast_one, *past[:3], A, Sigma, fb, past.complete)
     return Forecast(jnp.asarray(future_times), *out)
 
 
@@ -313,7 +313,7 @@ def _draw_values(posterior, names: list[str]) -> dict[str, np.ndarray]:
 
 def model_sde(model: Callable, values: dict, y, times, model_kwargs: dict | None = None):
     """The `SDEParams` that a NumPyro LTI-SDE model builds from the given site values."""
-    from .infer import trace_model
+    from .model_em import trace_model
 
     tm = trace_model(model, y, times, model_kwargs)
     return tm.sde(tm.check_values(values, "values"))
@@ -350,7 +350,7 @@ def forecast_posterior(
     Returns:
         A `PosteriorForecast`: `state_draws (S, *B, N, d)` and `obs_draws (S, *B, N, p)`.
     """
-    from .infer import trace_model
+    from .model_em import trace_model
 
     tm = trace_model(model, y, times, model_kwargs)
     draws = _draw_values(posterior, tm.names)
@@ -373,10 +373,10 @@ def forecast_posterior(
 
     def one(key, values):
         sde = tm.sde(values)
-        past, yy, pb, A, Sigma, fb, _ = _setup(sde, y_arr, times, future_times, None, None)
-        B = yy.shape[0] if yy.ndim == 3 else None
+        past, A, Sigma, fb, _ = _setup(sde, y_arr, times, future_times, None, None)
+        B = past.y.shape[0] if past.y.ndim == 3 else None
         keys = key if B is None else jax.random.split(key, B)
-        return _apply(_sample_path, past, yy, pb, A, Sigma, fb, complete, keys)
+        return _apply(_sample_path, *past[:3], A, Sigma, fb, complete, keys)
 
     keys = jax.random.split(jax.random.key(seed), S)
     values = {k: jnp.asarray(v) for k, v in draws.items()}

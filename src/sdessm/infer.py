@@ -1,46 +1,31 @@
-r"""One NumPyro model, two inferences: EM over the model's sample sites, and NUTS.
+"""NUTS on a NumPyro LTI-SDE model (`fit_nuts`), the states marginalised by the Kalman filter.
 
-A model is a NumPyro function `model(times, y=None, **kwargs)` that samples its parameter sites
-from priors and observes `y` through exactly one `LTISDE` site. `trace_model` reads the model
-once and gives the maps that both inferences need: unconstrained <-> constrained site values,
-site values -> `SDEParams` (by running the model with the values substituted), and the log-prior.
-
-- `fit_em_model` (what `sdessm.fit_em(model, ...)` calls): generalized EM whose E-step runs
-  through the LTISDE site and whose M-step maximises over the unconstrained sites; MAP adds the
-  log-prior of the sites in their own (constrained) coordinates, so the answer is the mode of
-  the posterior density of the named parameters, not of their transforms. A model that marks
-  itself closed form (`EM_CLOSED_FORM` and `from_sde` in its module, the unconstrained zoo model)
-  gets the derivation's closed-form EM for `objective="mle"` on uniform steps.
-- `fit_nuts`: NumPyro NUTS on the same model (states marginalised), returned as ArviZ data with
-  the EM estimate and the truth attached as JSON attributes of the posterior group.
+The model is read as for EM (`sdessm.model_em.trace_model`), and the result is ArviZ data with
+the EM estimate and the truth attached as JSON attributes of the posterior group. A long run
+can be checkpointed and resumed (`checkpoint=`), with the same draws as one uninterrupted run.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import copy
-import dataclasses
-import functools
-import hashlib
-import inspect
 import json
-import warnings
 from collections.abc import Callable
 
 import jax
-import jax.flatten_util
-import jax.numpy as jnp
 import numpy as np
-from numpyro import handlers
-from numpyro.distributions.transforms import biject_to
 
 from . import checkpoint as ckpt
-from ._checks import check_something_observed, float64
-from .em import run_em
-from .kalman import LOGLIK_STEADY_STEPS, is_complete, log_likelihood
-from .params import SDEParams
-from .ppl import LTISDE
+from ._checks import check_count, check_something_observed, float64
+from .model_em import (
+    TracedModel,
+    initial_values,
+    numpyro_config,
+    trace_key,
+    trace_model,
+    uniform_steps,
+)
+from .problem import is_complete
+from .recursion import STEADY_STEPS
 from .results import EMResult
 
 #: Attribute names under which `fit_nuts` stores the EM estimate and the truth (JSON).
@@ -50,424 +35,13 @@ EM_ATTR, TRUTH_ATTR = "sdessm_em", "sdessm_truth"
 MAX_TREE_DEPTH = 10
 
 
-@contextlib.contextmanager
-def _numpyro_config():
-    """NumPyro's internals mix dtypes and ranks: run them under JAX's permissive defaults even
-    when the caller has made promotion strict."""
-    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-        yield
-
-
-def _is_ltisde(fn) -> bool:
-    while fn is not None:
-        if isinstance(fn, LTISDE):
-            return True
-        fn = getattr(fn, "base_dist", None)
-    return False
-
-
-def _unwrap_ltisde(fn):
-    while not isinstance(fn, LTISDE):
-        fn = fn.base_dist
-    return fn
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (a jit static argument)
-class TracedModel:
-    """A NumPyro model read once at given data: its parameter sites and its LTISDE site.
-
-    Attributes:
-        model: the model function.
-        times, y: the data it was traced at; `kwargs` its other keyword arguments.
-        site: the name of the observed `LTISDE` site.
-        supports: parameter site name -> its support (a NumPyro constraint).
-        shapes: parameter site name -> the shape of its value.
-    """
-
-    model: Callable
-    times: np.ndarray
-    y: np.ndarray
-    kwargs: dict
-    site: str
-    supports: dict
-    shapes: dict
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.supports)
-
-    def _run(self, values: dict):
-        seeded = handlers.seed(handlers.substitute(self.model, data=values), rng_seed=0)
-        with _numpyro_config():
-            return handlers.trace(seeded).get_trace(self.times, y=self.y, **self.kwargs)
-
-    def constrain(self, z: dict) -> dict:
-        return {k: biject_to(self.supports[k])(z[k]) for k in self.supports}
-
-    def unconstrain(self, values: dict) -> dict:
-        return {k: biject_to(self.supports[k]).inv(jnp.asarray(values[k])) for k in self.supports}
-
-    def sde_at(self, z: dict) -> SDEParams:
-        """The `SDEParams` at unconstrained site values `z` (EM's coordinates). A bound method of
-        a cached `TracedModel` is the same jit static argument call after call, so repeated fits
-        of one model to one data set compile once."""
-        return self.sde(self.constrain(z))
-
-    def log_prior_at(self, z: dict):
-        """`log_prior` at unconstrained site values `z` (no Jacobian: MAP in the sites' own
-        coordinates)."""
-        return self.log_prior(self.constrain(z))
-
-    def sde(self, values: dict) -> SDEParams:
-        """The `SDEParams` the model builds from the given (constrained) site values."""
-        return _unwrap_ltisde(self._run(values)[self.site]["fn"]).params
-
-    def log_prior(self, values: dict):
-        """Sum of the sites' prior log-densities at the (constrained) values; no Jacobian."""
-        trace = self._run(values)
-        return sum(jnp.sum(trace[k]["fn"].log_prob(trace[k]["value"])) for k in self.supports)
-
-    def check_values(self, values: dict, what: str) -> dict:
-        """`values` as float arrays, or a ValueError naming missing/unknown sites and shapes."""
-        if not isinstance(values, dict):
-            raise TypeError(f"`{what}` must be a dict of site values; got {type(values).__name__}.")
-        missing, unknown = set(self.names) - set(values), set(values) - set(self.names)
-        if missing or unknown:
-            raise ValueError(
-                f"`{what}` does not fit this model: its parameter sites are {self.names}"
-                + (f"; missing {sorted(missing)}" if missing else "")
-                + (f"; not in the model {sorted(unknown)}" if unknown else "")
-                + "."
-            )
-        out = {}
-        for k in self.names:
-            v = jnp.asarray(values[k], dtype=float)
-            if v.shape != self.shapes[k]:
-                raise ValueError(
-                    f"`{what}[{k!r}]` must have shape {self.shapes[k]}; got {v.shape}."
-                )
-            out[k] = v
-        return out
-
-
-#: The most recent traced models, by model, data, times and keyword arguments.
-_TRACED: collections.OrderedDict = collections.OrderedDict()
-_TRACED_SIZE = 8
-
-
-def trace_model(model: Callable, y, times, model_kwargs: dict | None = None) -> TracedModel:
-    """Read `model(times, y=y, **model_kwargs)` once and check it is an LTI-SDE model.
-
-    The same model, data, times and keyword arguments give back the same `TracedModel` (the
-    last few are kept), so that what was compiled for it is reused.
-
-    Raises:
-        ValueError: no observed `LTISDE` site or more than one, duplicate site names, a discrete
-            parameter site, or data whose shape disagrees with the model's.
-    """
-    if not callable(model):
-        raise TypeError(f"`model` must be a NumPyro model function; got {type(model).__name__}.")
-    kwargs = dict(model_kwargs or {})
-    if "y" in kwargs:
-        raise ValueError("pass the data as `y`, not inside `model_kwargs`.")
-    y = np.asarray(y, dtype=float)
-    times = np.asarray(times, dtype=float)
-    key = _trace_key(model, y, times, kwargs)
-    if key is not None and key in _TRACED:
-        _TRACED.move_to_end(key)
-        return _TRACED[key]
-    tm = _trace_model(model, y, times, kwargs)
-    if key is not None:
-        _TRACED[key] = tm
-        while len(_TRACED) > _TRACED_SIZE:
-            _TRACED.popitem(last=False)
-    return tm
-
-
-def _trace_key(model, y, times, kwargs):
-    """A hashable key of the arguments, or None when the keyword arguments have no stable repr."""
-    try:
-        extra = repr(sorted(kwargs.items()))
-    except TypeError:
-        return None
-    if " at 0x" in extra:  # objects compared by identity: do not cache
-        return None
-    digest = hashlib.sha256()
-    for a in (y, times):
-        digest.update(f"{a.shape}".encode())
-        digest.update(np.ascontiguousarray(a).tobytes())
-    return (model, digest.hexdigest(), extra)
-
-
-def _trace_model(model, y, times, kwargs) -> TracedModel:
-    try:
-        with _numpyro_config():
-            trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(times, y=y, **kwargs)
-    except AssertionError as err:  # NumPyro asserts unique site names
-        if "unique" in str(err):
-            raise ValueError(f"the model's sample sites clash: {err}") from None
-        raise
-    except ValueError:
-        raise
-    except Exception as err:  # the model's own code: say where, keep the traceback as the cause
-        raise ValueError(
-            f"the model failed when called as `model(times, y=y)`: {type(err).__name__}: {err}"
-        ) from err
-    sites = {n: s for n, s in trace.items() if s["type"] == "sample"}
-    lti = [n for n, s in sites.items() if _is_ltisde(s["fn"])]
-    if len(lti) != 1:
-        raise ValueError(
-            "the model must observe its data through exactly one `LTISDE` sample site; "
-            + (f"it has {len(lti)}: {lti}." if lti else f"it has none (its sites: {list(sites)}).")
-        )
-    site = lti[0]
-    if not sites[site]["is_observed"]:
-        raise ValueError(f"the LTISDE site {site!r} is not observed: pass `y` to it as `obs=y`.")
-    event = tuple(_unwrap_ltisde(sites[site]["fn"]).event_shape)
-    if y.shape[-2:] != event or y.ndim not in (2, 3):
-        raise ValueError(
-            f"`y` has shape {y.shape}, but the model's LTISDE site {site!r} expects (T, p) = "
-            f"{event} (or (B, T, p)) at these `times`."
-        )
-    supports, shapes = {}, {}
-    for n, s in sites.items():
-        if n == site or s["is_observed"]:
-            continue
-        if s["fn"].is_discrete:
-            raise ValueError(f"site {n!r} is discrete; EM and NUTS need continuous parameters.")
-        supports[n] = s["fn"].support
-        shapes[n] = tuple(jnp.shape(s["value"]))
-    if not supports:
-        raise ValueError("the model has no parameter sites to fit.")
-    return TracedModel(model, times, y, kwargs, site, supports, shapes)
-
-
-def _initial_values(tm: TracedModel, init, key, partial: bool = False) -> dict:
-    """Site values to start from: given (a dict, or an EMResult of this model) or the default
-    start (`_best_start`); with `partial`, a dict may give some sites, the others default."""
-    if isinstance(init, EMResult):
-        if not isinstance(init.params, dict):
-            raise ValueError(
-                "`init` is an EMResult of an `SDEParams` fit, not of a NumPyro model; fit the "
-                "model with `fit_em(model, ...)` first."
-            )
-        return tm.check_values(init.params, "init")
-    if partial and isinstance(init, dict) and set(init) < set(tm.names):  # others: default
-        return tm.check_values({**_initial_values(tm, None, key), **init}, "init")
-    if init is not None:
-        return tm.check_values(init, "init")
-    return _best_start(tm, key)
-
-
-#: Perturbations of the model's start from the data tried beside it, and their scale (a standard
-#: deviation in the unconstrained coordinates: a factor of about 1.6 on a positive site).
-JITTERED_STARTS, JITTER = 6, 0.5
-
-
-def _prior_medians(tm: TracedModel, key) -> dict:
-    from numpyro.infer import init_to_median
-
-    seeded = handlers.substitute(handlers.seed(tm.model, key), substitute_fn=init_to_median)
-    with _numpyro_config():
-        trace = handlers.trace(seeded).get_trace(tm.times, y=tm.y, **tm.kwargs)
-    return {k: jnp.asarray(trace[k]["value"], dtype=float) for k in tm.names}
-
-
-def _best_start(tm: TracedModel, key) -> dict:
-    """The default start: of the prior medians, the model's start from the data
-    (`start_from_data(times, y, **model_kwargs)` in the model's module, if it has one) and
-    `JITTERED_STARTS` random perturbations of it, the one with the highest exact
-    log-likelihood (evaluated on all of them at once)."""
-    candidates = [_prior_medians(tm, key)]
-    from_data = getattr(inspect.getmodule(tm.model), "start_from_data", None)
-    if from_data is not None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # e.g. a constant column
-                start = tm.check_values(from_data(tm.times, tm.y, **tm.kwargs), "start_from_data")
-        except (ValueError, TypeError, ArithmeticError) as err:
-            warnings.warn(
-                f"the model's start_from_data failed ({type(err).__name__}: {err}); EM starts "
-                "from the prior medians.",
-                stacklevel=3,
-            )
-        else:
-            flat, unravel = jax.flatten_util.ravel_pytree(tm.unconstrain(start))
-            steps = JITTER * jax.random.normal(
-                jax.random.fold_in(key, 1), (JITTERED_STARTS, flat.shape[0])
-            )
-            candidates += [start] + [tm.constrain(unravel(flat + step)) for step in steps]
-    if len(candidates) == 1:
-        return candidates[0]
-    zs = jax.tree.map(lambda *v: jnp.stack(v), *[tm.unconstrain(c) for c in candidates])
-
-    @jax.jit
-    @functools.partial(jax.vmap, in_axes=(0, None))
-    def loglik(z, y):  # `y` an argument: one compiled program for all data of its shape
-        return jnp.sum(log_likelihood(tm.sde_at(z), y, tm.times))
-
-    with _numpyro_config():
-        values = np.asarray(loglik(zs, jnp.asarray(tm.y)))
-    values = np.where(np.isfinite(values), values, -np.inf)
-    return candidates[int(np.argmax(values))]
-
-
-def _closed_form_marker(model):
-    module = inspect.getmodule(model)
-    marker = getattr(module, "EM_CLOSED_FORM", None)
-    from_sde = getattr(module, "from_sde", None)
-    return (marker, from_sde) if marker is not None and from_sde is not None else None
-
-
-def _uniform(times) -> bool:
-    steps = np.diff(np.asarray(times, dtype=float), axis=-1)
-    return bool(np.allclose(steps, steps.flat[0], rtol=1e-12, atol=0.0))
-
-
-def _as_numpy(values: dict) -> dict:
-    return {k: np.asarray(v) for k, v in values.items()}
-
-
-@float64
-def fit_em_model(
-    model: Callable,
-    y,
-    times,
-    *,
-    objective: str = "mle",
-    init=None,
-    model_kwargs: dict | None = None,
-    seed: int = 0,
-    **em_kwargs,
-):
-    """EM on a NumPyro model; see `sdessm.fit_em`. `params` of the result is a dict of site values.
-
-    Args:
-        model: a NumPyro model `model(times, y=None, **model_kwargs)` with one LTISDE site.
-        y (ArrayLike): `(T, p)` or `(B, T, p)` observations, NaN = missing.
-        times (ArrayLike): `(T,)` observation times.
-        objective: `"mle"` (maximum likelihood) or `"map"` (posterior mode of the named sites).
-        init (dict | None): starting site values (constrained); the sites it leaves out (all of
-            them when None) take the default start: the best by exact log-likelihood of the
-            prior medians, the model's `start_from_data` and perturbations of it
-            (`docs/em.md`).
-        model_kwargs: further keyword arguments of the model.
-        seed: seeds the default start (prior medians by Monte Carlo, perturbations).
-        **em_kwargs (Any): `num_iters`, `tol`, `finish`, `mstep_iters`, `progress`, `psd`.
-
-    Returns:
-        (EMResult): `params` is a dict of site values.
-    """
-    if objective not in ("mle", "map"):
-        raise ValueError(f"`objective` must be 'mle' or 'map'; got {objective!r}.")
-    not_here = {"fixed", "structure", "log_prior", "R_structure", "emissions", "dt"} & set(
-        em_kwargs
-    )
-    if not_here:
-        raise ValueError(
-            f"{sorted(not_here)} do not apply to a NumPyro model: express constants and "
-            "structure in the model itself."
-        )
-    if times is None:
-        raise ValueError("`times` is required to fit a NumPyro model.")
-    tm = trace_model(model, y, times, model_kwargs)
-    check_something_observed(tm.y, "EM would estimate its emission parameters from nothing")
-    values = _initial_values(tm, init, jax.random.key(seed), partial=True)
-    closed = _closed_form_marker(model)
-    if objective == "mle" and closed is not None and _uniform(times):
-        marker, from_sde = closed
-        result = run_em(tm.sde(values), y, times, **marker, **em_kwargs)
-        report = dict(result.report, model_sites=tm.names)
-        try:
-            params = _as_numpy(from_sde(result.sde))
-        except ValueError:  # the maximum is at a singular Q, outside this model's L
-            params, report = _nudged_inside(from_sde, result.sde, report)
-            result = dataclasses.replace(result, converged=False)
-        # standard errors and later calls work in the named coordinates, as for other models
-        context = dict(result._context, structure=tm.sde, log_prior=None, information=None)
-        return dataclasses.replace(result, params=params, report=report, _context=context)
-
-    structure = tm.sde_at
-    log_prior = tm.log_prior_at if objective == "map" else None
-    with _numpyro_config():
-        result = run_em(
-            tm.unconstrain(values), y, times, structure=structure, log_prior=log_prior, **em_kwargs
-        )
-        params = _as_numpy(tm.constrain(result.params))
-    # standard errors and later calls work in the named (constrained) coordinates
-    context = dict(
-        result._context,
-        structure=tm.sde,
-        log_prior=tm.log_prior if objective == "map" else None,
-        information=None,  # the finish's was in the unconstrained coordinates
-    )
-    report = dict(result.report, model_sites=tm.names, objective=objective)
-    report["boundary"] = _at_boundary(tm, params, report)
-    return dataclasses.replace(result, params=params, report=report, _context=context)
-
-
-#: How far inside a singular diffusion Q a model whose L has a positive diagonal is put, as a
-#: fraction of Q's largest eigenvalue.
-NUDGE = 1e-10
-
-
-def _nudged_inside(from_sde, sde: SDEParams, report: dict):
-    """Site values of a closed-form fit whose Q is singular (a boundary of a model whose L has a
-    positive diagonal): Q + NUDGE * max eig(Q) I instead, with the report saying so."""
-    Q = np.asarray(sde.Q)
-    w = np.linalg.eigvalsh(Q)
-    Q = Q + NUDGE * max(w.max(), np.finfo(float).tiny) * np.eye(len(Q))
-    params = _as_numpy(from_sde(sde._replace(L=np.linalg.cholesky(Q))))
-    report = dict(report, boundary={"Q": (float(w.min()), 0.0)})
-    report["convergence"] = (
-        f"not certified: the maximum has a singular diffusion Q (smallest eigenvalue "
-        f"{w.min():.3g}), a boundary of this model, whose L has a positive diagonal; the "
-        f"estimate is moved inside by {NUDGE:g} of Q's scale"
-    )
-    return params, report
-
-
-#: An unconstrained coordinate beyond this (a factor e^12 from the bound of an exp transform)
-#: on a flat direction of the log-likelihood: the site sits at the edge of its support.
-BOUNDARY_COORDINATE = 12.0
-
-
-def _at_boundary(tm: TracedModel, params: dict, report: dict) -> dict:
-    """Sites at the edge of their support, `{site: (value, bound)}`: on the flat direction
-    of the fit's certificate, with an unconstrained coordinate beyond `BOUNDARY_COORDINATE`
-    (a variance collapsing to 0, a damping ratio at 1, ...)."""
-    flat = report.get("flat_coordinates") or []
-    labels, values = report.get("coordinates", ([], []))
-    coordinate = dict(zip(labels, values, strict=True))
-    out = {}
-    for label, component in flat:
-        site = label.split("[")[0]
-        z = coordinate.get(label)
-        if site not in tm.supports or z is None or not abs(component) >= 0.3:
-            continue
-        if abs(z) < BOUNDARY_COORDINATE:
-            continue
-        support = tm.supports[site]
-        while hasattr(support, "base_constraint"):  # a vector site: its elements' support
-            support = support.base_constraint
-        bound = getattr(support, "lower_bound" if z < 0 else "upper_bound", None)
-        if bound is None:  # an unbounded side (e.g. a positive site growing without bound)
-            bound = float("inf") if z > 0 else float("-inf")
-        index = label[len(site) :]
-        value = np.asarray(params[site])
-        if index:
-            value = value[tuple(int(i) for i in index.strip("[]").split(","))]
-        out[label] = (float(value), float(np.max(np.asarray(bound))))
-    return out
-
-
 def _default_chain_method(tm: TracedModel, num_chains: int) -> str:
     """Parallel with a device per chain; else sequential where the log-likelihood takes its
     steady-state form (vectorised chains would evaluate both branches of its convergence check),
     vectorised otherwise (one batched gradient costs about as much as a single one on a CPU)."""
     if jax.local_device_count() >= num_chains:
         return "parallel"
-    steady = is_complete(tm.y) and _uniform(tm.times) and tm.y.shape[-2] > 2 * LOGLIK_STEADY_STEPS
+    steady = is_complete(tm.y) and uniform_steps(tm.times) and tm.y.shape[-2] > 2 * STEADY_STEPS
     return "sequential" if steady else "vectorized"
 
 
@@ -530,37 +104,59 @@ def fit_nuts(
             posterior's attributes `sdessm_em` and `sdessm_truth` hold the EM estimate and the
             truth as JSON.
     """
-    from ._checks import check_count
-
-    num_samples = check_count("num_samples", num_samples)
-    num_chains = check_count("num_chains", num_chains)
-    num_warmup = check_count("num_warmup", num_warmup, minimum=0)
-    checkpoint_every = check_count("checkpoint_every", checkpoint_every)
-
+    num_samples, num_chains, num_warmup, checkpoint_every = _check_counts(
+        num_samples, num_chains, num_warmup, checkpoint_every
+    )
     import arviz as az
-    from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
 
     tm = trace_model(model, y, times, model_kwargs)
     check_something_observed(tm.y, "the posterior would be the prior")
-    em_values = None
-    if init is None:
-        strategy = init_to_median(num_samples=15)
-    else:
-        start = _initial_values(tm, init, jax.random.key(seed))
-        strategy = init_to_value(values=start)
-        if isinstance(init, EMResult):
-            em_values = start
+    start = None if init is None else initial_values(tm, init, jax.random.key(seed))
     if truth is not None:
         truth = tm.check_values(truth, "truth")
     if chain_method is None:
-        chain_method = _default_chain_method(tm, int(num_chains))
+        chain_method = _default_chain_method(tm, num_chains)
+    settings = dict(num_warmup=num_warmup, num_chains=num_chains, chain_method=chain_method)
+    mcmc = _mcmc(model, start, num_samples, progress, target_accept_prob, **settings)
+    args, kwargs = (tm.times,), dict(y=tm.y, **tm.kwargs)
+    with numpyro_config():
+        if checkpoint is None:
+            mcmc.run(jax.random.key(seed), *args, **kwargs)
+        else:
+            key = _checkpoint_key(model, tm, start, seed, target_accept_prob, **settings)
+            mcmc = _run_checkpointed(mcmc, checkpoint, checkpoint_every, key, seed, args, kwargs)
+        idata = az.from_numpyro(mcmc, log_likelihood=True)
+    return _attach(idata, start if isinstance(init, EMResult) else None, truth)
+
+
+def _check_counts(num_samples, num_chains, num_warmup, checkpoint_every) -> tuple[int, ...]:
+    """`fit_nuts`'s counts as integers, or a ValueError naming the first that is not a count."""
+    return (
+        check_count("num_samples", num_samples),
+        check_count("num_chains", num_chains),
+        check_count("num_warmup", num_warmup, minimum=0),
+        check_count("checkpoint_every", checkpoint_every),
+    )
+
+
+def _mcmc(
+    model, start, num_samples, progress, target_accept_prob, *, num_warmup, num_chains, chain_method
+):
+    """NumPyro's NUTS kernel and MCMC driver; the chains start at `start` (site values), or at
+    the prior medians when it is None."""
+    from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
+
+    if start is None:
+        strategy = init_to_median(num_samples=15)
+    else:
+        strategy = init_to_value(values=start)
     kernel = NUTS(
         model,
         init_strategy=strategy,
         target_accept_prob=target_accept_prob,
         max_tree_depth=MAX_TREE_DEPTH,
     )
-    mcmc = MCMC(
+    return MCMC(
         kernel,
         num_warmup=int(num_warmup),
         num_samples=int(num_samples),
@@ -568,33 +164,36 @@ def fit_nuts(
         chain_method=chain_method,
         progress_bar=progress,
     )
-    args, kwargs = (tm.times,), dict(y=tm.y, **tm.kwargs)
-    with _numpyro_config():
-        if checkpoint is None:
-            mcmc.run(jax.random.key(seed), *args, **kwargs)
-        else:
-            traced_kwargs = _trace_key(model, tm.y, tm.times, tm.kwargs)
-            if traced_kwargs is None:
-                raise ValueError(
-                    "`checkpoint` needs `model_kwargs` whose values have a stable repr (numbers, "
-                    "strings, arrays): a resumed run must recognise them."
-                )
-            key = ckpt.fingerprint(
-                {} if init is None else start,
-                model=f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', '')}",
-                y=tm.y,
-                times=tm.times,
-                model_kwargs=traced_kwargs[2],
-                num_warmup=int(num_warmup),
-                num_chains=int(num_chains),
-                chain_method=chain_method,
-                target_accept_prob=float(target_accept_prob),
-                seed=int(seed),
-            )
-            posterior = _run_checkpointed(
-                mcmc, checkpoint, checkpoint_every, key, seed, args, kwargs
-            )
-        idata = az.from_numpyro(mcmc if checkpoint is None else posterior, log_likelihood=True)
+
+
+def _checkpoint_key(
+    model, tm: TracedModel, start, seed, target_accept_prob, *, num_warmup, num_chains, chain_method
+) -> str:
+    """The fingerprint of a checkpointed run: what it was started from and with, so that a
+    checkpoint file is only ever continued by the same run."""
+    traced_kwargs = trace_key(model, tm.y, tm.times, tm.kwargs)
+    if traced_kwargs is None:
+        raise ValueError(
+            "`checkpoint` needs `model_kwargs` whose values have a stable repr (numbers, "
+            "strings, arrays): a resumed run must recognise them."
+        )
+    return ckpt.fingerprint(
+        {} if start is None else start,
+        model=f"{getattr(model, '__module__', '')}.{getattr(model, '__qualname__', '')}",
+        y=tm.y,
+        times=tm.times,
+        model_kwargs=traced_kwargs[2],
+        num_warmup=int(num_warmup),
+        num_chains=int(num_chains),
+        chain_method=chain_method,
+        target_accept_prob=float(target_accept_prob),
+        seed=int(seed),
+    )
+
+
+def _attach(idata, em_values: dict | None, truth: dict | None):
+    """`idata` with the EM estimate and the truth, where given, as JSON attributes of its
+    posterior group."""
     attrs = idata["posterior"].attrs
     if em_values is not None:
         attrs[EM_ATTR] = _jsonable(em_values)

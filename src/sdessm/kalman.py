@@ -17,27 +17,26 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, ArrayLike, Float
 
 from . import parallel
-from ._checks import check_observations, check_times, concrete, float64
-from .discretize import (
-    discretize_grouped,
-    discretize_params,
-    shared_if_uniform,
-    symmetrize,
-    time_steps,
-)
-from .params import LGSSMParams, SDEParams, as_arrays, as_float_array
+from ._checks import concrete, float64
+from .discretize import symmetrize
+from .params import LGSSMParams, SDEParams
+from .problem import Problem, is_complete, resolve, shares_mask
 from .recursion import (
+    STEADY_STEPS,
     FilterResult,
     SmootherResult,
+    decoupled,
+    observed_rows,
+    predict,
+    predict_cov,
     scan_inputs,
-    shares_mask,
     smoothed_cov,
     smoother_gain,
+    steady,
     update_rows,
 )
 
@@ -69,7 +68,7 @@ def _filter_rows_core(params: LGSSMParams, y, complete: bool):
         m, P = carry
         k, y_k, obs_k = xs
         f = shared | k
-        m_pred, P_pred = m @ f["A"].T, symmetrize(f["A"] @ P @ f["A"].T + f["Sigma"])
+        m_pred, P_pred = predict(m, P, f["A"], f["Sigma"])
         m_f, P_f, ll = update_rows(m_pred, P_pred, f["H"], f["u"], f["R"], y_k, obs_k, complete)
         return (m_f, P_f), (m_f, P_f, m_pred, P_pred, ll)
 
@@ -163,13 +162,6 @@ def smoother_sequence(params: LGSSMParams, y, complete: bool = False) -> Smoothe
     )
 
 
-#: Steady-state log-likelihood: the covariance recursion runs this many steps alone; if its
-#: predicted covariance then changes by at most `LOGLIK_STEADY_RTOL` (relative, max norm) from one
-#: step to the next, the remaining steps reuse the last gains and only the means are recursed.
-LOGLIK_STEADY_STEPS = 128
-LOGLIK_STEADY_RTOL = 1e-13
-
-
 def _scalar_update(P, h):
     r"""Condition the covariance P on one whitened scalar observation $h^\top x + \varepsilon$,
     $\varepsilon \sim N(0, 1)$. Returns `(P after, gain g = P h / s, s = h^T P h + 1)`.
@@ -210,11 +202,10 @@ def _loglik_steady(A, Sigma, H_w, y_w, mu1, P1, num_steps: int):
 
     def cov_step(P, _):
         P_f, g, s = _absorb(P, H_w)
-        return symmetrize(A @ P_f @ A.T + Sigma), (g, s, P)
+        return predict_cov(P_f, A, Sigma), (g, s, P)
 
     P_n, (gains, ss, Ps) = jax.lax.scan(cov_step, P1, None, length=num_steps)
-    change = jnp.max(jnp.abs(P_n - Ps[-1]))
-    converged = change <= LOGLIK_STEADY_RTOL * jnp.max(jnp.abs(P_n))
+    converged = steady(Ps[-1], P_n)
     _, g_inf, s_inf = _absorb(P_n, H_w)
     rest = y_w.shape[0] - num_steps
     gains = jnp.concatenate([gains, jnp.broadcast_to(g_inf, (rest,) + g_inf.shape)])
@@ -243,7 +234,7 @@ def loglik_sequence(params: LGSSMParams, y, complete: bool = False):
     $C^{-1} H$, unit noise) and their components are absorbed one at a time by scalar updates
     (`_scalar_update`, Joseph form in rank-one corrections): no matrix factorisation inside the
     recursion (for complete data $C$ is computed once) and no moments kept. Complete data on
-    uniform steps longer than `2 * LOGLIK_STEADY_STEPS` take the steady-state form when the
+    uniform steps longer than `2 * STEADY_STEPS` take the steady-state form when the
     Riccati recursion has converged (checked at run time; otherwise the full recursion runs).
     Emissions that vary per step fall back to the Joseph-form filter.
 
@@ -265,8 +256,7 @@ def loglik_sequence(params: LGSSMParams, y, complete: bool = False):
     def whiten(y_k, obs_k):
         """(C^{-1} H, C^{-1} (y_k - u) (of each row), log|C| + n_obs log(2 pi) / 2) on the
         observed entries."""
-        H_k = jnp.where(obs_k[:, None], H, 0.0)
-        R_k = jnp.where(obs_k[:, None] & obs_k[None, :], R, jnp.eye(p, dtype=R.dtype))
+        H_k, R_k = observed_rows(H, obs_k), decoupled(R, obs_k)
         e = jnp.where(_lift(obs_k, y_k), y_k - _lift(u, y_k), 0.0)
         C = jnp.linalg.cholesky(R_k)
         n_obs = jnp.sum(obs_k).astype(y_k.dtype)
@@ -302,8 +292,7 @@ def loglik_sequence(params: LGSSMParams, y, complete: bool = False):
             m, P = carry
             k, y_k, obs_k = xs
             f = shared | k
-            m, P = m @ f["A"].T, symmetrize(f["A"] @ P @ f["A"].T + f["Sigma"])
-            m, P, ll = update(m, P, y_k, obs_k)
+            m, P, ll = update(*predict(m, P, f["A"], f["Sigma"]), y_k, obs_k)
             return (m, P), ll
 
         # summed by `jnp.sum` at the end, not as a running total in the carry: in float32 such a
@@ -312,70 +301,15 @@ def loglik_sequence(params: LGSSMParams, y, complete: bool = False):
         _, lls = jax.lax.scan(step, (m, P), xs)
         return ll + jnp.sum(lls, axis=0)
 
-    if not complete or tv["A"] or tv["Sigma"] or T <= 2 * LOGLIK_STEADY_STEPS:
+    if not complete or tv["A"] or tv["Sigma"] or T <= 2 * STEADY_STEPS:
         return full()
-    steady, converged = _loglik_steady(
-        params.A, params.Sigma, H_w, y_w, params.mu1, params.P1, LOGLIK_STEADY_STEPS
+    value, converged = _loglik_steady(
+        params.A, params.Sigma, H_w, y_w, params.mu1, params.P1, STEADY_STEPS
     )
-    return jax.lax.cond(converged, lambda: steady - T * const, full)
+    return jax.lax.cond(converged, lambda: value - T * const, full)
 
 
 # --------------------------------------------------------------------------- public boundary
-
-
-def prepare(params, y, times=None, dt=None):
-    """Validate and resolve the public arguments into `(LGSSMParams, y, params_batched)`.
-
-    `params_batched` is True when the discrete parameters carry a leading sequence axis (an
-    `SDEParams` with per-sequence times of shape `(B, T)`).
-    """
-    if isinstance(params, SDEParams):
-        params = as_arrays(params)
-        y = as_float_array(y, "y")
-        params.validate(num_timesteps=y.shape[-2] if y.ndim in (2, 3) else None)
-        check_observations(y, params.obs_dim)
-        T = y.shape[-2]
-        if times is not None and dt is not None:
-            raise ValueError("give either `times` or `dt`, not both.")
-        if times is None and dt is None:
-            raise ValueError("an `SDEParams` needs the observation `times` (or a uniform `dt`).")
-        if dt is not None:
-            return discretize_params(params, dt=dt), y, False
-        steps = time_steps(times)
-        times = as_float_array(times, "times")
-        check_times("times", times, T)
-        if times.ndim == 1:
-            A, Sigma = discretize_grouped(params.F, params.Q, steps)
-            A, Sigma = shared_if_uniform(A, Sigma, steps)
-            return LGSSMParams(A, Sigma, *params[2:]), y, False
-        if y.ndim != 3 or y.shape[0] != times.shape[0]:
-            raise ValueError(
-                f"`times` of shape {times.shape} gives one time grid per sequence, so `y` must be "
-                f"({times.shape[0]}, {T}, p); got {y.shape}."
-            )
-        A, Sigma = discretize_grouped(params.F, params.Q, steps)
-        return LGSSMParams(A, Sigma, *params[2:]), y, True
-    if isinstance(params, LGSSMParams):
-        if times is not None or dt is not None:
-            raise ValueError(
-                "`times`/`dt` apply to `SDEParams`; an `LGSSMParams` already holds its steps."
-            )
-        params = as_arrays(params)
-        y = as_float_array(y, "y")
-        params.validate(num_timesteps=y.shape[-2] if y.ndim in (2, 3) else None)
-        check_observations(y, params.obs_dim)
-        return params, y, False
-    raise TypeError(f"`params` must be SDEParams or LGSSMParams; got {type(params).__name__}.")
-
-
-def is_complete(y) -> bool:
-    """Whether `y` is concrete and holds no NaN (a faster update without masks applies).
-
-    Test the caller's `y` before it is converted: inside a trace even a NumPy array becomes a
-    tracer once it passes through `jnp.asarray`.
-    """
-    v = concrete(y)
-    return v is not None and np.issubdtype(v.dtype, np.number) and not np.isnan(v).any()
 
 
 def map_sequences(fn, params, y, params_batched, complete: bool | None = None):
@@ -386,6 +320,15 @@ def map_sequences(fn, params, y, params_batched, complete: bool | None = None):
     complete = is_complete(y) if complete is None else complete
     same_mask = complete or shares_mask(y)
     return map_sequences_jit(fn, params, y, params_batched, complete, same_mask)
+
+
+def run(fn, problem: Problem, complete: bool | None = None):
+    """`map_sequences` on a resolved `Problem`, with its flags (`complete` overrides its own)."""
+    complete = problem.complete if complete is None else complete
+    same_mask = complete or problem.same_mask
+    return map_sequences_jit(
+        fn, problem.params, problem.y, problem.params_batched, complete, same_mask
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "params_batched", "complete", "same_mask"))
@@ -435,7 +378,7 @@ def _single_sequence(kind: str, method: str):
 def kalman_filter(
     params: LGSSMParams | SDEParams,
     y: Float[ArrayLike, "*B T p"],
-    times: Float[ArrayLike, "*B T"] | None = None,
+    times: Float[ArrayLike, "*#B T"] | None = None,
     *,
     dt: float | None = None,
     method: str = "sequential",
@@ -470,16 +413,14 @@ def kalman_filter(
         (True, [[[1.0]]])
     """
     fn = _single_sequence("filter", method)
-    complete = is_complete(y)
-    lgssm, y, batched = prepare(params, y, times, dt)
-    return map_sequences(fn, lgssm, y, batched, complete)
+    return run(fn, resolve(params, y, times, dt))
 
 
 @float64
 def log_likelihood(
     params: LGSSMParams | SDEParams,
     y: Float[ArrayLike, "*B T p"],
-    times: Float[ArrayLike, "*B T"] | None = None,
+    times: Float[ArrayLike, "*#B T"] | None = None,
     *,
     dt: float | None = None,
     method: str = "sequential",
@@ -511,25 +452,23 @@ def log_likelihood(
     if complete not in (None, True, False):
         raise ValueError(f"`complete` must be None, True or False; got {complete!r}.")
     traced = concrete(y) is None
-    if complete is None and not traced:
-        complete = is_complete(y)
-    elif complete and not traced and not is_complete(y):
+    problem = resolve(params, y, times, dt)
+    if complete and not traced and not problem.complete:
         raise ValueError("`complete=True` promises no NaN in `y`, but `y` holds NaN.")
-    lgssm, y, batched = prepare(params, y, times, dt)
-    if complete is None:  # a traced y: which path is decided when it runs
+    if complete is None and traced:  # which path is decided when it runs
 
         def path(flag):
-            return lambda: map_sequences(fn, lgssm, y, batched, flag)
+            return lambda: run(fn, problem, flag)
 
-        return jax.lax.cond(jnp.isnan(y).any(), path(False), path(True))
-    return map_sequences(fn, lgssm, y, batched, complete)
+        return jax.lax.cond(jnp.isnan(problem.y).any(), path(False), path(True))
+    return run(fn, problem, complete)
 
 
 @float64
 def rts_smoother(
     params: LGSSMParams | SDEParams,
     y: Float[ArrayLike, "*B T p"],
-    times: Float[ArrayLike, "*B T"] | None = None,
+    times: Float[ArrayLike, "*#B T"] | None = None,
     *,
     dt: float | None = None,
     method: str = "sequential",
@@ -555,6 +494,4 @@ def rts_smoother(
         True
     """
     fn = _single_sequence("smoother", method)
-    complete = is_complete(y)
-    lgssm, y, batched = prepare(params, y, times, dt)
-    return map_sequences(fn, lgssm, y, batched, complete)
+    return run(fn, resolve(params, y, times, dt))

@@ -19,7 +19,7 @@ from jax.scipy.linalg import cho_factor, cho_solve
 
 from .discretize import symmetrize
 from .params import LGSSMParams
-from .stats import SufficientStats
+from .recursion import SufficientStats
 
 R_STRUCTURES = ("full", "diagonal", "isotropic")
 

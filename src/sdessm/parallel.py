@@ -85,7 +85,9 @@ from .params import LGSSMParams
 from .recursion import (
     FilterResult,
     SmootherResult,
+    decoupled,
     joseph,
+    observed_rows,
     predict,
     scan_inputs,
     smoothed_cov,
@@ -101,9 +103,8 @@ def _mask(H, u, R, y, complete: bool):
     if complete:
         return H, R, y - u, p
     obs = ~jnp.isnan(y)
-    H = jnp.where(obs[:, None], H, 0.0)
-    R = jnp.where(obs[:, None] & obs[None, :], R, jnp.eye(p, dtype=R.dtype))
-    return H, R, jnp.where(obs, y - u, 0.0), jnp.sum(obs).astype(y.dtype)
+    e = jnp.where(obs, y - u, 0.0)
+    return observed_rows(H, obs), decoupled(R, obs), e, jnp.sum(obs).astype(y.dtype)
 
 
 def _filter_element(A, Sigma, H, u, R, y, complete: bool = False):

@@ -11,11 +11,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.linalg import cho_solve, solve_triangular
 from jaxtyping import Array, Float
 
-from ._checks import concrete
 from .discretize import symmetrize
 from .params import LGSSMParams
 
@@ -48,6 +46,26 @@ class SmootherResult(NamedTuple):
     log_likelihood: Float[Array, "*B"]
 
 
+class SufficientStats(NamedTuple):
+    """Expected sufficient statistics, summed over sequences (see `sdessm.stats`).
+
+    Transition sums have a leading group axis `G` (groups of equal steps; `G = 1` for uniform
+    times). Emission sums have a leading axis `T` when collected per step, none otherwise.
+    """
+
+    x1: Float[Array, " d"]
+    x1x1: Float[Array, "d d"]
+    num_sequences: Float[Array, ""]
+    S00: Float[Array, "G d d"]
+    S10: Float[Array, "G d d"]
+    S11: Float[Array, "G d d"]
+    num_transitions: Float[Array, " G"]
+    yy: Float[Array, "*T p p"]
+    yx: Float[Array, "*T p d+1"]
+    xx: Float[Array, "*T d+1 d+1"]
+    num_emissions: Float[Array, "*T"]
+
+
 def joseph(P, gain, H, R):
     """Joseph-form filtered covariance (I - K H) P (I - K H)^T + K R K^T, symmetrised."""
     I_KH = jnp.eye(P.shape[-1], dtype=P.dtype) - gain @ H
@@ -70,9 +88,48 @@ def smoothed_cov(P_filt, P_smooth_next, gain, A, Sigma):
     return symmetrize(I_GA @ P_filt @ I_GA.T + gain @ (Sigma + P_smooth_next) @ gain.T)
 
 
+def predict_cov(P, A, Sigma):
+    """The predicted covariance `A P A^T + Sigma`, symmetrised."""
+    return symmetrize(A @ P @ A.T + Sigma)
+
+
 def predict(m, P, A, Sigma):
-    """One prediction step: the mean `A m` and covariance `A P A^T + Sigma` (symmetrised)."""
-    return A @ m, symmetrize(A @ P @ A.T + Sigma)
+    """One prediction step: the mean `A m` of each row of `m` (`(d,)` or `(b, d)`) and the
+    covariance `A P A^T + Sigma` (symmetrised)."""
+    return m @ A.T, predict_cov(P, A, Sigma)
+
+
+def observed_rows(H, obs):
+    """`H` with the rows of the missing entries (`obs` False) set to zero."""
+    return jnp.where(obs[:, None], H, 0.0)
+
+
+def decoupled(R, obs):
+    """`R` on the observed block and the identity on the missing entries: a missing component
+    gets unit variance and no covariance with the others (its Cholesky factor is that of the
+    observed block, interleaved with unit rows and columns)."""
+    both = obs[..., :, None] & obs[..., None, :]
+    return jnp.where(both, R, jnp.eye(R.shape[-1], dtype=R.dtype))
+
+
+#: Steady state: a covariance recursion with shared parameters and complete data on uniform
+#: steps runs this many steps exactly before its converged gains are reused (when it has
+#: converged, checked at run time by `steady`; otherwise the full recursion runs). The
+#: log-likelihood takes the shortcut on more than 2 STEADY_STEPS steps (one forward recursion,
+#: cheap to compile), the E-step from 8 STEADY_STEPS (two recursions; the compilation cost that
+#: sets this is measured in `sdessm.steady`). 128 rather than 256 (measured, d = 2, one core):
+#: 0.56 instead of 0.76 ms per log-likelihood gradient at T = 1000, 0.66 instead of 0.95 ms per
+#: E-step at T = 2000, and both recursions still converge for a lightly damped oscillator.
+STEADY_STEPS = 128
+#: Converged when successive covariances differ by at most this, relative to their size.
+STEADY_RTOL = 1e-13
+
+
+def steady(previous, current):
+    """Whether a covariance recursion has converged: `current` equals `previous` to
+    `STEADY_RTOL`, relative to the largest entry of `current` (a rule without units: it holds
+    for covariances of order 1e-8 and of order 1e8 alike)."""
+    return jnp.max(jnp.abs(current - previous)) <= STEADY_RTOL * jnp.max(jnp.abs(current))
 
 
 def scan_inputs(params: LGSSMParams):
@@ -89,6 +146,18 @@ def scan_inputs(params: LGSSMParams):
     return shared, per_step, first
 
 
+def kalman_gain(P, H, R):
+    r"""The gain $K = P H^\top S^{-1}$ of an update, $S = H P H^\top + R$, from one Cholesky
+    factor $L$ of $S$ and one triangular solve of $L^{-1} [H P,\ I]$:
+    `(K, L^{-1} H P, L^{-1}, log|S|)`."""
+    p, d = H.shape
+    HP = H @ P
+    chol = jnp.linalg.cholesky(symmetrize(HP @ H.T + R))
+    W = solve_triangular(chol, jnp.concatenate([HP, jnp.eye(p, dtype=P.dtype)], axis=1), lower=True)
+    W_P, L_inv = W[:, :d], W[:, d:]
+    return W_P.T @ L_inv, W_P, L_inv, 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+
+
 def update_rows(m, P, H, u, R, y, obs, complete: bool = False):
     r"""Condition the rows of `m` `(b, d)`, which share the covariance `P` and the NaN mask `obs`
     `(p,)`, on the observed entries of their `y` `(b, p)` ~ N(H x + u, R): `(m, P, loglik (b,))`.
@@ -100,31 +169,16 @@ def update_rows(m, P, H, u, R, y, obs, complete: bool = False):
     masking. The rows only meet matrix products (the gain comes from `P` alone): sharded along
     the sequences, they need no exchange.
     """
-    p, d = H.shape
+    p = H.shape[0]
     if complete:
         E = y - m @ H.T - u[None]
         n_obs = p
     else:
-        H = jnp.where(obs[:, None], H, 0.0)
-        R = jnp.where(obs[:, None] & obs[None, :], R, jnp.eye(p, dtype=R.dtype))
+        H, R = observed_rows(H, obs), decoupled(R, obs)
         E = jnp.where(obs[None], y - m @ H.T - u[None], 0.0)
         n_obs = jnp.sum(obs).astype(y.dtype)
-    HP = H @ P
-    chol = jnp.linalg.cholesky(symmetrize(HP @ H.T + R))
-    W = solve_triangular(chol, jnp.concatenate([HP, jnp.eye(p, dtype=P.dtype)], axis=1), lower=True)
-    W_P, L_inv = W[:, :d], W[:, d:]  # L^{-1} H P and L^{-1}, with S = L L^T
-    gain = W_P.T @ L_inv  # K = P H^T S^{-1}
+    gain, W_P, L_inv, log_det = kalman_gain(P, H, R)
     P = joseph(P, gain, H, R)
     w = E @ L_inv.T  # whitened innovations
     m = m + w @ W_P
-    log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
     return m, P, -0.5 * (n_obs * jnp.log(2.0 * jnp.pi) + log_det + jnp.sum(w * w, axis=1))
-
-
-def shares_mask(y) -> bool:
-    """Whether `y` `(B, T, p)` is concrete and all its sequences have the NaN mask of the first."""
-    v = concrete(y)
-    if v is None or not np.issubdtype(v.dtype, np.floating):
-        return False
-    missing = np.isnan(v)
-    return bool((missing == missing[:1]).all())

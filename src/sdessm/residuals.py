@@ -24,8 +24,10 @@ from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import float64
-from .kalman import kalman_filter, prepare
+from .kalman import kalman_filter
 from .params import LGSSMParams, SDEParams
+from .problem import resolve
+from .recursion import decoupled
 
 
 class Innovations(NamedTuple):
@@ -46,7 +48,7 @@ class Innovations(NamedTuple):
 def innovations(
     params: LGSSMParams | SDEParams,
     y: Float[ArrayLike, "*B T p"],
-    times: Float[ArrayLike, "*B T"] | None = None,
+    times: Float[ArrayLike, "*#B T"] | None = None,
     *,
     dt: float | None = None,
 ) -> Innovations:
@@ -76,7 +78,7 @@ def innovations(
         [1.414214, nan]
     """
     filtered = kalman_filter(params, y, times, dt=dt)
-    discrete, y, _ = prepare(params, y, times, dt)
+    discrete, y = resolve(params, y, times, dt)[:2]
     m, P = filtered.predicted_means, filtered.predicted_covs
     lead = m.shape[:-1]  # (*B, T); H, u, R are shared or one per step (T leading)
     H, u, R = (
@@ -88,10 +90,8 @@ def innovations(
     S = 0.5 * (S + jnp.swapaxes(S, -1, -2))
     observed = ~jnp.isnan(y)
     e = jnp.where(observed, y - predicted, 0.0)
-    # the observed block of S, the identity on the missing entries: its Cholesky factor is that
-    # of the observed block, interleaved with unit rows and columns
-    both = observed[..., :, None] & observed[..., None, :]
-    C = jnp.linalg.cholesky(jnp.where(both, S, jnp.eye(S.shape[-1], dtype=S.dtype)))
+    # the observed block of S, the identity on the missing entries
+    C = jnp.linalg.cholesky(decoupled(S, observed))
     w = solve_triangular(C, e[..., None], lower=True)[..., 0]
     log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(C, axis1=-2, axis2=-1)), axis=-1)
     n = jnp.sum(observed, axis=-1).astype(S.dtype)

@@ -1,0 +1,449 @@
+"""The commands of the command line: `fit`, `sample`, `demo`, `simulate`, `models` and `data`.
+
+Each command takes the parsed arguments (`sdessm.cli.build_parser`), checks its model, its data
+and its `--out` before any work, runs, prints what it found and writes its results, and returns
+its exit status. JAX, NumPyro and the heavier parts of sdessm are imported inside the commands,
+so that the command line answers bad arguments first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from .runs import (
+    Failed,
+    check_out,
+    em_with_warnings,
+    exit_status,
+    future_times,
+    load_model,
+    nuts_with_warnings,
+    print_warnings,
+    read_data,
+    write_results,
+)
+from .summaries import (
+    GENERAL_MODEL,
+    HDI_PROB,
+    coverage_note,
+    criteria_line,
+    display_table,
+    em_history_csv,
+    em_outcome,
+    em_summary,
+    em_table,
+    em_verdict,
+    forecast_outputs,
+    identified_functional,
+    identified_section,
+    model_facts,
+    nuts_verdict,
+    option_values,
+    residual_checks,
+    sde_text,
+    smoothing_figures,
+)
+
+# --------------------------------------------------------------------------- fit (EM)
+
+
+def fit_command(args: argparse.Namespace) -> int:
+    """EM on data from a CSV file."""
+    from .io import describe_data, json_text
+    from .report import Note, Pre, versions
+
+    module = load_model(args)
+    times, y, names = read_data(args)
+    check_out(args)
+    future = future_times(times, args.forecast) if args.forecast else None
+    print(f"EM ({args.objective}) of {args.model} on {len(times)} rows of {names}", flush=True)
+    em, caught = em_with_warnings(args, module, times, y, args.objective, init=args.init)
+    table, se, note = em_table(em)
+    notes = em_verdict(em, args, note, caught)
+    criteria = em.information_criteria()
+    print(em_summary(em, f"log-likelihood {em.log_likelihood:.6g}"))
+    print(criteria_line(criteria))
+    print(table.to_string(float_format=lambda v: f"{v:.5g}", na_rep="-"))
+    print_warnings(notes)
+
+    figures, checks_section, checks_saved = _fit_figures(times, y, names, em)
+    forecast_files, forecast_section = _fit_forecast(times, y, names, em, future)
+    data = {"file": args.data, **describe_data(times, y, names)}
+    options = ("model", "objective", "iters", "psd", "time_column", "columns", "forecast")
+    settings = option_values(args, (*options, "checkpoint"))
+    results = _fit_results(
+        args,
+        em,
+        notes,
+        data=data,
+        settings=settings,
+        estimates=(se, note),
+        criteria=criteria,
+        checks=checks_saved,
+    )
+    write_results(
+        args,
+        {
+            "params.json": json_text(results),
+            "em_history.csv": em_history_csv(em),
+            **figures,
+            **forecast_files,
+        },
+        f"sdessm fit: {args.model} on {args.data}",
+        [
+            ("Result", [*(Note(kind, text) for kind, text in notes), em_outcome(em, criteria)]),
+            ("Data", data),
+            ("Model", [model_facts(args, module), Pre(sde_text(em.sde))]),
+            ("Estimates and standard errors", [table, *([Note("warning", note)] if note else [])]),
+            *identified_section(module, em),
+            ("Data and the smoothed signal (95% band)", figures["smoothed_observations.png"]),
+            ("Latent states (95% band)", figures["smoothed_states.png"]),
+            ("EM progress", figures["em_history.png"]),
+            checks_section,
+            *forecast_section,
+            ("Settings", settings),
+            ("Versions", versions()),
+        ],
+    )
+    return exit_status(args, notes)
+
+
+def _fit_figures(times, y, names, em) -> tuple[dict, tuple, dict]:
+    """The figures of a fit (the smoothed signal and states, EM's progress, the residuals) and
+    its residual checks: `(figures, report section, checks for params.json)`."""
+    from .diagnostics import plot_em_history
+
+    figures = {**smoothing_figures(times, y, names, em.sde), "em_history.png": plot_em_history(em)}
+    checks, saved, figure = residual_checks(em.sde, times, y, names)
+    if figure is not None:
+        figures["residuals.png"] = figure
+    section = (
+        "Residual checks: the standardised one-step-ahead prediction errors, i.i.d. "
+        "N(0, 1) under the model; small p-values say what it misses",
+        [checks, *([figure] if figure is not None else [])],
+    )
+    return figures, section, saved
+
+
+def _fit_forecast(times, y, names, em, future) -> tuple[dict, list]:
+    """forecast.csv and forecast.png at the EM estimate, and their report section; nothing
+    without `--forecast` (`future` None)."""
+    from .forecast import forecast
+
+    if future is None:
+        return {}, []
+    files = forecast_outputs(times, y, names, forecast(em.sde, y, times, future))
+    return files, [("Forecast at the EM estimate (95% band)", files["forecast.png"])]
+
+
+def _fit_results(args, em, notes, *, data, settings, estimates, criteria, checks) -> dict:
+    """What params.json holds of a fit: its data and settings, the estimates and their standard
+    errors (`estimates`: the standard errors and the note on them), the log-likelihood and the
+    information criteria, the residual checks, how EM ended and its warnings."""
+    from .report import versions
+
+    se, note = estimates
+    return {
+        "model": args.model,
+        "data": data,
+        "settings": settings,
+        "objective": args.objective,
+        "params": em.params,
+        "standard_errors": se,
+        "standard_errors_note": note,
+        "log_likelihood": em.log_likelihood,
+        "information_criteria": criteria,
+        "residual_tests": checks,
+        "converged": em.converged,
+        "convergence": em.report.get("convergence"),
+        "gradient_norm": em.report.get("gradient_norm"),
+        "predicted_gain": em.report.get("predicted_gain"),
+        "boundary": em.report.get("boundary"),
+        "stopped": em.report["stopped"],
+        "iterations": em.num_iters,
+        "warnings": [text for kind, text in notes if kind != "ok"],
+        "versions": versions(),
+    }
+
+
+# --------------------------------------------------------------------------- sample (NUTS)
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    """NUTS on data from a CSV file."""
+    from .diagnostics import plot_recovery, plot_trace_rank, recovery_table
+    from .forecast import forecast_posterior
+    from .io import describe_data
+    from .report import Note, Pre, versions
+
+    module = load_model(args)
+    times, y, names = read_data(args)
+    check_out(args)
+    future = future_times(times, args.forecast) if args.forecast else None
+    init, caught = None, []
+    if args.init is not None and not args.init_from_em:
+        raise ValueError("--init sets the start of EM: give it with --init-from-em.")
+    if args.init_from_em:
+        print(f"EM (MAP) of {args.model} to start the chains", flush=True)
+        init, caught = em_with_warnings(args, module, times, y, "map", init=args.init)
+    print(
+        f"NUTS of {args.model} on {len(times)} rows of {names}: {args.chains} chains x "
+        f"({args.warmup} warmup + {args.draws} draws)",
+        flush=True,
+    )
+    idata, more = nuts_with_warnings(args, module, times, y, init)
+    table = recovery_table(idata, functional=identified_functional(module), hdi_prob=HDI_PROB)
+    shown = display_table(table).drop(columns=["truth", "truth_in_hdi", "em_in_hdi"])
+    print(shown.to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    notes = nuts_verdict(idata, table, args.chains) + [("warning", t) for t in caught + more]
+    print_warnings(notes)
+    figures = {"posterior.png": plot_recovery(table), "trace_rank.png": plot_trace_rank(idata)}
+    extra, sections = {}, []
+    if future is not None:
+        print(f"posterior predictive forecast of {args.forecast} steps", flush=True)
+        paths = forecast_posterior(module.model, idata, y, times, future, seed=args.seed)
+        extra = forecast_outputs(times, y, names, paths)
+        sections = [("Posterior predictive forecast (95% band)", extra["forecast.png"])]
+    options = ("model", "chains", "warmup", "draws", "seed", "target_accept", "init_from_em")
+    settings = option_values(args, (*options, "time_column", "columns", "forecast", "checkpoint"))
+    level = f"{HDI_PROB:.0%}"
+    write_results(
+        args,
+        {"posterior.nc": idata, "summary.csv": table.to_csv(), **figures, **extra},
+        f"sdessm sample: {args.model} on {args.data}",
+        [
+            ("Result", [Note(kind, text) for kind, text in notes]),
+            ("Data", {"file": args.data, **describe_data(times, y, names)}),
+            ("Model", [model_facts(args, module), Pre(GENERAL_MODEL)]),
+            (f"Posterior: mean, sd, {level} highest-density interval, R-hat, ESS", shown),
+            (f"Posterior means and {level} HDIs", figures["posterior.png"]),
+            ("Chains", figures["trace_rank.png"]),
+            *sections,
+            ("Settings", settings),
+            ("Versions", versions()),
+        ],
+    )
+    return exit_status(args, notes)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Simulate a zoo model with known truth, fit by EM (MAP) and NUTS, compare, report."""
+    import numpy as np
+
+    from .diagnostics import plot_em_history, plot_recovery, plot_trace_rank
+    from .io import describe_data, json_text
+    from .report import Note, Pre, versions
+
+    module = load_model(args, needs=("TRUE_PARAMS", "to_sde"))
+    check_out(args)
+    clock = time.perf_counter()
+    truth = {k: np.asarray(v, dtype=float) for k, v in module.TRUE_PARAMS.items()}
+    times, x, y, names = _demo_data(args, module)
+    em, idata, caught = _demo_fits(args, module, times, y, truth)
+    table, shown, coverage = _demo_recovery(module, idata)
+    notes = em_verdict(em, args, None, []) + nuts_verdict(idata, table, args.chains)
+    notes += [("warning", t) for t in caught]
+    print_warnings(notes)
+
+    print(f"[5/5] writing {args.out}", flush=True)
+    figures = {
+        **smoothing_figures(times, y, names, em.sde, x),
+        "em_history.png": plot_em_history(em),
+        "recovery.png": plot_recovery(table),
+        "trace_rank.png": plot_trace_rank(idata),
+    }
+    source = f"simulated from {args.model} at its TRUE_PARAMS (seed {args.seed})"
+    data = {"source": source, **describe_data(times, y, names)}
+    options = ("model", "n", "dt", "missing", "chains", "warmup", "draws", "seed", "iters")
+    settings = option_values(args, options)
+    results = _demo_results(args, em, table, notes, data=data, settings=settings, truth=truth)
+    level = f"{HDI_PROB:.0%}"
+    coverage_kind = "info" if coverage.startswith("Every") else "warning"
+    write_results(
+        args,
+        {
+            "params.json": json_text(results),
+            "em_history.csv": em_history_csv(em),
+            "posterior.nc": idata,
+            **figures,
+        },
+        f"sdessm demo: {args.model}",
+        [
+            ("Result", [Note(kind, text) for kind, text in notes]),
+            (
+                "Recovery: truth, EM (MAP) and the NUTS posterior",
+                [shown, Note(coverage_kind, coverage)],
+            ),
+            (f"Parameters: posterior mean and {level} HDI, truth and EM", figures["recovery.png"]),
+            ("Data", data),
+            ("Model", [model_facts(args, module), Pre(GENERAL_MODEL)]),
+            (
+                "Data and the smoothed signal at the EM estimate (95% band)",
+                figures["smoothed_observations.png"],
+            ),
+            (
+                "Latent states at the EM estimate (95% band) and the truth",
+                figures["smoothed_states.png"],
+            ),
+            ("EM progress", figures["em_history.png"]),
+            ("NUTS chains", figures["trace_rank.png"]),
+            ("Settings", settings),
+            ("Versions", versions()),
+        ],
+    )
+    print(f"done in {time.perf_counter() - clock:.0f} s")
+    return exit_status(args, notes)
+
+
+def _demo_data(args, module):
+    """Step 1 of the demo: `(times, x, y, names)`, the model simulated at its `TRUE_PARAMS`
+    with a fraction `--missing` of the values removed."""
+    import numpy as np
+
+    print(f"[1/5] simulating {args.model}: T = {args.n}, dt = {args.dt}", flush=True)
+    times, x, y = _simulate_zoo(module, args.n, args.dt, args.missing, args.seed)
+    print(f"      {int(np.isnan(y).sum())} of {y.size} values removed (missing)", flush=True)
+    names = [f"y{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["y"]
+    return times, x, y, names
+
+
+def _demo_fits(args, module, times, y, truth):
+    """Steps 2 and 3 of the demo: EM (MAP) from a wrong start, then NUTS from the EM estimate:
+    `(EM result, ArviZ data, the warning lines of both)`."""
+    print("[2/5] EM (MAP) from a wrong start", flush=True)
+    start = {**_start_values(truth), **(args.init or {})}
+    em, caught = em_with_warnings(args, module, times, y, "map", init=start)
+    ll = f"log-likelihood {em.log_likelihoods[0]:.2f} -> {em.log_likelihood:.2f}"
+    print(f"      {em_summary(em, ll)}", flush=True)
+    print(
+        f"[3/5] NUTS: {args.chains} chains x ({args.warmup} warmup + {args.draws} draws)",
+        flush=True,
+    )
+    idata, more = nuts_with_warnings(args, module, times, y, em, truth)
+    return em, idata, caught + more
+
+
+def _demo_recovery(module, idata):
+    """Step 4 of the demo: truth vs EM vs posterior, printed: `(recovery table, the table as
+    shown, the note on the truths outside their intervals)`."""
+    from .diagnostics import recovery_table
+
+    print("[4/5] recovery: truth vs EM vs posterior", flush=True)
+    table = recovery_table(idata, functional=identified_functional(module), hdi_prob=HDI_PROB)
+    shown = display_table(table).drop(columns=["ess_tail", "truth_in_hdi", "em_in_hdi"])
+    print(shown.to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"), flush=True)
+    coverage = coverage_note(table)
+    print(coverage, flush=True)
+    return table, shown, coverage
+
+
+def _demo_results(args, em, table, notes, *, data, settings, truth) -> dict:
+    """What the demo's params.json holds: its data and settings, the truth, the EM fit, the
+    recovery table and the warnings."""
+    from .report import versions
+
+    return {
+        "model": args.model,
+        "data": data,
+        "settings": settings,
+        "truth": truth,
+        "em": {
+            "objective": "map",
+            "params": em.params,
+            "log_likelihood": em.log_likelihood,
+            "converged": em.converged,
+            "stopped": em.report["stopped"],
+            "iterations": em.num_iters,
+        },
+        "recovery": table.to_dict(orient="index"),
+        "hdi_prob": HDI_PROB,
+        "warnings": [text for kind, text in notes if kind != "ok"],
+        "versions": versions(),
+    }
+
+
+def _start_values(truth: dict) -> dict:
+    """A wrong start for the demo: every true value scaled by 0.7 (signs kept)."""
+    import numpy as np
+
+    return {k: 0.7 * np.asarray(v, dtype=float) for k, v in truth.items()}
+
+
+def _simulate_zoo(module, n: int, dt: float, missing: float, seed: int):
+    """`(times, x, y)`: a model simulated at `TRUE_PARAMS`, a `missing` fraction of y NaN."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .io import decimal_grid
+    from .simulate import simulate
+
+    sde = module.to_sde(**{k: jnp.asarray(v, dtype=float) for k, v in module.TRUE_PARAMS.items()})
+    times = decimal_grid(0.0, dt, n)
+    x, y = simulate(jax.random.key(seed), sde, times)
+    x, y = np.asarray(x), np.array(y)
+    y[np.random.default_rng(seed).uniform(size=y.shape) < missing] = np.nan
+    return times, x, y
+
+
+# --------------------------------------------------------------------------- simulate, models, data
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    """Simulate a zoo model at its default parameters and write the observations as CSV."""
+    from .io import write_csv
+
+    module = load_model(args, needs=("TRUE_PARAMS", "to_sde"))
+    check_out(args, kind="file")
+    times, _, y = _simulate_zoo(module, args.n, args.dt, args.missing, args.seed)
+    names = [f"y{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["y"]
+    try:
+        write_csv(args.out, times, y, names)
+    except OSError as err:
+        raise Failed(f"cannot write --out {args.out}: {err.strerror or err}") from None
+    print(
+        f"wrote {args.out}: {args.n} rows of t,{','.join(names)} "
+        f"({args.model} at {module.TRUE_PARAMS})"
+    )
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    """List the zoo, one line each."""
+    from .models import available
+
+    zoo = available()
+    width = max(map(len, zoo))
+    for name, summary in sorted(zoo.items()):
+        print(f"{name:<{width}}  {summary}")
+    return 0
+
+
+def data_command(args: argparse.Namespace) -> int:
+    """List the shipped data sets, or write one as CSV."""
+    import shutil
+
+    from . import datasets
+    from .outputs import atomic_path
+
+    if args.name is None:
+        for name in sorted(datasets.available()):
+            info = datasets.info(name)
+            print(f"{name}: {info['summary']}")
+            print(f"  source: {info['source']}")
+            print(f"  licence: {info['licence']}")
+        return 0
+    info = datasets.info(args.name)
+    args.out = args.out or f"{args.name}.csv"
+    check_out(args, kind="file")
+    try:
+        with atomic_path(args.out) as tmp:
+            shutil.copyfile(info["path"], tmp)
+    except OSError as err:
+        raise Failed(f"cannot write --out {args.out}: {err.strerror or err}") from None
+    print(f"wrote {args.out} ({info['summary']}; time column {info['time_column']!r})")
+    return 0
