@@ -36,7 +36,8 @@ def is_complete(y) -> bool:
     Test the caller's `y` before it is converted: inside a trace even a NumPy array becomes a
     tracer once it passes through `jnp.asarray`.
     """
-    return mask_flags(y)[0]
+    v = concrete(y)
+    return v is not None and np.issubdtype(v.dtype, np.number) and not np.isnan(v).any()
 
 
 def shares_mask(y) -> bool:

@@ -24,7 +24,7 @@ from jax.scipy.linalg import solve_triangular
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import float64
-from .kalman import kalman_filter
+from .kalman import filter_sequence, run
 from .params import LGSSMParams, SDEParams
 from .problem import resolve
 from .recursion import decoupled
@@ -77,8 +77,9 @@ def innovations(
         >>> [round(w, 6) for w in res.standardized[:, 0].tolist()]  # y_1 = 2 vs N(0, P1 + R)
         [1.414214, nan]
     """
-    filtered = kalman_filter(params, y, times, dt=dt)
-    discrete, y = resolve(params, y, times, dt)[:2]
+    problem = resolve(params, y, times, dt)  # discretised once, for the filter and here
+    filtered = run(filter_sequence, problem)
+    discrete, y = problem.params, problem.y
     m, P = filtered.predicted_means, filtered.predicted_covs
     lead = m.shape[:-1]  # (*B, T); H, u, R are shared or one per step (T leading)
     H, u, R = (
