@@ -15,11 +15,6 @@ from sdessm import em, fit
 PACKAGE = Path(sdessm.__file__).parent
 ARCHITECTURE = Path(__file__).parents[1] / "docs" / "architecture.md"
 
-#: Pairs of modules that import each other (one of them inside a function). The one left:
-#: `SDEParams.discretize(times)`, the convenience the README shows, calls the layer above it
-#: (`discretize_params`), imported when called. The test fails when a new pair appears.
-KNOWN_CYCLES = {frozenset({"params", "discretize"})}
-
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:
     """(modules of sdessm imported at module level, those imported anywhere else), without the
@@ -75,19 +70,12 @@ def test_module_level_imports_are_acyclic():
     assert _cycle(_graph("top")) is None
 
 
-def test_the_cycles_through_imports_in_functions_are_the_known_ones():
-    graph = _graph("all")
-    pairs = {frozenset({a, b}) for a in graph for b in graph[a] if a in graph[b]}
-    assert pairs == KNOWN_CYCLES
-    # no longer cycle than a pair either: remove the known pairs and nothing cyclic is left
-    for pair in KNOWN_CYCLES:
-        a, b = sorted(pair)
-        graph[a].discard(b)
-    assert _cycle(graph) is None
+def test_imports_in_functions_close_no_cycle_either():
+    assert _cycle(_graph("all")) is None
 
 
 @pytest.mark.parametrize(
-    "lower", ["errors", "params", "discretize", "kalman", "stats", "mstep", "information", "em"]
+    "lower", ["errors", "discretize", "params", "kalman", "stats", "mstep", "information", "em"]
 )
 def test_the_em_layers_never_import_the_numpyro_layer_or_above(lower):
     top, inner = _imports(PACKAGE / f"{lower}.py")
@@ -153,15 +141,14 @@ def _layers() -> dict[str, int]:
 
 
 def test_every_import_points_down_the_documented_layers():
-    """Each module imports (at any level) only from its own layer or below, but for the known
-    pairs that still import each other."""
+    """Each module imports (at any level) only from its own layer or below."""
     ranks = _layers()
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
     assert set(ranks) == modules
     upward = []
     for name, imported in _graph("all").items():
         for other in imported:
-            if ranks[other] > ranks[name] and frozenset({name, other}) not in KNOWN_CYCLES:
+            if ranks[other] > ranks[name]:
                 upward.append(f"{name} -> {other}")
     assert not upward
 
@@ -176,8 +163,8 @@ def test_the_module_map_lists_every_module():
 def test_imports_inside_functions_only_where_stated():
     """Modules of sdessm are imported at the top of a module, but for the NumPyro layer (imported
     on the paths that need it), the command line (which answers bad arguments before importing
-    JAX), `SDEParams.discretize` and `outputs`' version string."""
-    allowed = {("params", "discretize"), ("outputs", "__version__")}
+    JAX) and `outputs`' version string."""
+    allowed = {("outputs", "__version__")}
     inside = []
     for path in PACKAGE.glob("*.py"):
         if path.stem in ("__init__", "summaries", "runs", "commands", "cli"):

@@ -19,11 +19,11 @@ from reference import (
 )
 
 import sdessm
-from sdessm.discretize import continuous_discrete, diffusion_from_sigma
+from sdessm.discretize import diffusion_from_sigma
 from sdessm.em import _recover
 from sdessm.em_problem import step_groups
 from sdessm.mstep import closed_form_mstep, expected_complete_loglik
-from sdessm.params import LGSSMParams
+from sdessm.params import LGSSMParams, continuous_discrete
 from sdessm.problem import resolve
 from sdessm.results import EMResult
 from sdessm.stats import expected_stats

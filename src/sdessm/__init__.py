@@ -10,7 +10,6 @@ import importlib
 
 from .cache import enable_compilation_cache as enable_compilation_cache
 from .discretize import discretize as discretize
-from .discretize import discretize_params as discretize_params
 from .discretize import sde_from_discrete as sde_from_discrete
 from .errors import NoRealLogarithmError as NoRealLogarithmError
 from .errors import NotPSDError as NotPSDError
@@ -28,6 +27,7 @@ from .kalman import log_likelihood as log_likelihood
 from .kalman import rts_smoother as rts_smoother
 from .params import LGSSMParams as LGSSMParams
 from .params import SDEParams as SDEParams
+from .params import discretize_params as discretize_params
 from .realisation import subspace_start as subspace_start
 from .recursion import FilterResult as FilterResult
 from .recursion import SmootherResult as SmootherResult

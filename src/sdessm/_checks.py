@@ -19,7 +19,9 @@ import operator
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 #: Relative tolerance of the symmetry and PSD checks: a covariance `M` passes when
 #: `max|M - M^T| <= SYM_RTOL * max(1, max|M|)` and its smallest eigenvalue is
@@ -123,6 +125,31 @@ def check_real_dtype(name: str, dtype) -> None:
         raise TypeError(
             f"`{name}` must be a numeric array (integer or floating point); got dtype {dtype}."
         )
+
+
+def as_real_array(x, name: str = "value") -> Array:
+    """`x` as a JAX array of its own real dtype (integer or floating point).
+
+    Raises:
+        TypeError: naming `name` when `x` is not a real numeric array: strings, objects, ragged
+            nested lists, booleans and complex numbers are refused.
+    """
+    try:
+        arr = jnp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be a numeric array; {err}") from None
+    check_real_dtype(name, arr.dtype)
+    return arr
+
+
+def as_float_array(x, name: str = "value") -> Array:
+    """`x` as a JAX array of the default float dtype (float64 inside sdessm's entry points);
+    integer arrays are converted.
+
+    Raises:
+        TypeError: naming `name` when `x` is not a real numeric array (see `as_real_array`).
+    """
+    return as_real_array(x, name).astype(jnp.result_type(float))
 
 
 def check_finite(name: str, x, *, allow_nan: bool = False) -> None:

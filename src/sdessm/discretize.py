@@ -1,4 +1,7 @@
-r"""Exact discretisation of the LTI SDE (Van Loan) and the discrete model on a time grid.
+r"""Exact discretisation of the LTI SDE (Van Loan), and back (the block matrix logarithm).
+
+The maths on matrices alone: `sdessm.params` puts it on a time grid for a whole model
+(`discretize_params`, `SDEParams.discretize`).
 
 Over a step $s$ the SDE $dx = F x\,dt + L\,dW$ has Gaussian transitions
 $x_{t+s} \mid x_t \sim N(A x_t, \Sigma)$ with $A = e^{F s}$ and
@@ -30,16 +33,15 @@ import scipy.linalg
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import (
+    as_float_array,
+    as_real_array,
     check_covariance,
     check_dt,
     check_finite,
-    check_ndim_shape,
-    check_times,
     concrete,
     float64,
 )
 from .errors import NoRealLogarithmError
-from .params import LGSSMParams, SDEParams, as_arrays, as_float_array, as_real_array
 
 #: Largest $\max(\|F\|_1, \|F\|_\infty) h$ at which the series are evaluated.
 _THETA = 1.0
@@ -207,60 +209,6 @@ def discretize(
     return discretize_steps(F, L @ L.T, dt)
 
 
-@float64
-def discretize_params(
-    params: SDEParams, times: Float[ArrayLike, " T"] | None = None, *, dt=None
-) -> LGSSMParams:
-    r"""The exact discrete-time model of an `SDEParams` on a time grid.
-
-    Give either `times` (shape `(T,)`, strictly increasing) or a uniform step `dt`. Equal steps
-    (to 12 significant digits) share one matrix exponential; when all steps are equal, `A` and
-    `Sigma` are `(d, d)`, otherwise `(T-1, d, d)`. The emission fields are copied.
-
-    Raises:
-        ValueError: invalid parameters (see `SDEParams.validate`), `times` not `(T,)`, not finite
-            or not strictly increasing, `dt` not a finite scalar > 0, or both or neither given.
-        TypeError: `params` not an `SDEParams`, or an argument not a real numeric array.
-
-    Examples:
-        >>> import jax.numpy as jnp, sdessm
-        >>> rw = sdessm.SDEParams(F=jnp.zeros((1, 1)), L=jnp.eye(1), H=jnp.eye(1), u=jnp.zeros(1),
-        ...                       R=jnp.eye(1), mu1=jnp.zeros(1), P1=jnp.eye(1))
-        >>> lg = rw.discretize(jnp.array([0.0, 0.5, 1.0, 3.0]))   # random walk: Sigma = Q dt
-        >>> lg.Sigma[:, 0, 0].tolist()
-        [0.5, 0.5, 2.0]
-    """
-    if not isinstance(params, SDEParams):
-        raise TypeError(f"`params` must be SDEParams; got {type(params).__name__}.")
-    params = as_arrays(params.validate())
-    if (times is None) == (dt is None):
-        raise ValueError("give exactly one of `times` (T,) and `dt` (a uniform step).")
-    if times is not None:
-        times_arr = as_float_array(times, "times")
-        if times_arr.ndim != 1:
-            raise ValueError(f"`times` must have shape (T,); got {times_arr.shape}.")
-        check_times("times", times_arr)
-    return on_grid(params, times, dt)
-
-
-def on_grid(params: SDEParams, times=None, dt=None) -> LGSSMParams:
-    """The discrete model of `params` (validated, fields arrays) on checked `times` `(T,)` or
-    `(B, T)`, or on a uniform step `dt` (checked here): the one rule behind `discretize_params`
-    and `sdessm.problem.resolve`. Equal steps share one matrix exponential; a grid `(T,)` of
-    equal steps gives one `(d, d)` pair, one grid per sequence keeps its `(B, T-1, d, d)`."""
-    if dt is not None:
-        dt = as_float_array(dt, "dt")
-        check_ndim_shape("dt", dt, (), "a scalar step; use `times` for irregular steps")
-        check_dt("dt", dt)
-        A, Sigma = discretize_steps(params.F, params.Q, dt)
-    else:
-        steps = time_steps(times)
-        A, Sigma = discretize_grouped(params.F, params.Q, steps)
-        if np.ndim(steps) == 1:
-            A, Sigma = shared_if_uniform(A, Sigma, steps)
-    return LGSSMParams(A, Sigma, params.H, params.u, params.R, params.mu1, params.P1)
-
-
 def shared_if_uniform(A, Sigma, steps):
     """Collapse per-step (A, Sigma) to one pair when every (concrete) step is the same."""
     v = concrete(steps)
@@ -419,12 +367,3 @@ def format_eigenvalues(eig) -> str:
         return f"{z.real:.6g}{z.imag:+.6g}i"
 
     return "[" + ", ".join(one(complex(z)) for z in eig) + "]"
-
-
-def continuous_discrete(state: SDEParams, reps, groups, Q=None):
-    """The discrete model of a continuous state on the grouped steps, per transition.
-
-    `Q` overrides `state.L @ state.L.T` (standard errors work with Q itself).
-    """
-    A_g, Sigma_g = discretize_steps(state.F, state.L @ state.L.T if Q is None else Q, reps)
-    return A_g, Sigma_g, LGSSMParams(A_g[groups], Sigma_g[groups], *state[2:])

@@ -31,7 +31,6 @@ from ._checks import (
     progress_bar,
 )
 from .discretize import (
-    continuous_discrete,
     diffusion_from_sigma,
     psd_factor,
     sde_from_discrete,
@@ -49,7 +48,7 @@ from .iteration import (
     structured_iteration,
 )
 from .newton import finish as finish_fit
-from .params import SDEParams
+from .params import SDEParams, continuous_discrete
 from .results import EMResult
 
 #: Relative log-likelihood decrease tolerated as round-off.

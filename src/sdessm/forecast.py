@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_count, check_finite, check_times, concrete, float64
+from ._checks import as_float_array, check_count, check_finite, check_times, concrete, float64
 from .discretize import discretize_grouped, symmetrize
 from .io import posterior_draws
 from .kalman import filter_sequence
-from .params import LGSSMParams, SDEParams, as_float_array
+from .params import LGSSMParams, SDEParams
 from .problem import is_complete, resolve
 from .recursion import predict
 from .results import EMResult

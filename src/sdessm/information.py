@@ -19,10 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import float64
-from .discretize import continuous_discrete
 from .identify import SYMMETRIC
 from .kalman import filter_sequence, map_sequences, map_sequences_jit
-from .params import LGSSMParams, SDEParams
+from .params import LGSSMParams, SDEParams, continuous_discrete
 from .problem import mask_flags
 
 if TYPE_CHECKING:

@@ -20,10 +20,10 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from .discretize import continuous_discrete, discretize_steps
+from .discretize import discretize_steps
 from .kalman import loglik_sequence, map_sequences_jit
 from .mstep import closed_form_mstep, expected_complete_loglik, maximize
-from .params import LGSSMParams, SDEParams
+from .params import LGSSMParams, SDEParams, continuous_discrete
 from .stats import expected_stats
 
 #: Backtracking halvings of a numerical M-step that lowered the log-likelihood (`safeguard`).

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import progress_bar
-from .discretize import continuous_discrete, psd_factor
+from .discretize import psd_factor
 from .information import (
     MAX_CERTIFIED_COORDINATES,
     flat_coordinates,
@@ -27,7 +27,7 @@ from .information import (
     objective_of,
     programs,
 )
-from .params import SDEParams
+from .params import SDEParams, continuous_discrete
 
 if TYPE_CHECKING:
     from .results import EMResult

@@ -14,6 +14,10 @@ when every field has a shape (an array, a tracer, a `jax.ShapeDtypeStruct`, a ne
 numbers). JAX itself rebuilds the classes without the check (they are registered as pytree nodes
 of their own): the trees it makes in `jax.tree.map`, `jax.jacfwd` or `jax.vmap(..., out_axes=1)`
 are plumbing, with leaves of any shape.
+
+On a time grid, an `SDEParams` becomes its exact `LGSSMParams` (`discretize_params`, the method
+`SDEParams.discretize`, and `on_grid`, the rule that every entry point shares), with the matrix
+exponentials of `sdessm.discretize`.
 """
 
 from __future__ import annotations
@@ -21,11 +25,19 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_covariance, check_finite, check_ndim_shape, check_real_dtype
+from ._checks import (
+    as_float_array,
+    check_covariance,
+    check_dt,
+    check_finite,
+    check_ndim_shape,
+    check_times,
+    float64,
+)
+from .discretize import discretize_grouped, discretize_steps, shared_if_uniform, time_steps
 
 
 class _SDEFields(NamedTuple):
@@ -121,8 +133,6 @@ class SDEParams(_SDEFields):
 
     def discretize(self, times=None, *, dt=None) -> LGSSMParams:
         """The exact discrete-time model on a time grid; see `sdessm.discretize_params`."""
-        from .discretize import discretize_params
-
         return discretize_params(self, times, dt=dt)
 
 
@@ -325,32 +335,73 @@ def check_emissions(H, u, R, d: int, T: int | None) -> int:
     return p
 
 
-def as_real_array(x, name: str = "value") -> Array:
-    """`x` as a JAX array of its own real dtype (integer or floating point).
-
-    Raises:
-        TypeError: naming `name` when `x` is not a real numeric array: strings, objects, ragged
-            nested lists, booleans and complex numbers are refused.
-    """
-    try:
-        arr = jnp.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`{name}` must be a numeric array; {err}") from None
-    check_real_dtype(name, arr.dtype)
-    return arr
-
-
-def as_float_array(x, name: str = "value") -> Array:
-    """`x` as a JAX array of the default float dtype (float64 inside sdessm's entry points);
-    integer arrays are converted.
-
-    Raises:
-        TypeError: naming `name` when `x` is not a real numeric array (see `as_real_array`).
-    """
-    return as_real_array(x, name).astype(jnp.result_type(float))
-
-
 def as_arrays(params):
     """The same parameters with every field an array of the default float dtype."""
     fields = zip(params._fields, params, strict=True)
     return type(params)(*(as_float_array(x, name) for name, x in fields))
+
+
+# ------------------------------------------------------------------ on a time grid
+
+
+@float64
+def discretize_params(
+    params: SDEParams, times: Float[ArrayLike, " T"] | None = None, *, dt=None
+) -> LGSSMParams:
+    r"""The exact discrete-time model of an `SDEParams` on a time grid.
+
+    Give either `times` (shape `(T,)`, strictly increasing) or a uniform step `dt`. Equal steps
+    (to 12 significant digits) share one matrix exponential; when all steps are equal, `A` and
+    `Sigma` are `(d, d)`, otherwise `(T-1, d, d)`. The emission fields are copied.
+
+    Raises:
+        ValueError: invalid parameters (see `SDEParams.validate`), `times` not `(T,)`, not finite
+            or not strictly increasing, `dt` not a finite scalar > 0, or both or neither given.
+        TypeError: `params` not an `SDEParams`, or an argument not a real numeric array.
+
+    Examples:
+        >>> import jax.numpy as jnp, sdessm
+        >>> rw = sdessm.SDEParams(F=jnp.zeros((1, 1)), L=jnp.eye(1), H=jnp.eye(1), u=jnp.zeros(1),
+        ...                       R=jnp.eye(1), mu1=jnp.zeros(1), P1=jnp.eye(1))
+        >>> lg = rw.discretize(jnp.array([0.0, 0.5, 1.0, 3.0]))   # random walk: Sigma = Q dt
+        >>> lg.Sigma[:, 0, 0].tolist()
+        [0.5, 0.5, 2.0]
+    """
+    if not isinstance(params, SDEParams):
+        raise TypeError(f"`params` must be SDEParams; got {type(params).__name__}.")
+    params = as_arrays(params.validate())
+    if (times is None) == (dt is None):
+        raise ValueError("give exactly one of `times` (T,) and `dt` (a uniform step).")
+    if times is not None:
+        times_arr = as_float_array(times, "times")
+        if times_arr.ndim != 1:
+            raise ValueError(f"`times` must have shape (T,); got {times_arr.shape}.")
+        check_times("times", times_arr)
+    return on_grid(params, times, dt)
+
+
+def on_grid(params: SDEParams, times=None, dt=None) -> LGSSMParams:
+    """The discrete model of `params` (validated, fields arrays) on checked `times` `(T,)` or
+    `(B, T)`, or on a uniform step `dt` (checked here): the one rule behind `discretize_params`
+    and `sdessm.problem.resolve`. Equal steps share one matrix exponential; a grid `(T,)` of
+    equal steps gives one `(d, d)` pair, one grid per sequence keeps its `(B, T-1, d, d)`."""
+    if dt is not None:
+        dt = as_float_array(dt, "dt")
+        check_ndim_shape("dt", dt, (), "a scalar step; use `times` for irregular steps")
+        check_dt("dt", dt)
+        A, Sigma = discretize_steps(params.F, params.Q, dt)
+    else:
+        steps = time_steps(times)
+        A, Sigma = discretize_grouped(params.F, params.Q, steps)
+        if np.ndim(steps) == 1:
+            A, Sigma = shared_if_uniform(A, Sigma, steps)
+    return LGSSMParams(A, Sigma, params.H, params.u, params.R, params.mu1, params.P1)
+
+
+def continuous_discrete(state: SDEParams, reps, groups, Q=None):
+    """The discrete model of a continuous state on the grouped steps, per transition.
+
+    `Q` overrides `state.L @ state.L.T` (standard errors work with Q itself).
+    """
+    A_g, Sigma_g = discretize_steps(state.F, state.L @ state.L.T if Q is None else Q, reps)
+    return A_g, Sigma_g, LGSSMParams(A_g[groups], Sigma_g[groups], *state[2:])

@@ -4,7 +4,7 @@ static flags every pass needs (per-sequence grids, no NaN, one NaN pattern for a
 
 The filter, smoother, log-likelihood, innovations, forecasts and EM all start here, so they
 agree on what a grid, a missing value and a sequence are. The discrete model of an `SDEParams`
-comes from `sdessm.discretize.on_grid`, the rule that `discretize_params` (and so `simulate`)
+comes from `sdessm.params.on_grid`, the rule that `discretize_params` (and so `simulate`)
 applies too.
 """
 
@@ -15,9 +15,8 @@ from typing import NamedTuple
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_observations, check_times, concrete
-from .discretize import on_grid
-from .params import LGSSMParams, SDEParams, as_arrays, as_float_array
+from ._checks import as_float_array, check_observations, check_times, concrete
+from .params import LGSSMParams, SDEParams, as_arrays, on_grid
 
 
 class Problem(NamedTuple):
