@@ -115,7 +115,8 @@ def test_the_wheel_ships_the_zoo_and_the_data(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for name in NAMES + ["__init__"]:
         assert f"sdessm/models/{name}.py" in names
-    assert "sdessm/data/sunspots.csv" in names and "sdessm/data/README.md" in names
+    for name in ("sunspots.csv", "nile.csv", "README.md"):
+        assert f"sdessm/data/{name}" in names
     # a non-editable install (into its own folder, run from elsewhere) loads every zoo model
     target = tmp_path / "site"
     subprocess.run(
@@ -525,3 +526,23 @@ def test_trend_seasonal_start_finds_the_period_and_the_trend():
     assert abs(start["level0"] - module.TRUE_PARAMS["level0"]) < 5 * np.nanstd(np.diff(y[:, 0]))
     weeks = module.start_from_data(times * 52.0, y)  # the same data, time in weeks
     assert weeks["omega"] == pytest.approx(start["omega"] / 52.0, rel=1e-6)
+
+
+def test_the_shipped_data_are_the_sources_values():
+    """Each data set equals the copy statsmodels redistributes (its stated source), with the
+    renamings the data README states; every one is described there."""
+    import statsmodels.datasets as smd
+
+    from sdessm import datasets
+
+    readme = (Path(datasets.path("nile")).parent / "README.md").read_text()
+    for name in datasets.available():
+        assert f"## {name}.csv" in readme and "public domain" in datasets.info(name)["licence"]
+    nile = datasets.load("nile")
+    source = smd.nile.load_pandas().data
+    np.testing.assert_array_equal(nile["year"], source["year"].astype(int))
+    np.testing.assert_array_equal(nile["volume"], source["volume"])
+    spots = datasets.load("sunspots")
+    source = smd.sunspots.load_pandas().data
+    np.testing.assert_array_equal(spots["year"], source["YEAR"].astype(int))
+    np.testing.assert_array_equal(spots["sunspots"], source["SUNACTIVITY"])

@@ -3,6 +3,7 @@
 | name | what | rows | licence |
 |---|---|---|---|
 | `sunspots` | yearly mean sunspot numbers, 1700-2008 (NOAA NGDC) | 309 | public domain |
+| `nile` | yearly flow of the Nile at Aswan, 1871-1970 (Cobb 1978) | 100 | public domain |
 
 `load(name)` returns a pandas DataFrame whose first column is the time; `path(name)` is the CSV
 file itself, for the command line (`sdessm fit "$(python -c ...)"`, or `sdessm data NAME --out
@@ -25,6 +26,15 @@ _DATASETS = {
         "(http://www.ngdc.noaa.gov/stp/solar/solarda3.html), as redistributed with statsmodels "
         "(statsmodels.datasets.sunspots); columns renamed, values unchanged",
         "public domain (a work of the United States government)",
+    ),
+    "nile": (
+        "nile.csv",
+        "year",
+        "yearly flow of the Nile at Aswan 1871-1970, in 10^8 m^3 (100 rows; columns year, volume)",
+        "Cobb, G. W. (1978), The problem of the Nile: conditional solution to a changepoint "
+        "problem, Biometrika 65(2), 243-251; the series of Durbin and Koopman's state-space "
+        "textbook, as redistributed with statsmodels (statsmodels.datasets.nile); unchanged",
+        'public domain (statsmodels: "This is public domain.")',
     ),
 }
 
