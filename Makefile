@@ -56,6 +56,6 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/time_to_mle.py $(filter --quick,$(BENCH_ARGS))
 
 clean:
-	rm -rf $(VENV) $(DEMO_VENV) .venv-* demo-output fit-output sample-output .pytest_cache site \
+	rm -rf $(VENV) $(DEMO_VENV) .venv-* demo-output fit-output sample-output compare-output .pytest_cache site \
 		docs/notebooks \
 		.cache/mkdocs-jupyter

@@ -32,7 +32,9 @@ level and spread are the median and robust sd of y (`sdessm.priors.data_scales`)
 in the data's own units, so a fit reads the same in any units of y and of time.
 
 Orders: `P` and `Q` (module constants) are the defaults of `model(times, y, p=P, q=Q)`;
-`to_sde` reads p and q from the shapes of `omega`, `lam` and `b`. The initial state is the
+`to_sde` reads p and q from the shapes of `omega`, `lam` and `b`. On the command line,
+`--model carma:3` is p = 3, q = 0 and `--model carma:3:1` is p = 3, q = 1 (`ORDERS`);
+`true_params(p, q)` gives values to simulate at for any orders. The initial state is the
 stationary law N(0, P_inf), F P_inf + P_inf F^T + L L^T = 0. `TRUE_PARAMS` (p = 2, q = 1) is a
 lightly damped oscillation (period about 4.2, decay time about 6.7) with an MA term, recoverable
 from T = 1000 steps of dt = 0.1.
@@ -69,6 +71,51 @@ P = 2
 Q = 1
 
 TRUE_PARAMS = {"omega": [1.5], "zeta": [0.1], "sigma": 1.0, "b": [0.5], "mu": 0.5, "noise": 0.2}
+
+#: The keyword arguments of `model` that `--model carma:P:Q` sets, in that order (an order not
+#: given is 0: `carma:3` is p = 3, q = 0).
+ORDERS = ("p", "q")
+
+
+def check_orders(p, q) -> None:
+    """Refuse orders that are not a CARMA(p, q): p >= 1 and 0 <= q < p, whole numbers.
+
+    Raises:
+        ValueError: orders that are not whole numbers, p < 1, or q outside [0, p).
+    """
+    if not all(isinstance(v, int | np.integer) for v in (p, q)):
+        raise ValueError(f"CARMA(p, q) needs whole numbers p and q; got p = {p!r}, q = {q!r}.")
+    if p < 1 or not 0 <= q < p:
+        raise ValueError(f"CARMA(p, q) needs p >= 1 and 0 <= q < p; got p = {p}, q = {q}.")
+
+
+def true_params(p=P, q=Q) -> dict:
+    """Values to simulate CARMA(p, q) at: `TRUE_PARAMS` for the default orders; otherwise
+    frequencies 1.5, 3, 6, ... with damping 0.1, lam = 0.5 (odd p), b_j = 0.5^j, mu = 0.5,
+    noise = 0.2, and sigma set so that the noise-free part has the stationary sd of
+    `TRUE_PARAMS`.
+
+    Raises:
+        ValueError: orders that are not a CARMA(p, q) (`check_orders`).
+
+    Examples:
+        >>> sorted(true_params(3, 0))
+        ['lam', 'mu', 'noise', 'omega', 'sigma', 'zeta']
+        >>> true_params() == TRUE_PARAMS
+        True
+    """
+    check_orders(p, q)
+    if (p, q) == (P, Q):
+        return {k: list(v) if isinstance(v, list) else v for k, v in TRUE_PARAMS.items()}
+    k = p // 2
+    named = {"omega": [1.5 * 2.0**j for j in range(k)], "zeta": [0.1] * k} if k else {}
+    if p % 2:
+        named["lam"] = 0.5
+    if q:
+        named["b"] = [0.5**j for j in range(1, q + 1)]
+    target, unit = to_sde(**TRUE_PARAMS), to_sde(1.0, 0.0, 1.0, **named)
+    sd = [float(np.sqrt((s.H @ s.P1 @ s.H.T)[0, 0])) for s in (target, unit)]
+    return {**named, "sigma": sd[0] / sd[1], "mu": 0.5, "noise": 0.2}
 
 
 def ar_coefficients(omega, zeta, lam=None):
@@ -189,8 +236,7 @@ def model(times, y=None, *, p=P, q=Q, scales=None):
             (`sdessm.priors.DataScales`); by default `sdessm.priors.data_scales(times, y)`.
     """
     p, q = int(p), int(q)
-    if p < 1 or not 0 <= q < p:
-        raise ValueError(f"CARMA(p, q) needs p >= 1 and 0 <= q < p; got p = {p}, q = {q}.")
+    check_orders(p, q)
     k = p // 2
     s = priors.data_scales(times, y) if scales is None else scales
     named = {}

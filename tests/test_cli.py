@@ -392,7 +392,12 @@ def workdir(tmp_path, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    for module, name in (("fit", "fit_em"), ("infer", "fit_nuts"), ("simulate", "simulate")):
+    for module, name in (
+        ("fit", "fit_em"),
+        ("infer", "fit_nuts"),
+        ("simulate", "simulate"),
+        ("comparison", "fit_candidate"),
+    ):
         monkeypatch.setattr(importlib.import_module(f"sdessm.{module}"), name, no_work)
     return tmp_path
 
@@ -451,6 +456,28 @@ REFUSALS = {
     "model file that fails to import": (
         "fit data.csv --model broken.py",
         "model file broken.py failed to load: NameError",
+    ),
+    "an order that is not a number": (
+        "fit data.csv --model carma:x",
+        "--model carma:x: the orders",
+    ),
+    "an order on a model without orders": ("sample data.csv --model ou:2", "ou takes no orders"),
+    "CARMA(0, 0)": ("simulate --model carma:0 --out new.csv", "needs p >= 1 and 0 <= q < p"),
+    "CARMA q >= p": ("demo --model carma:2:2", "--model carma:2:2: CARMA(p, q) needs p >= 1"),
+    "compare, a bad order": (
+        "compare data.csv --models ou,carma:3:3",
+        "--models carma:3:3: CARMA(p, q) needs p >= 1 and 0 <= q < p; got p = 3, q = 3.",
+    ),
+    "compare, one model": ("compare data.csv --models ou", "must name two models or more"),
+    "compare, a model twice": ("compare data.csv --models ou,carma,ou", "names ou twice"),
+    "compare, an unknown model": ("compare data.csv --models ou,oo", "unknown model 'oo'"),
+    "compare onto a user's folder": (
+        "compare data.csv --models ou,carma --out mine",
+        "did not write",
+    ),
+    "compare onto its model file": (
+        "compare data.csv --models ou,fit_only.py --out fit_only.py",
+        "is the input fit_only.py",
     ),
 }
 
@@ -605,3 +632,63 @@ def test_unconstrained_model_fits_and_samples_from_the_command_line(tmp_path, ca
     assert cli.main([*argv, "--warmup", "10", "--draws", "10", "--out", str(out)]) == 0
     summary = pd.read_csv(out / "summary.csv", index_col=0)
     assert "Re eig F[0]" in summary.index and np.isfinite(summary["mean"]).all()
+
+
+# --------------------------------------------------------------------------- model orders, compare
+
+ORDERS = {
+    "carma": ("carma", {}),
+    "carma:3": ("carma", {"p": 3, "q": 0}),
+    "carma:3:1": ("carma", {"p": 3, "q": 1}),
+    "carma:1": ("carma", {"p": 1, "q": 0}),
+    "ou": ("ou", {}),
+}
+
+BAD_ORDERS = {
+    "carma:x": "--model carma:x: the orders after the model's name must be whole numbers",
+    "carma:": "--model carma:: the orders after the model's name must be whole numbers",
+    "carma:2.5": "whole numbers, as in carma:3 or carma:3:1; got '2.5'",
+    "carma:0": "--model carma:0: CARMA(p, q) needs p >= 1 and 0 <= q < p; got p = 0, q = 0.",
+    "carma:-1": "--model carma:-1: CARMA(p, q) needs p >= 1",
+    "carma:3:3": "--model carma:3:3: CARMA(p, q) needs p >= 1 and 0 <= q < p; got p = 3, q = 3.",
+    "carma:2:5": "got p = 2, q = 5",
+    "carma:3:1:1": "--model carma:3:1:1: the model carma takes at most 2 orders (p, q); got 3.",
+    "ou:2": "--model ou:2: the model ou takes no orders; give ou.",
+    "oscilator:2": "unknown model 'oscilator'",
+}
+
+
+@pytest.mark.parametrize("spec", ORDERS)
+def test_model_orders_become_model_kwargs(spec):
+    name, kwargs = ORDERS[spec]
+    module, got = runs.resolve_model(spec, "fit")
+    assert module is load(name) and got == kwargs
+
+
+@pytest.mark.parametrize("spec", BAD_ORDERS)
+def test_bad_model_orders_are_refused_naming_the_option(spec):
+    with pytest.raises(ValueError) as err:
+        runs.resolve_model(spec, "fit")
+    assert BAD_ORDERS[spec] in str(err.value)
+
+
+def test_model_orders_reach_the_fit_the_sampler_and_the_simulation(workdir, monkeypatch, capsys):
+    seen = []
+
+    def fake(*args, **kwargs):
+        seen.append(kwargs.get("model_kwargs"))
+        raise FloatingPointError("stop here")
+
+    monkeypatch.setattr("sdessm.fit.fit_em", fake)
+    monkeypatch.setattr("sdessm.infer.fit_nuts", fake)
+    assert cli.main(["fit", "data.csv", "--model", "carma:3:1"]) == 1
+    assert cli.main(["sample", "data.csv", "--model", "carma:3"]) == 1
+    assert cli.main(["fit", "data.csv", "--model", "carma"]) == 1  # the model's default orders
+    assert seen == [{"p": 3, "q": 1}, {"p": 3, "q": 0}, None]
+    simulate_module = importlib.import_module("sdessm.simulate")
+    monkeypatch.setattr(simulate_module, "simulate", sdessm.simulate)  # lift the workdir's ban
+    out = str(workdir / "c3.csv")
+    assert cli.main(["simulate", "--model", "carma:3", "--n", "30", "--out", out]) == 0
+    assert "'lam': 0.5" in capsys.readouterr().out  # simulated at carma.true_params(3, 0)
+    _, y, _ = read_csv(workdir / "c3.csv")
+    assert y.shape == (30, 1) and np.isfinite(y).all()

@@ -192,10 +192,11 @@ def test_fit_nuts_returns_arviz_data_with_em_and_truth_attached():
     assert json.loads(attrs["sdessm_truth"]) == OSC.TRUE_PARAMS
     np.testing.assert_allclose(json.loads(attrs["sdessm_em"])["omega"], em.params["omega"])
     np.testing.assert_allclose(np.asarray(idata["observed_data"]["y"].values), y)
-    # the stored log-likelihood of a draw is the Kalman log-likelihood at that draw
+    # the stored log densities of a draw, one per time, sum to the Kalman log-likelihood there
     ll = np.asarray(idata["log_likelihood"]["y"].values)
+    assert ll.shape == (2, 40, len(times))
     for c, i in [(0, 0), (1, 39)]:
         draw = {k: float(post[k].values[c, i]) for k in OSC.TRUE_PARAMS}
-        np.testing.assert_allclose(ll[c, i], _exact_loglik(OSC, draw, y, times), rtol=1e-9)
+        np.testing.assert_allclose(ll[c, i].sum(), _exact_loglik(OSC, draw, y, times), rtol=1e-9)
     with pytest.raises(ValueError, match=re.escape("`num_chains` must be >= 1")):
         fit_nuts(OSC.model, y, times, num_chains=0)

@@ -9,6 +9,9 @@ points compute in float64 (enabled for the duration of each call, not globally).
 import importlib
 
 from .cache import enable_compilation_cache as enable_compilation_cache
+from .comparison import Comparison as Comparison
+from .comparison import compare_models as compare_models
+from .comparison import plot_comparison as plot_comparison
 from .discretize import discretize as discretize
 from .discretize import sde_from_discrete as sde_from_discrete
 from .errors import NoRealLogarithmError as NoRealLogarithmError
@@ -46,6 +49,8 @@ __version__ = "0.1.0"
 #: `import sdessm` (and the command line's first line of output) stays fast.
 _LAZY = {
     "fit_nuts": ("infer", "fit_nuts"),
+    "pointwise_log_likelihood": ("infer", "pointwise_log_likelihood"),
+    "leave_future_out": ("lfo", "leave_future_out"),
     "fit_em_model": ("model_em", "fit_em_model"),
     "LTISDE": ("ppl", "LTISDE"),
     "identifiable": ("diagnostics", "identifiable"),
@@ -54,9 +59,10 @@ _LAZY = {
 }
 #: Every submodule, reachable as an attribute after `import sdessm` alone (`sdessm.models.load`).
 _SUBMODULES = (
-    "cache", "checkpoint", "cli", "commands", "datasets", "diagnostics", "discretize", "em",
-    "em_problem", "errors", "fit", "forecast", "identify", "infer", "information", "io",
-    "iteration", "kalman", "model_em", "models", "moments", "mstep", "newton", "outputs",
+    "cache", "checkpoint", "cli", "commands", "comparison", "datasets", "diagnostics",
+    "discretize", "em", "em_problem", "errors", "fit", "forecast", "identify", "infer",
+    "information", "io",
+    "iteration", "kalman", "lfo", "model_em", "models", "moments", "mstep", "newton", "outputs",
     "parallel", "params", "ppl", "priors", "problem", "realisation", "recursion", "report",
     "residuals", "results", "runs", "simulate", "stats", "steady", "summaries",
 )  # fmt: skip
@@ -110,5 +116,8 @@ __all__ = [
     "information_criteria",
     "subspace_start",
     "enable_compilation_cache",
+    "compare_models",
+    "Comparison",
+    "plot_comparison",
     *_LAZY,
 ]

@@ -1,4 +1,4 @@
-"""The `sdessm` command line: simulate, fit (EM), sample (NUTS), demo, models, data.
+"""The `sdessm` command line: simulate, fit (EM), compare (EM), sample (NUTS), demo, models, data.
 
 Every command checks its arguments, its model, its data and its output path before any work. A
 user error (a bad option, a missing file, data no fit can use, an output path that holds what
@@ -12,7 +12,15 @@ import argparse
 import math
 import sys
 
-from .commands import data_command, demo, fit_command, models, sample_command, simulate_command
+from .commands import (
+    compare_command,
+    data_command,
+    demo,
+    fit_command,
+    models,
+    sample_command,
+    simulate_command,
+)
 from .runs import EXIT_FAILED, EXIT_USAGE, EXIT_WARNINGS, Failed
 
 # --------------------------------------------------------------------------- argument types
@@ -80,6 +88,19 @@ def _site_values(text: str) -> dict[str, float | list[float]]:
     return out
 
 
+def _model_list(text: str) -> list[str]:
+    """Two or more model names, comma-separated, each once (`ou,carma:2,carma:3`)."""
+    names = [name.strip() for name in text.split(",")]
+    if any(not name for name in names):
+        raise argparse.ArgumentTypeError(f"must be model names separated by commas; got {text!r}")
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError(f"must name two models or more to compare; got {text!r}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"names {', '.join(twice)} twice")
+    return names
+
+
 def _fail(message: str, status: int = EXIT_USAGE) -> int:
     print(f"sdessm: error: {' '.join(str(message).split())}", file=sys.stderr)
     return status
@@ -97,7 +118,8 @@ class _Parser(argparse.ArgumentParser):
 
 _MODEL_HELP = (
     "a zoo model (see `sdessm models`) or the path to a model file of your own (my_model.py: "
-    "a NumPyro model; see 'Write your own model' in the documentation)"
+    "a NumPyro model; see 'Write your own model' in the documentation); a model with orders "
+    "takes them after colons: carma:3 is CARMA(3, 0), carma:3:1 is CARMA(3, 1)"
 )
 _FORCE_HELP = (
     "replace an existing --out that sdessm did not write (a file, or a folder with other "
@@ -131,16 +153,10 @@ def _add_simulation(p, n: int, dt: float, missing: float) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
 
 
-def _add_em(p) -> None:
+def _add_em(p, init: bool = True) -> None:
     p.add_argument("--iters", type=_count(1), default=500, help="most EM iterations")
-    p.add_argument(
-        "--init",
-        type=_site_values,
-        default=None,
-        metavar="NAME=VALUE,...",
-        help="start EM at these parameter values, in the data's units (e.g. theta=0.5,u=1; a "
-        "vector as omega=[1,2]); parameters not named start from the model's default",
-    )
+    if init:
+        _add_init(p)
     p.add_argument(
         "--strict",
         action="store_true",
@@ -154,6 +170,17 @@ def _add_em(p) -> None:
         help="when the diffusion Q recovered from a closed-form fit (the unconstrained model) is "
         "not positive semi-definite: 'report' stops with an error, 'nearest' uses the nearest "
         "PSD matrix and says so",
+    )
+
+
+def _add_init(p) -> None:
+    p.add_argument(
+        "--init",
+        type=_site_values,
+        default=None,
+        metavar="NAME=VALUE,...",
+        help="start EM at these parameter values, in the data's units (e.g. theta=0.5,u=1; a "
+        "vector as omega=[1,2]); parameters not named start from the model's default",
     )
 
 
@@ -182,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_simulate(sub)
     _add_fit(sub)
+    _add_compare(sub)
     _add_sample(sub)
     return parser
 
@@ -226,6 +254,43 @@ def _add_fit(sub) -> None:
     )
     _add_em(p)
     p.set_defaults(func=fit_command)
+
+
+def _add_compare(sub) -> None:
+    text = "fit several models by EM to a CSV file and choose one by BIC, saying why"
+    p = _parser(sub, "compare", text)
+    p.add_argument("data", help="CSV file with a header row; empty cells are missing values")
+    p.add_argument(
+        "--models",
+        type=_model_list,
+        required=True,
+        metavar="MODEL,MODEL,...",
+        help="the models to compare, comma-separated: zoo models (orders after colons, as "
+        "carma:2 or carma:3:1) or model files of your own",
+    )
+    p.add_argument("--time-column", default="t", help="name of the time column")
+    p.add_argument(
+        "--columns", default=None, help="value columns, comma-separated (default: all others)"
+    )
+    p.add_argument("--out", default="compare-output", help="output folder")
+    p.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    p.add_argument(
+        "--objective",
+        choices=("mle", "map"),
+        default="mle",
+        help="maximum likelihood, or the posterior mode under each model's priors (the "
+        "criteria use the log-likelihood at the estimate either way)",
+    )
+    _add_em(p, init=False)
+    p.add_argument(
+        "--nuts",
+        action="store_true",
+        help="also sample each certified fit by NUTS (started at its EM estimate) and compare "
+        "the posteriors by PSIS-LOO",
+    )
+    _add_nuts(p, warmup=500, draws=500)
+    p.add_argument("--seed", type=int, default=0, help="random seed of NUTS")
+    p.set_defaults(func=compare_command)
 
 
 def _add_sample(sub) -> None:

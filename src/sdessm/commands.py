@@ -1,4 +1,5 @@
-"""The commands of the command line: `fit`, `sample`, `demo`, `simulate`, `models` and `data`.
+"""The commands of the command line: `fit`, `compare`, `sample`, `demo`, `simulate`, `models`
+and `data`.
 
 Each command takes the parsed arguments (`sdessm.cli.build_parser`), checks its model, its data
 and its `--out` before any work, runs, prints what it found and writes its results, and returns
@@ -14,18 +15,25 @@ import time
 from .runs import (
     Failed,
     check_out,
+    compare_with_progress,
     em_with_warnings,
     exit_status,
     future_times,
     load_model,
+    load_models,
     nuts_with_warnings,
     print_warnings,
     read_data,
+    simulate_model,
+    true_params,
     write_results,
 )
 from .summaries import (
     GENERAL_MODEL,
     HDI_PROB,
+    candidate_line,
+    comparison_notes,
+    comparison_results,
     coverage_note,
     criteria_line,
     display_table,
@@ -38,6 +46,7 @@ from .summaries import (
     identified_functional,
     identified_section,
     model_facts,
+    model_summary,
     nuts_verdict,
     option_values,
     residual_checks,
@@ -167,6 +176,52 @@ def _fit_results(args, em, notes, *, data, settings, estimates, criteria, checks
     }
 
 
+# --------------------------------------------------------------------------- compare (EM)
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """EM of several models on data from a CSV file, and the choice among them."""
+    from .comparison import plot_comparison
+    from .io import describe_data, json_text
+    from .report import Note, versions
+
+    specs = load_models(args)
+    times, y, names = read_data(args)
+    check_out(args)
+    print(f"EM ({args.objective}) of {len(specs)} models on {len(times)} rows of {names}")
+    result = compare_with_progress(args, specs, times, y, candidate_line)
+    table = result.table()
+    print(table.drop(columns="note").to_string(float_format=lambda v: f"{v:.6g}", na_rep="-"))
+    notes = comparison_notes(result)
+    for kind, text in notes:
+        print(text) if kind != "warning" else print_warnings([(kind, text)])
+    chosen = result.fits[result.choice]
+    checks, _, residuals = residual_checks(chosen.sde, times, y, names)
+    figures = {"comparison.png": plot_comparison(result)}
+    figures |= {"residuals.png": residuals} if residuals is not None else {}
+    data = {"file": args.data, **describe_data(times, y, names)}
+    options = ("models", "objective", "iters", "psd", "time_column", "columns", "nuts")
+    nuts = ("chains", "warmup", "draws", "target_accept", "seed") if args.nuts else ()
+    settings = option_values(args, options + nuts)
+    saved = comparison_results(result, data=data, settings=settings, versions=versions())
+    write_results(
+        args,
+        {"comparison.csv": table.to_csv(), "comparison.json": json_text(saved), **figures},
+        f"sdessm compare: {', '.join(args.models)} on {args.data}",
+        [
+            ("Result", [Note(kind, text) for kind, text in notes]),
+            ("Models compared (delta: from the best certified fit)", table),
+            ("Delta AIC and delta BIC", figures["comparison.png"]),
+            (f"Residual checks of the chosen model, {result.choice}", [checks, residuals]),
+            ("Data", data),
+            ("Models", {spec: model_summary(module) for spec, module, _ in specs}),
+            ("Settings", settings),
+            ("Versions", versions()),
+        ],
+    )
+    return exit_status(args, [(k, t) for k, t in notes if k == "warning"])
+
+
 # --------------------------------------------------------------------------- sample (NUTS)
 
 
@@ -202,7 +257,10 @@ def sample_command(args: argparse.Namespace) -> int:
     extra, sections = {}, []
     if future is not None:
         print(f"posterior predictive forecast of {args.forecast} steps", flush=True)
-        paths = forecast_posterior(module.model, idata, y, times, future, seed=args.seed)
+        kwargs = args.model_kwargs or None
+        paths = forecast_posterior(
+            module.model, idata, y, times, future, seed=args.seed, model_kwargs=kwargs
+        )
         extra = forecast_outputs(times, y, names, paths)
         sections = [("Posterior predictive forecast (95% band)", extra["forecast.png"])]
     options = ("model", "chains", "warmup", "draws", "seed", "target_accept", "init_from_em")
@@ -241,8 +299,8 @@ def demo(args: argparse.Namespace) -> int:
     module = load_model(args, needs=("TRUE_PARAMS", "to_sde"))
     check_out(args)
     clock = time.perf_counter()
-    truth = {k: np.asarray(v, dtype=float) for k, v in module.TRUE_PARAMS.items()}
-    times, x, y, names = _demo_data(args, module)
+    truth = {k: np.asarray(v, dtype=float) for k, v in true_params(args, module).items()}
+    times, x, y, names = _demo_data(args, module, truth)
     em, idata, caught = _demo_fits(args, module, times, y, truth)
     table, shown, coverage = _demo_recovery(module, idata)
     notes = em_verdict(em, args, None, []) + nuts_verdict(idata, table, args.chains)
@@ -256,7 +314,7 @@ def demo(args: argparse.Namespace) -> int:
         "recovery.png": plot_recovery(table),
         "trace_rank.png": plot_trace_rank(idata),
     }
-    source = f"simulated from {args.model} at its TRUE_PARAMS (seed {args.seed})"
+    source = f"simulated from {args.model} at the truth below (seed {args.seed})"
     data = {"source": source, **describe_data(times, y, names)}
     options = ("model", "n", "dt", "missing", "chains", "warmup", "draws", "seed", "iters")
     settings = option_values(args, options)
@@ -299,13 +357,13 @@ def demo(args: argparse.Namespace) -> int:
     return exit_status(args, notes)
 
 
-def _demo_data(args, module):
-    """Step 1 of the demo: `(times, x, y, names)`, the model simulated at its `TRUE_PARAMS`
-    with a fraction `--missing` of the values removed."""
+def _demo_data(args, module, truth):
+    """Step 1 of the demo: `(times, x, y, names)`, the model simulated at `truth` (its
+    `TRUE_PARAMS`, or `true_params` for orders given) with a fraction `--missing` removed."""
     import numpy as np
 
     print(f"[1/5] simulating {args.model}: T = {args.n}, dt = {args.dt}", flush=True)
-    times, x, y = _simulate_zoo(module, args.n, args.dt, args.missing, args.seed)
+    times, x, y = simulate_model(module, truth, args.n, args.dt, args.missing, args.seed)
     print(f"      {int(np.isnan(y).sum())} of {y.size} values removed (missing)", flush=True)
     names = [f"y{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["y"]
     return times, x, y, names
@@ -373,23 +431,6 @@ def _start_values(truth: dict) -> dict:
     return {k: 0.7 * np.asarray(v, dtype=float) for k, v in truth.items()}
 
 
-def _simulate_zoo(module, n: int, dt: float, missing: float, seed: int):
-    """`(times, x, y)`: a model simulated at `TRUE_PARAMS`, a `missing` fraction of y NaN."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from .io import decimal_grid
-    from .simulate import simulate
-
-    sde = module.to_sde(**{k: jnp.asarray(v, dtype=float) for k, v in module.TRUE_PARAMS.items()})
-    times = decimal_grid(0.0, dt, n)
-    x, y = simulate(jax.random.key(seed), sde, times)
-    x, y = np.asarray(x), np.array(y)
-    y[np.random.default_rng(seed).uniform(size=y.shape) < missing] = np.nan
-    return times, x, y
-
-
 # --------------------------------------------------------------------------- simulate, models, data
 
 
@@ -399,16 +440,14 @@ def simulate_command(args: argparse.Namespace) -> int:
 
     module = load_model(args, needs=("TRUE_PARAMS", "to_sde"))
     check_out(args, kind="file")
-    times, _, y = _simulate_zoo(module, args.n, args.dt, args.missing, args.seed)
+    truth = true_params(args, module)
+    times, _, y = simulate_model(module, truth, args.n, args.dt, args.missing, args.seed)
     names = [f"y{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["y"]
     try:
         write_csv(args.out, times, y, names)
     except OSError as err:
         raise Failed(f"cannot write --out {args.out}: {err.strerror or err}") from None
-    print(
-        f"wrote {args.out}: {args.n} rows of t,{','.join(names)} "
-        f"({args.model} at {module.TRUE_PARAMS})"
-    )
+    print(f"wrote {args.out}: {args.n} rows of t,{','.join(names)} ({args.model} at {truth})")
     return 0
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import warnings
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint as ckpt
@@ -26,6 +29,7 @@ from .model_em import (
 )
 from .problem import is_complete
 from .recursion import STEADY_STEPS
+from .residuals import innovations
 from .results import EMResult
 
 #: Attribute names under which `fit_nuts` stores the EM estimate and the truth (JSON).
@@ -33,6 +37,11 @@ EM_ATTR, TRUTH_ATTR = "sdessm_em", "sdessm_truth"
 #: NUTS's most tree doublings per draw (NumPyro's default), also given to ArviZ for
 #: `reached_max_tree_depth` with checkpointed runs.
 MAX_TREE_DEPTH = 10
+#: Most values of the pointwise log-likelihood `fit_nuts` stores by default (draws x sequences x
+#: times): 2^25 float64 values, 256 MiB. Above it, one value per sequence (see `pointwise`).
+POINTWISE_LIMIT = 2**25
+#: Draws evaluated together by `pointwise_log_likelihood` (a bound on its memory).
+POINTWISE_BATCH = 64
 
 
 def _default_chain_method(tm: TracedModel, num_chains: int) -> str:
@@ -67,8 +76,9 @@ def fit_nuts(
     progress: bool = True,
     checkpoint=None,
     checkpoint_every: int = 100,
+    pointwise: bool | None = None,
 ):
-    """NUTS on a NumPyro LTI-SDE model, the states marginalised by the Kalman filter.
+    r"""NUTS on a NumPyro LTI-SDE model, the states marginalised by the Kalman filter.
 
     Args:
         model: a NumPyro model `model(times, y=None, **model_kwargs)` with one LTISDE site.
@@ -97,12 +107,23 @@ def fit_nuts(
             saved, and a finished one is extended to a larger `num_samples` without a new
             warm-up. Resumed or not, the draws are the same.
         checkpoint_every: draws per chain between checkpoints.
+        pointwise: store the log-likelihood of every observation time (True) or of every
+            sequence (False); None: pointwise unless that is more than `POINTWISE_LIMIT`
+            values (draws x sequences x times), with a warning.
 
     Returns:
         (InferenceData | DataTree): ArviZ data (`InferenceData` with ArviZ 0.x, `DataTree` with
             ArviZ 1.x) with posterior, sample_stats, observed_data and log_likelihood groups; the
             posterior's attributes `sdessm_em` and `sdessm_truth` hold the EM estimate and the
-            truth as JSON.
+            truth as JSON. The log_likelihood group holds, under the name of the model's LTISDE
+            site, the one-step-ahead predictive log density $\log p(y_k \mid y_{1:k-1},
+            \theta)$ of each observation time at each draw (`pointwise_log_likelihood`), over
+            the times with at least one observed value: dimension `time` for one sequence,
+            `sequence` and `time` for several, or `observation` (with coordinates `sequence`
+            and `time`) when some of their rows are wholly missing. They sum to the
+            log-likelihood, so `az.loo` and `az.compare` (and `az.waic` in ArviZ 0.x) run on
+            it; see `sdessm.leave_future_out` for why leave-future-out is the comparison to
+            trust on a time series.
     """
     num_samples, num_chains, num_warmup, checkpoint_every = _check_counts(
         num_samples, num_chains, num_warmup, checkpoint_every
@@ -125,8 +146,113 @@ def fit_nuts(
         else:
             key = _checkpoint_key(model, tm, start, seed, target_accept_prob, **settings)
             mcmc = _run_checkpointed(mcmc, checkpoint, checkpoint_every, key, seed, args, kwargs)
-        idata = az.from_numpyro(mcmc, log_likelihood=True)
+        idata = az.from_numpyro(mcmc, log_likelihood=False)
+    samples = mcmc.get_samples(group_by_chain=True)
+    _add_group(idata, "log_likelihood", _log_likelihood_group(tm, samples, pointwise))
     return _attach(idata, start if isinstance(init, EMResult) else None, truth)
+
+
+@float64
+def pointwise_log_likelihood(
+    model: Callable, samples: dict, y, times, model_kwargs: dict | None = None
+) -> np.ndarray:
+    r"""The one-step-ahead predictive log density of every observation time, at every draw.
+
+    $\log p(y_k \mid y_{1:k-1}, \theta)$ for each draw $\theta$ of `samples`, from the Kalman
+    filter (`sdessm.innovations`): over a sequence they sum to its log-likelihood (the
+    prediction-error decomposition), so they are the pointwise log-likelihood that ArviZ's
+    `loo` and `compare` read, and the terms of leave-future-out (`sdessm.leave_future_out`).
+
+    Args:
+        model: the NumPyro model, as for `fit_nuts`.
+        samples: site name -> draws with any leading sample axes (e.g. `(chain, draw)`), for
+            every parameter site of the model (other entries are ignored).
+        y (ArrayLike): `(T, p)` or `(B, T, p)` observations, NaN = missing.
+        times (ArrayLike): `(T,)` observation times.
+        model_kwargs: the model's other keyword arguments.
+
+    Returns:
+        `(*S, *B, T)`: `S` the sample axes, `B` the sequences; 0 at a time with no observed
+            value.
+
+    Raises:
+        ValueError: a parameter site missing from `samples`, or draws whose shape disagrees
+            with the site's.
+    """
+    tm = trace_model(model, y, times, model_kwargs)
+    return _pointwise(tm, samples)
+
+
+def _pointwise(tm: TracedModel, samples: dict, *, per_sequence: bool = False) -> np.ndarray:
+    """`pointwise_log_likelihood` of a traced model; summed over time with `per_sequence`."""
+    missing = [k for k in tm.names if k not in samples]
+    if missing:
+        raise ValueError(f"`samples` has no draws of the site(s) {missing}.")
+    lead = None
+    flat = {}
+    for k in tm.names:
+        v = jnp.asarray(samples[k], dtype=float)
+        core = tm.shapes[k]
+        if v.ndim < len(core) or tuple(v.shape[v.ndim - len(core) :]) != core:
+            raise ValueError(f"draws of `{k}` must have shape (..., *{core}); got {v.shape}.")
+        here = tuple(v.shape[: v.ndim - len(core)])
+        if lead is not None and here != lead:
+            raise ValueError(f"the sites' draws have different sample shapes: {lead} and {here}.")
+        lead = here
+        flat[k] = v.reshape((-1, *core))
+
+    def one(values):
+        densities = innovations(tm.sde(values), tm.y, tm.times).log_densities
+        return jnp.sum(densities, axis=-1) if per_sequence else densities
+
+    with numpyro_config():
+        out = jax.jit(lambda f: jax.lax.map(one, f, batch_size=POINTWISE_BATCH))(flat)
+    return np.asarray(out).reshape(lead + out.shape[1:])
+
+
+def _log_likelihood_group(tm: TracedModel, samples: dict, pointwise: bool | None):
+    """The log_likelihood group of `fit_nuts` as an xarray Dataset (its docstring says which)."""
+    import xarray as xr
+
+    chains, draws = np.shape(samples[tm.names[0]])[:2]
+    sample_coords = {"chain": np.arange(chains), "draw": np.arange(draws)}
+    batch, T = tm.y.shape[:-2], tm.y.shape[-2]
+    size = chains * draws * math.prod(batch) * T
+    if pointwise is None:
+        pointwise = size <= POINTWISE_LIMIT
+        if not pointwise:
+            warnings.warn(
+                f"the pointwise log-likelihood would hold {size:,} values (more than "
+                f"{POINTWISE_LIMIT:,}); stored per sequence instead. Pass pointwise=True to "
+                "store it anyway (for az.loo and az.compare).",
+                stacklevel=3,
+            )
+    if not pointwise:
+        ll = _pointwise(tm, samples, per_sequence=True)
+        dims = ("chain", "draw", *(("sequence",) if batch else ()))
+        return xr.Dataset({tm.site: (dims, ll)}, coords=sample_coords)
+    ll = _pointwise(tm, samples)
+    observed = ~np.all(np.isnan(tm.y), axis=-1)  # (*B, T)
+    times = np.broadcast_to(np.asarray(tm.times, dtype=float), observed.shape)
+    if not batch:
+        data = (("chain", "draw", "time"), ll[..., observed])
+        return xr.Dataset({tm.site: data}, coords={**sample_coords, "time": times[observed]})
+    if observed.all():
+        data = (("chain", "draw", "sequence", "time"), ll)
+        coords = {"sequence": np.arange(batch[0]), "time": times[0]}
+        return xr.Dataset({tm.site: data}, coords={**sample_coords, **coords})
+    sequence, step = np.nonzero(observed)
+    coords = {"sequence": ("observation", sequence), "time": ("observation", times[observed])}
+    data = (("chain", "draw", "observation"), ll[:, :, sequence, step])
+    return xr.Dataset({tm.site: data}, coords={**sample_coords, **coords})
+
+
+def _add_group(idata, name: str, dataset) -> None:
+    """Add a group to ArviZ data: `InferenceData.add_groups` (0.x) or a `DataTree` child (1.x)."""
+    if hasattr(idata, "add_groups"):
+        idata.add_groups({name: dataset})
+    else:
+        idata[name] = dataset
 
 
 def _check_counts(num_samples, num_chains, num_warmup, checkpoint_every) -> tuple[int, ...]:

@@ -211,6 +211,46 @@ def residual_tests(
     )
 
 
+class ResidualCheck(NamedTuple):
+    """Output of `residual_check`: the standardised innovations `(T, p)`, their tests, and why
+    the tests were not run (None when they were)."""
+
+    standardized: np.ndarray
+    tests: ResidualTests | None
+    not_run: str | None
+
+
+def residual_check(sde, y, times) -> ResidualCheck:
+    """The residual checks of a fit at its estimate `sde`: `residual_tests` of the standardised
+    innovations, or the reason they cannot run (too few observed values).
+
+    Args:
+        sde (SDEParams): the fitted parameters (`EMResult.sde`).
+        y (ArrayLike): the data, `(T, p)` or `(B, T, p)`, NaN where missing.
+        times (ArrayLike): the observation times.
+
+    Returns:
+        A `ResidualCheck`.
+    """
+    standardized = np.asarray(innovations(sde, y, times).standardized)
+    try:
+        return ResidualCheck(standardized, residual_tests(standardized), None)
+    except ValueError as err:
+        return ResidualCheck(standardized, None, str(err))
+
+
+def residual_pvalues(tests: ResidualTests | None) -> dict[str, float]:
+    """The smallest p-value over the columns of each check (Ljung-Box up to the largest lag of
+    `tests`, Jarque-Bera, heteroskedasticity); NaN for each when `tests` is None."""
+    if tests is None:
+        return dict.fromkeys(("ljung_box_p", "jarque_bera_p", "heteroskedasticity_p"), np.nan)
+    return {
+        "ljung_box_p": float(np.min(tests.ljung_box_p[:, -1])),
+        "jarque_bera_p": float(np.min(tests.jarque_bera_p)),
+        "heteroskedasticity_p": float(np.min(tests.heteroskedasticity_p)),
+    }
+
+
 def plot_residuals(standardized, times=None, names=None, lags: int = 20):
     """Residual checks in pictures, one row per column of `standardized` (`(T, p)`, or
     `(B, T, p)` pooled): the standardised innovations over time with the 95% band of N(0, 1),

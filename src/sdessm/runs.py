@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -26,27 +27,98 @@ class Failed(Exception):
     """A computation that failed (not the user's input): exit status 1."""
 
 
-def load_model(args: argparse.Namespace, needs: tuple[str, ...] = ()):
-    """The model module named by `--model`; `needs` are the attributes this command uses."""
+def model_orders(spec: str, option: str = "--model") -> tuple[str, tuple[int, ...]]:
+    """`(name, orders)` of a model as the command line names it: `carma:3:1` is
+    `("carma", (3, 1))`; a plain name or a model file (a path) has no orders.
+
+    Raises:
+        ValueError: an order that is not a whole number (the message names `option`).
+
+    Examples:
+        >>> model_orders("carma:3:1"), model_orders("ou"), model_orders("my/model.py")
+        (('carma', (3, 1)), ('ou', ()), ('my/model.py', ()))
+    """
+    if spec.endswith(".py") or "/" in spec or "\\" in spec:
+        return spec, ()
+    name, *parts = spec.split(":")
+    for part in parts:
+        if not re.fullmatch(r"[+-]?\d+", part.strip()):
+            raise ValueError(
+                f"{option} {spec}: the orders after the model's name must be whole numbers, "
+                f"as in carma:3 or carma:3:1; got {part!r}."
+            )
+    return name, tuple(int(part) for part in parts)
+
+
+def resolve_model(spec: str, command: str, needs: tuple[str, ...] = (), option: str = "--model"):
+    """`(module, model_kwargs)` of a model named on the command line (`model_orders`): the orders
+    become the keyword arguments that the module's `ORDERS` names (an order not given is 0), checked
+    by its `check_orders`; `needs` are the attributes the command uses.
+
+    Raises:
+        ValueError: an unknown model, orders on a model that takes none or too many of them,
+            orders the model refuses, or an attribute of `needs` missing (each message names
+            `option`).
+    """
     from .models import load
 
-    module = load(args.model)
-    missing = [name for name in needs if not hasattr(module, name)]
+    name, orders = model_orders(spec, option)
+    module = load(name)
+    kwargs = {}
+    if orders:
+        names = tuple(getattr(module, "ORDERS", ()))
+        if not names:
+            raise ValueError(f"{option} {spec}: the model {name} takes no orders; give {name}.")
+        if len(orders) > len(names):
+            raise ValueError(
+                f"{option} {spec}: the model {name} takes at most {len(names)} orders "
+                f"({', '.join(names)}); got {len(orders)}."
+            )
+        kwargs = dict(zip(names, orders + (0,) * (len(names) - len(orders)), strict=True))
+        try:
+            getattr(module, "check_orders", lambda **_: None)(**kwargs)
+        except ValueError as err:
+            raise ValueError(f"{option} {spec}: {err}") from None
+    missing = [attr for attr in needs if not hasattr(module, attr)]
     if missing:
         raise ValueError(
-            f"`sdessm {args.command}` needs {' and '.join(missing)} in the model file "
-            f"{args.model} (default parameter values and the map to SDEParams: see "
+            f"`sdessm {command}` needs {' and '.join(missing)} in the model file "
+            f"{spec} (default parameter values and the map to SDEParams: see "
             "'Write your own model' in the documentation)."
         )
+    if kwargs and "TRUE_PARAMS" in needs and not hasattr(module, "true_params"):
+        raise ValueError(
+            f"{option} {spec}: `sdessm {command}` simulates at TRUE_PARAMS, which hold for the "
+            f"default orders of {name} only, and {name} has no true_params(...) for others."
+        )
+    return module, kwargs
+
+
+def load_model(args: argparse.Namespace, needs: tuple[str, ...] = ()):
+    """The model module named by `--model` (`resolve_model`), its orders kept as
+    `args.model_kwargs`; `needs` are the attributes this command uses."""
+    module, args.model_kwargs = resolve_model(args.model, args.command, needs)
     return module
+
+
+def load_models(args: argparse.Namespace) -> list:
+    """`(name, module, model_kwargs)` of each model of `--models`, all checked before any work."""
+    return [(spec, *resolve_model(spec, args.command, option="--models")) for spec in args.models]
+
+
+def true_params(args: argparse.Namespace, module) -> dict:
+    """The parameter values to simulate the model of `--model` at: `TRUE_PARAMS`, or for orders
+    given on the command line the module's `true_params(**orders)`."""
+    kwargs = getattr(args, "model_kwargs", None)
+    return module.true_params(**kwargs) if kwargs else module.TRUE_PARAMS
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
     """The files this run reads or keeps, which its output must never replace."""
     files = [getattr(args, "data", None), getattr(args, "checkpoint", None)]
-    model = getattr(args, "model", "")
-    if model.endswith(".py") or os.sep in model or "/" in model:
-        files.append(model)
+    for model in [getattr(args, "model", ""), *(getattr(args, "models", None) or [])]:
+        if model.endswith(".py") or os.sep in model or "/" in model:
+            files.append(model)
     return [f for f in files if f]
 
 
@@ -123,6 +195,7 @@ def em_with_warnings(args, module, times, y, objective: str, init=None):
                 num_iters=args.iters,
                 psd=args.psd,
                 checkpoint=getattr(args, "checkpoint", None),
+                model_kwargs=getattr(args, "model_kwargs", None) or None,
             )
         except FloatingPointError as err:
             raise Failed(f"EM failed: {err}") from None
@@ -135,6 +208,67 @@ def em_with_warnings(args, module, times, y, objective: str, init=None):
         except NoRealLogarithmError as err:
             raise Failed(f"no SDE explains the fit: {err}") from None
     return em, _warning_lines(caught)
+
+
+def compare_with_progress(args, specs, times, y, line):
+    """EM of each model of `load_models` (`sdessm.comparison.fit_candidate`), a line printed per
+    model (`line(candidate)`), then the choice (`sdessm.comparison.choose`).
+
+    Raises:
+        Failed: no model could be fitted (the message gives each reason).
+    """
+    import dataclasses
+
+    from .comparison import choose, fit_candidate, loo_comparison, sample_candidate
+
+    candidates = []
+    for i, (spec, module, kwargs) in enumerate(specs, 1):
+        print(f"[{i}/{len(specs)}] {spec}", flush=True)
+        options = dict(objective=args.objective, num_iters=args.iters, psd=args.psd)
+        fitted = fit_candidate(
+            module.model, y, times, name=spec, model_kwargs=kwargs or None, **options
+        )
+        print(f"      {line(fitted)}", flush=True)
+        candidates.append(fitted)
+    loo = None
+    if args.nuts:
+        nuts = dict(
+            num_warmup=args.warmup,
+            num_samples=args.draws,
+            num_chains=args.chains,
+            seed=args.seed,
+            target_accept_prob=args.target_accept,
+            progress=True,
+        )
+        for i, (c, (spec, module, kwargs)) in enumerate(zip(candidates, specs, strict=True)):
+            if not c.converged:
+                print(f"[NUTS {i + 1}/{len(specs)}] {spec}: not sampled (not certified)")
+                continue
+            print(f"[NUTS {i + 1}/{len(specs)}] {spec}", flush=True)
+            posterior = sample_candidate(c, module.model, y, times, kwargs or None, nuts)
+            candidates[i] = dataclasses.replace(c, posterior=posterior)
+        loo = loo_comparison(candidates)
+    result = choose(candidates, loo=loo)
+    if result.choice is None:
+        raise Failed(result.why)
+    return result
+
+
+def simulate_model(module, truth: dict, n: int, dt: float, missing: float, seed: int):
+    """`(times, x, y)`: a model simulated at `truth`, a `missing` fraction of y NaN."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .io import decimal_grid
+    from .simulate import simulate
+
+    sde = module.to_sde(**{k: jnp.asarray(v, dtype=float) for k, v in truth.items()})
+    times = decimal_grid(0.0, dt, n)
+    x, y = simulate(jax.random.key(seed), sde, times)
+    x, y = np.asarray(x), np.array(y)
+    y[np.random.default_rng(seed).uniform(size=y.shape) < missing] = np.nan
+    return times, x, y
 
 
 def nuts_with_warnings(args, module, times, y, init, truth=None):
@@ -154,6 +288,7 @@ def nuts_with_warnings(args, module, times, y, init, truth=None):
             seed=args.seed,
             checkpoint=getattr(args, "checkpoint", None),
             target_accept_prob=args.target_accept,
+            model_kwargs=getattr(args, "model_kwargs", None) or None,
         )
     return idata, _warning_lines(caught)
 

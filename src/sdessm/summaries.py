@@ -1,8 +1,9 @@
 """What the command line reports: verdicts, tables, text and figures of a fit or a posterior.
 
-Each function turns a result (an EM fit, NUTS draws, a forecast) into what `sdessm fit`,
-`sdessm sample` and `sdessm demo` print and write: notes `(kind, text)` on how a fit ended, each
-with what to try; tables of estimates; the text of the fitted SDE; the figures of the report.
+Each function turns a result (an EM fit, a comparison of fits, NUTS draws, a forecast) into what
+`sdessm fit`, `sdessm compare`, `sdessm sample` and `sdessm demo` print and write: notes
+`(kind, text)` on how a fit ended, each with what to try; tables of estimates; the text of the
+fitted SDE; the figures of the report.
 NumPy, pandas, SciPy and the plotting modules are imported when a function needs them, so that
 the command line answers bad arguments first.
 """
@@ -27,10 +28,15 @@ def option_values(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str,
     return {f"--{n.replace('_', '-')}": str(getattr(args, n)) for n in names}
 
 
+def model_summary(module) -> str:
+    """The first line of a model module's docstring."""
+    doc = (module.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else "(no docstring)"
+
+
 def model_facts(args, module) -> dict[str, str]:
     """The model a run used: its name or file, and the first line of its docstring."""
-    doc = (module.__doc__ or "").strip()
-    return {"model": args.model, "summary": doc.splitlines()[0] if doc else "(no docstring)"}
+    return {"model": args.model, "summary": model_summary(module)}
 
 
 def sde_text(sde) -> str:
@@ -176,6 +182,51 @@ def em_verdict(em, args, note, caught: list[str]) -> list[tuple[str, str]]:
     return notes
 
 
+def candidate_line(candidate) -> str:
+    """One line on a fit of `sdessm compare`: its log-likelihood, k, AIC and BIC, and whether it
+    is certified, or why it failed."""
+    c = candidate.criteria
+    if candidate.failed:
+        return f"FAILED: {candidate.convergence}"
+    verdict = "certified" if candidate.converged else f"NOT certified ({candidate.convergence})"
+    return (
+        f"log-likelihood {c['log_likelihood']:.6g}, k = {c['parameters']}, AIC {c['aic']:.6g}, "
+        f"BIC {c['bic']:.6g}; {verdict}"
+    )
+
+
+def comparison_notes(comparison) -> list[tuple[str, str]]:
+    """The notes of a comparison, then the warnings of each fit (as information: a warning of a
+    model not chosen does not make the run's result a warning, one of the chosen model does)."""
+    notes = list(comparison.notes)
+    for c in comparison.candidates:
+        kind = "warning" if c.name == comparison.choice else "info"
+        notes += [(kind, f"{c.name}: {text}") for text in c.warnings]
+    return notes
+
+
+def comparison_results(comparison, *, data, settings, versions) -> dict:
+    """What comparison.json holds: the choice and why, one entry per model (the table's row, its
+    convergence and warnings), the data, settings and versions."""
+    rows = comparison.table().to_dict(orient="index")
+    for c in comparison.candidates:
+        rows[c.name].update(
+            convergence=c.convergence,
+            residuals_not_run=c.residuals_not_run,
+            warnings=list(c.warnings),
+            params=c.fit.params if c.fit is not None else None,
+        )
+    return {
+        "choice": comparison.choice,
+        "why": comparison.why,
+        "notes": [{"kind": kind, "text": text} for kind, text in comparison.notes],
+        "models": rows,
+        "data": data,
+        "settings": settings,
+        "versions": versions,
+    }
+
+
 def em_history_csv(em) -> str:
     """One row per EM iterate: the log-likelihood, and the log-posterior for MAP."""
     posts = em.report.get("log_posteriors")
@@ -210,13 +261,11 @@ def residual_checks(sde, times, y, names):
     {"not_run": why}, None)` when the data are too few to test."""
     import pandas as pd
 
-    from .residuals import innovations, plot_residuals, residual_tests
+    from .residuals import plot_residuals, residual_check
 
-    standardized = innovations(sde, y, times).standardized
-    try:
-        tests = residual_tests(standardized)
-    except ValueError as err:
-        return f"Residual checks not run: {err}", {"not_run": str(err)}, None
+    standardized, tests, not_run = residual_check(sde, y, times)
+    if tests is None:
+        return f"Residual checks not run: {not_run}", {"not_run": not_run}, None
     lag = tests.lags[-1]
     table = pd.DataFrame(
         {
