@@ -290,6 +290,11 @@ def test_sample_with_posterior_predictive_forecast(sample_run):
     )
     idata = az.from_netcdf(out / "posterior.nc")
     assert np.asarray(idata["posterior"]["theta"].values).shape == (1, 40)
+    # one log density per observed time, and PSIS-LOO on them in the report
+    assert idata["log_likelihood"]["y"].dims == ("chain", "draw", "time")
+    loo = az.loo(idata)
+    elpd = loo.elpd_loo if hasattr(loo, "elpd_loo") else loo.elpd
+    assert f"{float(elpd):.6g}" in (out / "report.html").read_text()
     table = pd.read_csv(out / "forecast.csv")
     assert list(table.columns) == ["t", "y_mean", "y_median", "y_lower", "y_upper"]
     assert (table["y_lower"] < table["y_median"]).all()

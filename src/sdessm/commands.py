@@ -45,6 +45,7 @@ from .summaries import (
     forecast_outputs,
     identified_functional,
     identified_section,
+    loo_facts,
     model_facts,
     model_summary,
     nuts_verdict,
@@ -194,7 +195,10 @@ def compare_command(args: argparse.Namespace) -> int:
     print(table.drop(columns="note").to_string(float_format=lambda v: f"{v:.6g}", na_rep="-"))
     notes = comparison_notes(result)
     for kind, text in notes:
-        print(text) if kind != "warning" else print_warnings([(kind, text)])
+        if kind == "warning":
+            print_warnings([(kind, text)])
+        else:
+            print(text)
     chosen = result.fits[result.choice]
     checks, _, residuals = residual_checks(chosen.sde, times, y, names)
     figures = {"comparison.png": plot_comparison(result)}
@@ -252,6 +256,8 @@ def sample_command(args: argparse.Namespace) -> int:
     shown = display_table(table).drop(columns=["truth", "truth_in_hdi", "em_in_hdi"])
     print(shown.to_string(float_format=lambda v: f"{v:.4g}", na_rep="-"))
     notes = nuts_verdict(idata, table, args.chains) + [("warning", t) for t in caught + more]
+    loo = loo_facts(idata)
+    print("PSIS-LOO: " + "; ".join(f"{k} {v}" for k, v in loo.items() if k != "reading"))
     print_warnings(notes)
     figures = {"posterior.png": plot_recovery(table), "trace_rank.png": plot_trace_rank(idata)}
     extra, sections = {}, []
@@ -277,6 +283,7 @@ def sample_command(args: argparse.Namespace) -> int:
             (f"Posterior: mean, sd, {level} highest-density interval, R-hat, ESS", shown),
             (f"Posterior means and {level} HDIs", figures["posterior.png"]),
             ("Chains", figures["trace_rank.png"]),
+            ("Predictive accuracy (PSIS-LOO)", loo),
             *sections,
             ("Settings", settings),
             ("Versions", versions()),

@@ -370,6 +370,35 @@ def nuts_verdict(idata, table, chains: int) -> list[tuple[str, str]]:
     return notes
 
 
+def loo_facts(idata) -> dict[str, str]:
+    """PSIS-LOO of a posterior on its pointwise log-likelihood (ArviZ 0.x or 1.x), in words for
+    the report: elpd_loo and its standard error, the effective number of parameters, and at how
+    many observations the Pareto k passes 0.7; or why it was not computed."""
+    import warnings
+
+    import arviz as az
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the facts below say what ArviZ's warnings say
+        try:
+            loo = az.loo(idata, pointwise=True)
+        except (ValueError, TypeError, KeyError) as err:
+            return {"PSIS-LOO": f"not computed: {err}"}
+    elpd = loo.elpd_loo if hasattr(loo, "elpd_loo") else loo.elpd  # ArviZ 0.x, 1.x
+    p = loo.p_loo if hasattr(loo, "p_loo") else loo.p
+    k = np.asarray(loo.pareto_k, dtype=float).ravel()
+    return {
+        "elpd_loo": f"{float(elpd):.6g} (se {float(loo.se):.3g})",
+        "p_loo (effective parameters)": f"{float(p):.3g}",
+        "Pareto k above 0.7": f"{int(np.sum(k > 0.7))} of {k.size} observations",
+        "reading": "the expected log predictive density of each observation time with it left "
+        "out; an approximation on a time series (later observations stay in), where "
+        "sdessm.leave_future_out scores forecasts from the past alone; compare models with "
+        "az.compare on their posterior.nc",
+    }
+
+
 def coverage_note(table) -> str:
     """Plain words on truths outside their intervals, and how often that happens by chance."""
     from scipy.stats import binom
