@@ -8,6 +8,7 @@ can be checkpointed and resumed (`checkpoint=`), with the same draws as one unin
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import warnings
@@ -200,14 +201,22 @@ def _pointwise(tm: TracedModel, samples: dict, *, per_sequence: bool = False) ->
             raise ValueError(f"the sites' draws have different sample shapes: {lead} and {here}.")
         lead = here
         flat[k] = v.reshape((-1, *core))
+    with numpyro_config():
+        out = _pointwise_program(tm, per_sequence)(flat)
+    return np.asarray(out).reshape(lead + out.shape[1:])
+
+
+@functools.lru_cache(maxsize=8)
+def _pointwise_program(tm: TracedModel, per_sequence: bool):
+    """The compiled `_pointwise` of one traced model (the data closed over, so complete data
+    keep their fast path), kept so that later calls on the same data (a posterior extended,
+    the refits of `leave_future_out`) do not compile again."""
 
     def one(values):
         densities = innovations(tm.sde(values), tm.y, tm.times).log_densities
         return jnp.sum(densities, axis=-1) if per_sequence else densities
 
-    with numpyro_config():
-        out = jax.jit(lambda f: jax.lax.map(one, f, batch_size=POINTWISE_BATCH))(flat)
-    return np.asarray(out).reshape(lead + out.shape[1:])
+    return jax.jit(lambda flat: jax.lax.map(one, flat, batch_size=POINTWISE_BATCH))
 
 
 def _log_likelihood_group(tm: TracedModel, samples: dict, pointwise: bool | None):

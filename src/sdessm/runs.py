@@ -232,14 +232,7 @@ def compare_with_progress(args, specs, times, y, line):
         candidates.append(fitted)
     loo = None
     if args.nuts:
-        nuts = dict(
-            num_warmup=args.warmup,
-            num_samples=args.draws,
-            num_chains=args.chains,
-            seed=args.seed,
-            target_accept_prob=args.target_accept,
-            progress=True,
-        )
+        nuts = {**nuts_settings(args), "progress": True}
         for i, (c, (spec, module, kwargs)) in enumerate(zip(candidates, specs, strict=True)):
             if not c.converged:
                 print(f"[NUTS {i + 1}/{len(specs)}] {spec}: not sampled (not certified)")
@@ -271,6 +264,17 @@ def simulate_model(module, truth: dict, n: int, dt: float, missing: float, seed:
     return times, x, y
 
 
+def nuts_settings(args) -> dict:
+    """The settings of `fit_nuts` that the NUTS options of the command line give."""
+    return dict(
+        num_warmup=args.warmup,
+        num_samples=args.draws,
+        num_chains=args.chains,
+        seed=args.seed,
+        target_accept_prob=args.target_accept,
+    )
+
+
 def nuts_with_warnings(args, module, times, y, init, truth=None):
     """NUTS with its warnings recorded: `(ArviZ data, warning lines)`."""
     from .infer import fit_nuts
@@ -280,15 +284,11 @@ def nuts_with_warnings(args, module, times, y, init, truth=None):
             module.model,
             y,
             times,
-            num_warmup=args.warmup,
-            num_samples=args.draws,
-            num_chains=args.chains,
             init=init,
             truth=truth,
-            seed=args.seed,
             checkpoint=getattr(args, "checkpoint", None),
-            target_accept_prob=args.target_accept,
             model_kwargs=getattr(args, "model_kwargs", None) or None,
+            **nuts_settings(args),
         )
     return idata, _warning_lines(caught)
 
