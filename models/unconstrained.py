@@ -126,12 +126,12 @@ def from_sde(params: SDEParams) -> dict:
         >>> all(np.allclose(named[k], v) for k, v in TRUE_PARAMS.items())
         True
     """
-    params = SDEParams(*(np.asarray(a) for a in params)).validate()
-    F, L, H, u, R, mu1, P1 = params
+    params = SDEParams(*(a if a is None else np.asarray(a) for a in params)).validate()
+    F, L, H, u, R, mu1, P1 = params[:7]
     if H.ndim != 2 or u.ndim != 1 or R.ndim != 2:
         raise ValueError("`from_sde` takes shared emissions; got per-step `H`, `u` or `R`.")
     d = F.shape[0]
-    dtype = np.result_type(*params)
+    dtype = np.result_type(*params[:7])
     tol = _TOL_EPS * np.finfo(dtype if np.issubdtype(dtype, np.floating) else float).eps
     if np.max(np.abs(mu1), initial=0.0) > tol:
         raise ValueError(f"`mu1` must be 0 in this model (it is fixed); got {mu1.tolist()}.")

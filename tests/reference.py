@@ -83,7 +83,7 @@ def dense_posterior(params, y, upto=None):
     """
     y = np.asarray(y, dtype=float)
     T = y.shape[0]
-    mean_x, cov_x, mean_y, cov_y, cov_xy, d, p = dense_joint(*params, T)
+    mean_x, cov_x, mean_y, cov_y, cov_xy, d, p = dense_joint(*params[:7], T)
     flat = y.reshape(-1)
     obs = ~np.isnan(flat)
     if upto is not None:
@@ -159,7 +159,7 @@ def dense_complete_posterior(params, y):
     """
     y = np.asarray(y, dtype=float)
     T = y.shape[0]
-    mean_x, cov_x, mean_y, cov_y, cov_xy, d, p = dense_joint(*params, T)
+    mean_x, cov_x, mean_y, cov_y, cov_xy, d, p = dense_joint(*params[:7], T)
     mean = np.concatenate([mean_x, mean_y])
     cov = np.block([[cov_x, cov_xy], [cov_xy.T, cov_y]])
     flat = y.reshape(-1)

@@ -207,7 +207,8 @@ def test_to_numpy_walks_results():
     )
     out = to_numpy(_Pair(tree, params))
     assert type(out) is _Pair and type(out.second) is sdessm.SDEParams
-    assert all(type(x) is np.ndarray for x in out.second)
+    assert all(type(x) is np.ndarray for x in out.second[:7])
+    assert out.second.B is None and out.second.D is None  # no inputs: None stays None
     res = out.first
     assert type(res) is _Result and res.count == 3
     assert list(res.values) == ["z", "a"]

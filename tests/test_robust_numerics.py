@@ -325,7 +325,7 @@ F32_COV_TOL = 1e-6
 
 def _float32_run(params, y, times):
     """Filter, smoother and log-likelihood jitted with x64 off (float32 throughout)."""
-    p32 = sdessm.SDEParams(*(np.asarray(a, np.float32) for a in params))
+    p32 = sdessm.SDEParams(*(np.asarray(a, np.float32) for a in params[:7]))
     y32, t32 = np.asarray(y, np.float32), np.asarray(times, np.float32)
     with jax.enable_x64(False):
         filt, smooth, loglik = jax.jit(

@@ -235,6 +235,39 @@ def check_observations(y, p: int) -> None:
     check_finite("y", y, allow_nan=True)
 
 
+def check_inputs(inputs, T: int, m: int, num_sequences: int | None, what: str = "inputs"):
+    """Known inputs `(T, m)` (shared by the sequences) or `(B, T, m)` (one per sequence): finite
+    everywhere (inputs are known, never missing); returned as an array of the float dtype.
+
+    Raises:
+        ValueError: a wrong shape, or NaN or inf, naming the row and column (and sequence).
+    """
+    v = as_float_array(inputs, what)
+    shapes = f"({T}, {m})" + (f" or ({num_sequences}, {T}, {m})" if num_sequences else "")
+    if (
+        v.shape[-2:] != (T, m)
+        or v.ndim not in (2, 3)
+        or (v.ndim == 3 and v.shape[0] != num_sequences)
+    ):
+        raise ValueError(
+            f"`{what}` must have shape {shapes} (T = {T} times, m = {m} inputs of the gains "
+            f"`B`/`D`); got {v.shape}."
+        )
+    c = concrete(v)
+    if c is None:
+        check_real_dtype(what, v.dtype)
+    elif not np.isfinite(c).all():
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(c))[0])
+        where = f"row {first[-2]}, column {first[-1]}"
+        if len(first) == 3:
+            where = f"sequence {first[0]}, " + where
+        raise ValueError(
+            f"`{what}` must be finite (inputs are known; NaN is no missing input): "
+            f"{c[first]} at {where} (0-based)."
+        )
+    return v
+
+
 def check_something_observed(y, what: str) -> None:
     """Data a fit can learn from: some observed value, and one in every column of `y` (..., p).
 

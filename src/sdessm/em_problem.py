@@ -20,7 +20,7 @@ from .params import LGSSMParams, SDEParams
 from .problem import resolve
 
 SDE_FIELDS = ("F", "L", "Q", "H", "u", "R", "mu1", "P1")
-LGSSM_FIELDS = LGSSMParams._fields
+LGSSM_FIELDS = LGSSMParams._fields[:7]  # without the input gains, which EM does not fit yet
 
 
 def free_fields(init, fixed, B):
@@ -135,6 +135,11 @@ def check_arguments(init, structure, log_prior, R_structure, emissions, psd, fin
         raise TypeError("`log_prior` without `structure` needs an `SDEParams` init.")
     else:
         sde0 = init
+    if getattr(sde0, "B", None) is not None or getattr(sde0, "D", None) is not None:
+        raise NotImplementedError(
+            "EM does not fit models with known inputs (`B`/`D`) yet; for now fit them by "
+            "maximising `sdessm.log_likelihood(..., inputs=)` or with NUTS."
+        )
     if (structure is not None or log_prior is not None) and (
         R_structure != "full" or emissions != "shared"
     ):
@@ -187,7 +192,7 @@ def resolve_fit(sde0, y, times, dt, fixed, structured: bool, numerical: bool, pe
         lg0, sde0 = lg0._replace(u=zero_u), sde0._replace(u=zero_u)
     reps = groups = None
     if isinstance(sde0, SDEParams):
-        sde0 = type(sde0)(*(jnp.asarray(x, dtype=float) for x in sde0))
+        sde0 = jax.tree.map(lambda x: jnp.asarray(x, dtype=float), sde0)
         reps, groups = step_groups(yb, times, dt)
     elif lg0.time_varying()["A"] and not {"A", "Sigma"} <= fixed:
         raise ValueError(

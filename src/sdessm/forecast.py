@@ -25,12 +25,20 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import as_float_array, check_count, check_finite, check_times, concrete, float64
-from .discretize import discretize_grouped, symmetrize
+from ._checks import (
+    as_float_array,
+    check_count,
+    check_finite,
+    check_inputs,
+    check_times,
+    concrete,
+    float64,
+)
+from .discretize import symmetrize
 from .io import posterior_draws
 from .kalman import filter_sequence
-from .params import LGSSMParams, SDEParams
-from .problem import is_complete, resolve
+from .params import LGSSMParams, SDEParams, as_arrays, transitions
+from .problem import emitted, is_complete, resolve, respond
 from .recursion import predict
 from .results import EMResult
 from .simulate import psd_sqrt
@@ -203,9 +211,10 @@ def _future_steps(params, y, times, future_times, dt, num_steps):
     return future_times, steps
 
 
-def _setup(params, y, times, future_times, dt, num_steps):
-    """Validate and resolve into `(past Problem, A, Sigma, future_batched, future_times)` with
-    `A`, `Sigma` of the future steps."""
+def _setup(params, y, times, future_times, dt, num_steps, inputs=None, future_inputs=None):
+    """Validate and resolve into `(past Problem, A, Sigma, future_batched, future_times, ahead)`
+    with `A`, `Sigma` of the future steps and `ahead` the inputs' part of the future state and
+    observation means (`(s, H s + D v)`, or None without inputs)."""
     if isinstance(params, EMResult):
         params = params.sde if params.sde is not None else params.params
     if not isinstance(params, SDEParams | LGSSMParams):
@@ -214,16 +223,24 @@ def _setup(params, y, times, future_times, dt, num_steps):
             f"{type(params).__name__} (for a NumPyro model's site values use `model_sde`)."
         )
     future_times, steps = _future_steps(params, y, times, future_times, dt, num_steps)
-    problem = resolve(params, y, times, dt)
+    problem = resolve(params, y, times, dt, inputs)
     past, y = problem.params, problem.y
-    tv = past.time_varying()
-    if tv["H"] or tv["u"] or tv["R"]:
+    with_inputs = params.B is not None or params.D is not None
+    if with_inputs and future_inputs is None:
         raise ValueError(
-            "forecasting needs time-invariant emissions (`H`, `u`, `R` without a time axis): "
+            "the model has input gains (`B`/`D`): give `future_inputs` (N, m), the known inputs "
+            "at the future times (the step from the last observation uses its own input)."
+        )
+    if not with_inputs and future_inputs is not None:
+        raise ValueError("`future_inputs` were given but the model has no input gain `B`/`D`.")
+    tv = past.time_varying()
+    if tv["H"] or tv["u"] or tv["R"] or np.ndim(params.D) == 3:
+        raise ValueError(
+            "forecasting needs time-invariant emissions (`H`, `u`, `R`, `D` without a time axis): "
             "the future has no per-step values."
         )
     if isinstance(params, LGSSMParams):
-        if tv["A"] or tv["Sigma"]:
+        if tv["A"] or tv["Sigma"] or tv["B"]:
             raise ValueError(
                 "`num_steps` continues a time-invariant `LGSSMParams`; this one has per-step "
                 "`A`/`Sigma`. Forecast from the `SDEParams` at `future_times` instead."
@@ -232,12 +249,41 @@ def _setup(params, y, times, future_times, dt, num_steps):
         A = jnp.broadcast_to(past.A, (num_steps, *past.A.shape))
         Sigma = jnp.broadcast_to(past.Sigma, (num_steps, *past.Sigma.shape))
         future_times = np.arange(1, num_steps + 1, dtype=float)
-        return problem, A, Sigma, False, future_times
-    A, Sigma = discretize_grouped(params.F, params.L @ params.L.T, steps)
+        B = None if params.B is None else jnp.broadcast_to(params.B, (num_steps, *params.B.shape))
+        ahead = _ahead(params, problem, inputs, future_inputs, A, B, False, y)
+        return problem, A, Sigma, False, future_times, ahead
+    A, Sigma, B = transitions(as_arrays(params), steps)
     future_batched = steps.ndim == 2
     if future_batched and y.ndim != 3:
         raise ValueError(f"per-sequence `times` need `y` of shape (B, T, p); got {y.shape}.")
-    return problem, A, Sigma, future_batched, future_times
+    ahead = _ahead(params, problem, inputs, future_inputs, A, B, future_batched, y)
+    return problem, A, Sigma, future_batched, future_times, ahead
+
+
+def _ahead(params, problem, inputs, future_inputs, A, B, future_batched, y):
+    """The inputs' part of the future means: the state's deterministic response, continued from
+    its value at the last observation with the inputs held over each step (the last observed
+    input over the first), and what it and `D` add to the observations; None without inputs."""
+    if future_inputs is None:
+        return None
+    N, m = A.shape[-3], params.input_dim
+    B_seq = y.shape[0] if y.ndim == 3 else None
+    v = check_inputs(inputs, y.shape[-2], m, B_seq)
+    f = check_inputs(future_inputs, N, m, B_seq, "future_inputs")
+    s = None
+    if problem.offset is not None:
+        if y.ndim == 3:  # one row of inputs per sequence
+            v, f = (jnp.broadcast_to(a, (B_seq, *a.shape[-2:])) for a in (v, f))
+        held = jnp.concatenate([v[..., -1:, :], f], axis=-2)  # N + 1 rows; the last is unused
+        s_T = problem.offset[..., -1, :]
+        if y.ndim == 2:
+            s = respond(A, B, held, s_T)[1:]
+        else:
+            ax = 0 if future_batched else None
+            s = jax.vmap(lambda A, B, w, s1: respond(A, B, w, s1)[1:], in_axes=(ax, ax, 0, 0))(
+                A, B, held, s_T
+            )
+    return s, emitted(params, s, f, (*y.shape[:-2], N, y.shape[-1]))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 6, 7))  # compiled once per shape and flags
@@ -263,6 +309,8 @@ def forecast(
     *,
     dt: float | None = None,
     num_steps: int | None = None,
+    inputs: Float[ArrayLike, "*#B T m"] | None = None,
+    future_inputs: Float[ArrayLike, "*#B N m"] | None = None,
 ) -> Forecast:
     r"""Predictive means and covariances of future states and observations given `y`.
 
@@ -276,6 +324,12 @@ def forecast(
         dt: a uniform step instead of `times` (observations at `0, dt, ..., (T-1) dt`).
         num_steps: with `dt` (or an `LGSSMParams`), forecast `N = num_steps` steps of that size
             instead of giving `future_times`.
+        inputs: the known inputs `(T, m)` (or `(B, T, m)`) of the data, for a model with the
+            input gains `B`/`D` (see `kalman_filter`).
+        future_inputs: the known inputs at the future times, `(N, m)` (or `(B, N, m)`),
+            required with `inputs`. Inputs are held over each step: the step from the last
+            observation to the first future time uses the last row of `inputs`, the step into
+            future time n + 1 row n of `future_inputs`.
 
     Returns:
         A `Forecast`: the future `times` and, at each, the means and covariances of the state and
@@ -283,7 +337,8 @@ def forecast(
 
     Raises:
         ValueError: future times not after the data, not increasing or not finite; per-step
-            emissions; and every error of `kalman_filter`.
+            emissions; `future_inputs` missing for a model with inputs, given for one without,
+            of a wrong shape or not finite; and every error of `kalman_filter`.
 
     Examples:
         >>> import jax.numpy as jnp, sdessm
@@ -295,9 +350,15 @@ def forecast(
         >>> fc.state_covs[:, 0, 0].round(12).tolist()   # Var[x_1 | y_1] = 1/2, plus Q * step
         [1.5, 3.5]
     """
-    past, A, Sigma, fb, future_times = _setup(params, y, times, future_times, dt, num_steps)
-    out = _apply(_forecast_one, *past[:3], A, Sigma, fb, past.complete)
-    return Forecast(jnp.asarray(future_times), *out)
+    past, A, Sigma, fb, future_times, ahead = _setup(
+        params, y, times, future_times, dt, num_steps, inputs, future_inputs
+    )
+    means, covs, obs_means, obs_covs = _apply(_forecast_one, *past[:3], A, Sigma, fb, past.complete)
+    if ahead is not None:
+        s, emitted_ahead = ahead
+        means = means if s is None else means + s
+        obs_means = obs_means + emitted_ahead
+    return Forecast(jnp.asarray(future_times), means, covs, obs_means, obs_covs)
 
 
 def _draw_values(posterior, names: list[str]) -> dict[str, np.ndarray]:
@@ -368,12 +429,17 @@ def forecast_posterior(
         check_finite(f"posterior[{k!r}]", v)
     complete = is_complete(y)
     sde0 = tm.sde({k: jnp.asarray(v[0]) for k, v in draws.items()})
+    if sde0.B is not None or sde0.D is not None:
+        raise NotImplementedError(
+            "forecast_posterior does not take known inputs yet; forecast each draw's "
+            "parameters with `sdessm.forecast(..., inputs=, future_inputs=)`."
+        )
     _setup(sde0, y, times, future_times, None, None)  # validate once, eagerly
     y_arr = as_float_array(y, "y")
 
     def one(key, values):
         sde = tm.sde(values)
-        past, A, Sigma, fb, _ = _setup(sde, y_arr, times, future_times, None, None)
+        past, A, Sigma, fb, _, _ = _setup(sde, y_arr, times, future_times, None, None)
         B = past.y.shape[0] if past.y.ndim == 3 else None
         keys = key if B is None else jax.random.split(key, B)
         return _apply(_sample_path, *past[:3], A, Sigma, fb, complete, keys)

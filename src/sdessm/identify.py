@@ -36,7 +36,7 @@ SYMMETRIC = ("Q", "Sigma", "R", "P1")
 
 
 def _fields(params) -> dict[str, np.ndarray]:
-    fields = {k: np.array(v, dtype=float) for k, v in params._asdict().items()}
+    fields = {k: np.array(v, dtype=float) for k, v in params._asdict().items() if v is not None}
     if isinstance(params, SDEParams):
         L = fields.pop("L")
         fields = {"F": fields.pop("F"), "Q": L @ L.T, **fields}

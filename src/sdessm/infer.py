@@ -213,7 +213,8 @@ def _pointwise_program(tm: TracedModel, per_sequence: bool):
     the refits of `leave_future_out`) do not compile again."""
 
     def one(values):
-        densities = innovations(tm.sde(values), tm.y, tm.times).log_densities
+        lti = tm.ltisde(values)
+        densities = innovations(lti.params, tm.y, tm.times, inputs=lti.inputs).log_densities
         return jnp.sum(densities, axis=-1) if per_sequence else densities
 
     return jax.jit(lambda flat: jax.lax.map(one, flat, batch_size=POINTWISE_BATCH))

@@ -78,8 +78,8 @@ def coordinates(result: EMResult):
     else:
         base = result.params._asdict()
         fixed = set(ctx["fixed"])
-        names = LGSSMParams._fields
-    base = {k: jnp.asarray(x) for k, x in base.items()}
+        names = LGSSMParams._fields[:7]
+    base = {k: jnp.asarray(x) for k, x in base.items() if x is not None}
     labels, pieces, slots = [], [], []
     for name in names:
         if name in fixed:
@@ -115,7 +115,7 @@ def coordinates(result: EMResult):
                     x = jnp.tril(x) + jnp.tril(x, -1).T
             fields[name] = x
         if sde:
-            return SDEParams(**{k: fields[k] for k in SDEParams._fields}), fields["Q"]
+            return SDEParams(**{k: fields.get(k) for k in SDEParams._fields}), fields["Q"]
         return LGSSMParams(**fields), None
 
     layout = tuple((name, tuple(idx)) for name, idx in slots)

@@ -257,7 +257,7 @@ def sde_parametrisation(init: SDEParams, fixed: frozenset):
     consts = {k: getattr(init, k) for k in SDEParams._fields if k in fixed}
     theta = {}
     for k in SDEParams._fields:
-        if k in fixed:
+        if k in fixed or getattr(init, k) is None:  # fixed, or an input gain the model lacks
             continue
         v = getattr(init, k)
         theta[k] = jnp.linalg.cholesky(v) if k in ("R", "P1") else v

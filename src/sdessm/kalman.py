@@ -381,6 +381,7 @@ def kalman_filter(
     times: Float[ArrayLike, "*#B T"] | None = None,
     *,
     dt: float | None = None,
+    inputs: Float[ArrayLike, "*#B T m"] | None = None,
     method: str = "sequential",
 ) -> FilterResult:
     r"""Kalman filter: filtered and one-step predicted state moments and $\log p(y_{1:T})$.
@@ -391,6 +392,9 @@ def kalman_filter(
         y: observations `(T, p)` or `(B, T, p)`; NaN marks a missing value.
         times: observation times `(T,)` shared by all sequences, or `(B, T)`; `SDEParams` only.
         dt: a uniform step instead of `times`; `SDEParams` only.
+        inputs: known inputs `(T, m)` shared by the sequences, or `(B, T, m)`, when `params`
+            has the input gains `B` (drift) or `D` (observations); held constant from each
+            observation time to the next (zero-order hold). Finite everywhere.
         method: `"sequential"` (a `lax.scan` over time, the default) or `"parallel"` (an
             associative scan, `sdessm.parallel`): $O(\log T)$ sequential depth instead of $T$,
             for a constant factor more work (still $O(T)$) and a longer compilation; the path
@@ -413,7 +417,14 @@ def kalman_filter(
         (True, [[[1.0]]])
     """
     fn = _single_sequence("filter", method)
-    return run(fn, resolve(params, y, times, dt))
+    problem = resolve(params, y, times, dt, inputs)
+    result = run(fn, problem)
+    if problem.offset is None:
+        return result
+    return result._replace(
+        filtered_means=result.filtered_means + problem.offset,
+        predicted_means=result.predicted_means + problem.offset,
+    )
 
 
 @float64
@@ -423,6 +434,7 @@ def log_likelihood(
     times: Float[ArrayLike, "*#B T"] | None = None,
     *,
     dt: float | None = None,
+    inputs: Float[ArrayLike, "*#B T m"] | None = None,
     method: str = "sequential",
     complete: bool | None = None,
 ) -> Float[Array, "*B"]:
@@ -452,7 +464,7 @@ def log_likelihood(
     if complete not in (None, True, False):
         raise ValueError(f"`complete` must be None, True or False; got {complete!r}.")
     traced = concrete(y) is None
-    problem = resolve(params, y, times, dt)
+    problem = resolve(params, y, times, dt, inputs)
     if complete and not traced and not problem.complete:
         raise ValueError("`complete=True` promises no NaN in `y`, but `y` holds NaN.")
     if complete is None and traced:  # which path is decided when it runs
@@ -471,6 +483,7 @@ def rts_smoother(
     times: Float[ArrayLike, "*#B T"] | None = None,
     *,
     dt: float | None = None,
+    inputs: Float[ArrayLike, "*#B T m"] | None = None,
     method: str = "sequential",
 ) -> SmootherResult:
     r"""Rauch-Tung-Striebel smoother: $p(x_k \mid y_{1:T})$, lag-one cross-covariances, log-lik.
@@ -494,4 +507,8 @@ def rts_smoother(
         True
     """
     fn = _single_sequence("smoother", method)
-    return run(fn, resolve(params, y, times, dt))
+    problem = resolve(params, y, times, dt, inputs)
+    result = run(fn, problem)
+    if problem.offset is None:
+        return result
+    return result._replace(smoothed_means=result.smoothed_means + problem.offset)

@@ -110,7 +110,11 @@ class TracedModel:
 
     def sde(self, values: dict) -> SDEParams:
         """The `SDEParams` the model builds from the given (constrained) site values."""
-        return _unwrap_ltisde(self._run(values)[self.site]["fn"]).params
+        return self.ltisde(values).params
+
+    def ltisde(self, values: dict) -> LTISDE:
+        """The `LTISDE` distribution of the observed site at the given (constrained) values."""
+        return _unwrap_ltisde(self._run(values)[self.site]["fn"])
 
     def log_prior(self, values: dict):
         """Sum of the sites' prior log-densities at the (constrained) values; no Jacobian."""
@@ -365,6 +369,11 @@ def fit_em_model(
     tm = trace_model(model, y, times, model_kwargs)
     check_something_observed(tm.y, "EM would estimate its emission parameters from nothing")
     values = initial_values(tm, init, jax.random.key(seed), partial=True)
+    if tm.ltisde(values).inputs is not None:
+        raise NotImplementedError(
+            "EM does not fit models with known inputs yet; sample this model with "
+            "`sdessm.fit_nuts`, or maximise `sdessm.log_likelihood(..., inputs=)`."
+        )
     closed = _closed_form_marker(model)
     if objective == "mle" and closed is not None and uniform_steps(times):
         marker, from_sde = closed

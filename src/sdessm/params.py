@@ -22,9 +22,11 @@ exponentials of `sdessm.discretize`.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
@@ -35,9 +37,10 @@ from ._checks import (
     check_finite,
     check_ndim_shape,
     check_times,
+    concrete,
     float64,
 )
-from .discretize import discretize_grouped, discretize_steps, shared_if_uniform, time_steps
+from .discretize import discretize_grouped, discretize_steps, group_steps, time_steps
 
 
 class _SDEFields(NamedTuple):
@@ -50,6 +53,8 @@ class _SDEFields(NamedTuple):
     R: Float[Array, "p p"]  # observation noise covariance
     mu1: Float[Array, " d"]  # mean of x_1
     P1: Float[Array, "d d"]  # covariance of x_1
+    B: Float[Array, "d m"] | None = None  # input gain in the drift (None: no inputs there)
+    D: Float[Array, "*T p m"] | None = None  # input gain in the observations
 
 
 class SDEParams(_SDEFields):
@@ -77,8 +82,8 @@ class SDEParams(_SDEFields):
 
     __slots__ = ()
 
-    def __new__(cls, F, L, H, u, R, mu1, P1):
-        self = tuple.__new__(cls, (F, L, H, u, R, mu1, P1))
+    def __new__(cls, F, L, H, u, R, mu1, P1, B=None, D=None):
+        self = tuple.__new__(cls, (F, L, H, u, R, mu1, P1, B, D))
         _check_core(self, _SDE_CORE)
         return self
 
@@ -96,6 +101,11 @@ class SDEParams(_SDEFields):
     @property
     def obs_dim(self) -> int:
         return int(np.shape(self.H)[-2])
+
+    @property
+    def input_dim(self) -> int:
+        """The number of input channels m (0 without inputs)."""
+        return _input_dim(self)
 
     @property
     def Q(self) -> Float[Array, "d d"]:
@@ -123,10 +133,12 @@ class SDEParams(_SDEFields):
         check_ndim_shape("F", self.F, (d, d), f"d = {d} from `mu1`")
         if np.ndim(self.L) != 2 or np.shape(self.L)[0] != d:
             raise ValueError(f"`L` must have shape ({d}, m); got {np.shape(self.L)}.")
-        check_emissions(self.H, self.u, self.R, d, num_timesteps)
+        p = check_emissions(self.H, self.u, self.R, d, num_timesteps)
         check_ndim_shape("P1", self.P1, (d, d), f"d = {d} from `mu1`")
-        for name in ("F", "L", "H", "u", "mu1"):
-            check_finite(name, getattr(self, name))
+        check_input_gains(self.B, self.D, d, p, num_timesteps, per_step_B=False)
+        for name in ("F", "L", "H", "u", "mu1", "B", "D"):
+            if getattr(self, name) is not None:
+                check_finite(name, getattr(self, name))
         check_covariance("R", self.R)
         check_covariance("P1", self.P1)
         return self
@@ -146,6 +158,8 @@ class _LGSSMFields(NamedTuple):
     R: Float[Array, "*T p p"]
     mu1: Float[Array, " d"]
     P1: Float[Array, "d d"]
+    B: Float[Array, "*steps d m"] | None = None  # discrete input matrix B_k
+    D: Float[Array, "*T p m"] | None = None
 
 
 class LGSSMParams(_LGSSMFields):
@@ -165,8 +179,8 @@ class LGSSMParams(_LGSSMFields):
 
     __slots__ = ()
 
-    def __new__(cls, A, Sigma, H, u, R, mu1, P1):
-        self = tuple.__new__(cls, (A, Sigma, H, u, R, mu1, P1))
+    def __new__(cls, A, Sigma, H, u, R, mu1, P1, B=None, D=None):
+        self = tuple.__new__(cls, (A, Sigma, H, u, R, mu1, P1, B, D))
         _check_core(self, _LGSSM_CORE)
         return self
 
@@ -185,9 +199,14 @@ class LGSSMParams(_LGSSMFields):
     def obs_dim(self) -> int:
         return int(np.shape(self.H)[-2])
 
+    @property
+    def input_dim(self) -> int:
+        """The number of input channels m (0 without inputs)."""
+        return _input_dim(self)
+
     def time_varying(self) -> dict[str, bool]:
-        """Which fields carry a leading time axis."""
-        base = {"A": 2, "Sigma": 2, "H": 2, "u": 1, "R": 2, "mu1": 1, "P1": 2}
+        """Which fields carry a leading time axis (`B` and `D` False when they are None)."""
+        base = {"A": 2, "Sigma": 2, "H": 2, "u": 1, "R": 2, "mu1": 1, "P1": 2, "B": 2, "D": 2}
         return {k: np.ndim(getattr(self, k)) > n for k, n in base.items()}
 
     def validate(self, num_timesteps: int | None = None) -> LGSSMParams:
@@ -208,27 +227,30 @@ class LGSSMParams(_LGSSMFields):
         for name in ("A", "Sigma"):
             _check_form(name, getattr(self, name), (d, d), T, 1, d, p)
         check_ndim_shape("P1", self.P1, (d, d), f"d = {d} from `mu1`")
-        for name in ("A", "H", "u", "mu1"):
-            check_finite(name, getattr(self, name))
+        check_input_gains(self.B, self.D, d, p, T, per_step_B=True)
+        for name in ("A", "H", "u", "mu1", "B", "D"):
+            if getattr(self, name) is not None:
+                check_finite(name, getattr(self, name))
         for name in ("Sigma", "R", "P1"):
             check_covariance(name, getattr(self, name))
         return self
 
 
 # Trailing ("core") dimensions of each field, in field order: "d" the state dimension (from
-# `mu1`), "p" the observation dimension (from `H`), "m" free (the noise dimension of `L`).
-_SDE_CORE = ("dd", "dm", "pd", "p", "pp", "d", "dd")
-_LGSSM_CORE = ("dd", "dd", "pd", "p", "pp", "d", "dd")
+# `mu1`), "p" the observation dimension (from `H`), "m" free (the noise dimension of `L`), "n"
+# the input dimension (free, the same for `B` and `D`).
+_SDE_CORE = ("dd", "dm", "pd", "p", "pp", "d", "dd", "dn", "pn")
+_LGSSM_CORE = ("dd", "dd", "pd", "p", "pp", "d", "dd", "dn", "pn")
 
 
 def _check_core(params, cores) -> None:
     """The trailing dimensions of every field match `d` (from `mu1`) and `p` (from `H`).
 
-    The common case, every field an array of the right shape, is decided in one expression; any
-    other (a wrong shape, a field with no shape) goes to `_core_error`.
+    The common case, every field an array of the right shape and no inputs, is decided in one
+    expression; any other (inputs, a wrong shape, a field with no shape) goes to `_core_error`.
     """
     try:
-        s0, s1, H, u, R, mu1, P1 = [x.shape for x in params]
+        s0, s1, H, u, R, mu1, P1 = [x.shape for x in params[:7]]
         d, p = mu1[-1], H[-2]
         dd = (d, d)
         if (
@@ -238,6 +260,8 @@ def _check_core(params, cores) -> None:
             and u[-1:] == (p,)
             and R[-2:] == (p, p)
             and P1[-2:] == dd
+            and params[7] is None
+            and params[8] is None
         ):
             return
     except Exception:  # no shape, or too few axes: looked at closely below
@@ -247,25 +271,39 @@ def _check_core(params, cores) -> None:
         raise ValueError(message)
 
 
+def _shape_of(x) -> tuple | None:
+    """The shape of an array, tracer, `jax.ShapeDtypeStruct` or nested list of numbers; None for
+    anything else (None, a Python number such as an `in_axes` entry, an arbitrary object)."""
+    shape = getattr(x, "shape", None)
+    if isinstance(shape, tuple):
+        return tuple(shape)
+    if type(x) not in (list, tuple):
+        return None
+    try:  # nested lists of numbers; ragged or odd ones are left to `validate`
+        return tuple(np.shape(x))
+    except Exception:
+        return None
+
+
 def _core_error(params, cores) -> str | None:
-    """What is wrong with the trailing shapes, or None when a field has no shape (None, a Python
-    number such as an `in_axes` entry, an arbitrary object: the tree holds no parameters)."""
-    shapes = []
-    for x in params:
-        shape = getattr(x, "shape", None)
-        if not isinstance(shape, tuple):  # not an array, tracer or jax.ShapeDtypeStruct
-            if type(x) not in (list, tuple):
-                return None
-            try:  # nested lists of numbers; ragged or odd ones are left to `validate`
-                shape = np.shape(x)
-            except Exception:
-                return None
-        shapes.append(tuple(shape))
+    """What is wrong with the trailing shapes, or None when one of the seven model fields has no
+    shape (the tree holds no parameters: an `in_axes` prefix, a tree of shardings). `B` and `D`
+    may be None (no inputs there)."""
+    shapes = [_shape_of(x) for x in params]
+    if any(s is None for s in shapes[:7]):
+        return None
     mu1, H = shapes[5], shapes[2]
     if not mu1:
         return f"`mu1` must have shape (..., d), a vector of length d; got {mu1}."
+    inputs = [s for s in shapes[7:] if s]
     dims = {"d": mu1[-1], "p": H[-2] if len(H) >= 2 else None}
-    for name, core, shape in zip(params._fields, cores, shapes, strict=True):
+    dims["n"] = inputs[0][-1] if inputs else None
+    src = "B" if shapes[7] else "D"
+    for name, core, shape, x in zip(params._fields, cores, shapes, params, strict=True):
+        if x is None and name in ("B", "D"):
+            continue  # no inputs in this part of the model
+        if shape is None:
+            return f"`{name}` must be an array or None; got {type(x).__name__}."
         free = "mp" if name == "H" else "m"  # p is read off H; m (noise dimension of L) is free
         tail = shape[-len(core) :]
         if len(tail) == len(core) and all(
@@ -274,8 +312,10 @@ def _core_error(params, cores) -> str | None:
             continue
         expected = ", ".join(c if c in free else str(dims[c]) for c in core)
         source = " and ".join(
-            f"{c} = {dims[c]} from `{'mu1' if c == 'd' else 'H'}`"
-            for c in "dp"
+            f"{c} = {dims[c]} from `{ {'d': 'mu1', 'p': 'H'}[c] }`"
+            if c != "n"
+            else f"{dims[c]} input(s) from `{src}`"
+            for c in "dpn"
             if c in core and c not in free
         )
         return f"`{name}` must have shape (..., {expected}) ({source}); got {shape}."
@@ -283,8 +323,10 @@ def _core_error(params, cores) -> str | None:
 
 
 def _rebuild(cls, fields):
-    """`cls` holding `fields` as they are: a pickled or copied tree is no new construction."""
-    return tuple.__new__(cls, fields)
+    """`cls` holding `fields` as they are: a pickled or copied tree is no new construction (one
+    pickled before the input fields existed gets None for them)."""
+    fields = tuple(fields)
+    return tuple.__new__(cls, fields + (None,) * (len(cls._fields) - len(fields)))
 
 
 def _register(cls) -> None:
@@ -336,9 +378,34 @@ def check_emissions(H, u, R, d: int, T: int | None) -> int:
 
 
 def as_arrays(params):
-    """The same parameters with every field an array of the default float dtype."""
+    """The same parameters with every field an array of the default float dtype (None stays)."""
     fields = zip(params._fields, params, strict=True)
-    return type(params)(*(as_float_array(x, name) for name, x in fields))
+    return type(params)(*(x if x is None else as_float_array(x, name) for name, x in fields))
+
+
+def _input_dim(params) -> int:
+    gains = [g for g in (params.B, params.D) if g is not None]
+    return int(np.shape(gains[0])[-1]) if gains else 0
+
+
+def check_input_gains(B, D, d: int, p: int, T: int | None, per_step_B: bool) -> None:
+    """Shapes of the input gains: `B` `(d, m)` (or `(T-1, d, m)` per transition when
+    `per_step_B`), `D` `(p, m)` or `(T, p, m)`, the same m for both; None is no inputs."""
+    m = _input_dim(SimpleNamespace(B=B, D=D))
+    if B is not None:
+        if per_step_B:
+            _check_form("B", B, (d, m), T, 1, d, p)
+        elif np.shape(B) != (d, m):
+            raise ValueError(
+                f"`B` must have shape ({d}, m) (d = {d} from `mu1`); got {np.shape(B)}."
+            )
+    if D is not None:
+        if np.ndim(D) not in (2, 3) or np.shape(D)[-1] != m:
+            raise ValueError(
+                f"`D` must have shape ({p}, m) or (T, {p}, m) with the m = {m} inputs of `B`; "
+                f"got {np.shape(D)}."
+            )
+        _check_form("D", D, (p, m), T, 0, d, p)
 
 
 # ------------------------------------------------------------------ on a time grid
@@ -384,18 +451,41 @@ def on_grid(params: SDEParams, times=None, dt=None) -> LGSSMParams:
     """The discrete model of `params` (validated, fields arrays) on checked `times` `(T,)` or
     `(B, T)`, or on a uniform step `dt` (checked here): the one rule behind `discretize_params`
     and `sdessm.problem.resolve`. Equal steps share one matrix exponential; a grid `(T,)` of
-    equal steps gives one `(d, d)` pair, one grid per sequence keeps its `(B, T-1, d, d)`."""
+    equal steps gives one `(d, d)` pair, one grid per sequence keeps its `(B, T-1, d, d)`.
+
+    With an input gain `B`, the inputs are held constant over each step (zero-order hold) and
+    the discrete `B_k` is the top-right block of the exponential of `[[F, B], [0, 0]] h_k`, the
+    transition of the state augmented with the (constant) inputs: the same Van Loan series and
+    doubling give `A`, `Sigma` and `B_k` at once.
+    """
     if dt is not None:
         dt = as_float_array(dt, "dt")
         check_ndim_shape("dt", dt, (), "a scalar step; use `times` for irregular steps")
         check_dt("dt", dt)
-        A, Sigma = discretize_steps(params.F, params.Q, dt)
+        A, Sigma, B = transitions(params, dt, grouped=False)
     else:
         steps = time_steps(times)
-        A, Sigma = discretize_grouped(params.F, params.Q, steps)
-        if np.ndim(steps) == 1:
-            A, Sigma = shared_if_uniform(A, Sigma, steps)
-    return LGSSMParams(A, Sigma, params.H, params.u, params.R, params.mu1, params.P1)
+        A, Sigma, B = transitions(params, steps)
+        if np.ndim(steps) == 1 and concrete(steps) is not None and steps.size:
+            if len(group_steps(concrete(steps))[0]) == 1:  # one step: one shared model
+                A, Sigma, B = A[0], Sigma[0], None if B is None else B[0]
+    return LGSSMParams(A, Sigma, params.H, params.u, params.R, params.mu1, params.P1, B, params.D)
+
+
+def transitions(params: SDEParams, steps, grouped: bool = True):
+    """`(A, Sigma, B)` of the steps `steps` (any shape): the exact transition, its noise
+    covariance and the discrete input matrix (None without `B`), one exponential per distinct
+    concrete step when `grouped`. With inputs the state is augmented with them (held constant
+    over the step): `[[A, B_k], [0, I]]` is the exponential of `[[F, B], [0, 0]] h`, so the
+    same Van Loan series and doubling give all three."""
+    F, Q, d = params.F, params.Q, params.state_dim
+    if params.B is not None:
+        n = params.input_dim
+        F = jnp.block([[F, params.B], [jnp.zeros((n, d + n), F.dtype)]])
+        Q = jnp.zeros((d + n, d + n), F.dtype).at[:d, :d].set(Q)
+    A, Sigma = discretize_grouped(F, Q, steps) if grouped else discretize_steps(F, Q, steps)
+    B = None if params.B is None else A[..., :d, d:]
+    return A[..., :d, :d], Sigma[..., :d, :d], B
 
 
 def continuous_discrete(state: SDEParams, reps, groups, Q=None):

@@ -1,8 +1,9 @@
 r"""The LTI-SDE state-space model as a NumPyro distribution over observation sequences.
 
-`LTISDE(F, L, H, u, R, mu1, P1, times)` is the law of $y_{1:T}$ with the states marginalised
-by the Kalman filter: `log_prob(y)` is the exact marginal log-likelihood (NaN = missing), and
-`sample` draws exactly. A NumPyro model samples its parameter sites from priors and ends with
+`LTISDE(F, L, H, u, R, mu1, P1, times=times)` is the law of $y_{1:T}$ with the states
+marginalised by the Kalman filter: `log_prob(y)` is the exact marginal log-likelihood (NaN =
+missing), and `sample` draws exactly. Known inputs enter with `B=`, `D=` and `inputs=`. A
+NumPyro model samples its parameter sites from priors and ends with
 `numpyro.sample("y", LTISDE(...), obs=y)`; the same model serves NUTS and EM.
 """
 
@@ -32,8 +33,12 @@ class LTISDE(Distribution):
         R (ArrayLike): observation noise covariance `(p, p)`.
         mu1 (ArrayLike): mean of the state at the first observation `(d,)`.
         P1 (ArrayLike): covariance of the state at the first observation `(d, d)`.
+        B (ArrayLike | None): input gain in the drift `(d, m)`, $dx = (F x + B v)\,dt + L\,dW$.
+        D (ArrayLike | None): input gain in the observations `(p, m)`, $+ D v_k$.
         times (ArrayLike): observation times `(T,)`, strictly increasing (concrete, so that
-            equal steps share one matrix exponential).
+            equal steps share one matrix exponential); a keyword argument.
+        inputs (ArrayLike | None): the known inputs `(T, m)` when `B` or `D` is given, held
+            over each step (zero-order hold; see `sdessm.kalman_filter`).
         validate_args (bool | None): NumPyro's argument validation.
 
     The event shape is `(T, p)`; `log_prob` takes `(..., T, p)` and returns `(...)`, one value
@@ -52,11 +57,14 @@ class LTISDE(Distribution):
 
     arg_constraints = {}
     support = constraints.independent(constraints.real, 2)
-    pytree_data_fields = ("params", "times")
+    pytree_data_fields = ("params", "times", "inputs")
 
-    def __init__(self, F, L, H, u, R, mu1, P1, times, *, validate_args=None):
-        self.params = SDEParams(F, L, H, u, R, mu1, P1)
+    def __init__(
+        self, F, L, H, u, R, mu1, P1, B=None, D=None, *, times, inputs=None, validate_args=None
+    ):
+        self.params = SDEParams(F, L, H, u, R, mu1, P1, B, D)
         self.times = times
+        self.inputs = inputs
         T, p = int(np.shape(times)[-1]), int(np.shape(H)[-2])
         super().__init__(batch_shape=(), event_shape=(T, p), validate_args=validate_args)
 
@@ -65,12 +73,12 @@ class LTISDE(Distribution):
         lead = tuple(np.shape(value)[:-2])
         # a concrete (NumPy) value stays concrete, so that complete data skip the masking
         flat = value if len(lead) <= 1 else jnp.reshape(value, (math.prod(lead), T, p))
-        ll = log_likelihood(self.params, flat, self.times)
+        ll = log_likelihood(self.params, flat, self.times, inputs=self.inputs)
         return ll.reshape(lead)
 
     def sample(self, key, sample_shape=()):
         n = math.prod(sample_shape)
         if n == 1 and not sample_shape:
-            return simulate(key, self.params, self.times)[1]
-        _, y = simulate(key, self.params, self.times, n)
+            return simulate(key, self.params, self.times, inputs=self.inputs)[1]
+        _, y = simulate(key, self.params, self.times, n, inputs=self.inputs)
         return y.reshape(tuple(sample_shape) + self.event_shape)

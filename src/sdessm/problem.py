@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import as_float_array, check_observations, check_times, concrete
+from ._checks import as_float_array, check_inputs, check_observations, check_times, concrete
 from .params import LGSSMParams, SDEParams, as_arrays, on_grid
 
 
@@ -27,6 +29,7 @@ class Problem(NamedTuple):
     params_batched: bool  # one grid per sequence: `A`, `Sigma` carry a leading B axis
     complete: bool  # `y` is concrete and holds no NaN
     same_mask: bool  # every sequence has the NaN pattern of the first (True when complete)
+    offset: Float[Array, "*B T d"] | None = None  # the inputs' response, added to state means
 
 
 def is_complete(y) -> bool:
@@ -67,18 +70,29 @@ def resolve(
     y: Float[ArrayLike, "*B T p"],
     times: Float[ArrayLike, "*#B T"] | None = None,
     dt: float | None = None,
+    inputs: Float[ArrayLike, "*#B T m"] | None = None,
 ) -> Problem:
     """Validate the public arguments and resolve them into a `Problem`.
+
+    Known inputs leave the recursions as they are. The state is the deterministic response to
+    the inputs, $s_1 = 0$, $s_{k+1} = A_k s_k + B_k v_k$, plus a state $z$ of the model
+    without inputs; so $y_k - H_k s_k - D_k v_k = H_k z_k + u_k + r_k$. The problem holds those
+    data and the model without inputs (every path, steady state and masks included, applies
+    unchanged; the innovations and the log-likelihood are the same), and `offset` $= s$, which
+    the passes add to the state means.
 
     Args:
         params: an `SDEParams` (with `times` or `dt`) or an `LGSSMParams` (without).
         y: observations `(T, p)` or `(B, T, p)`; NaN marks a missing value.
         times: observation times `(T,)` shared by the sequences, or `(B, T)`.
         dt: a uniform step instead of `times`.
+        inputs: known inputs `(T, m)` shared by the sequences, or `(B, T, m)`, held over each
+            step (zero-order hold); required when `params` has `B` or `D`, refused otherwise.
 
     Raises:
         ValueError: a wrong shape or value, `times` and `dt` both or neither given for an
-            `SDEParams`, or either given for an `LGSSMParams`.
+            `SDEParams`, or either given for an `LGSSMParams`; `inputs` missing, not needed,
+            of a wrong shape or not finite.
         TypeError: `params` of another type.
     """
     complete, same_mask = mask_flags(y)  # before the conversion (see `is_complete`)
@@ -110,4 +124,62 @@ def resolve(
                     f"must be ({times_arr.shape[0]}, {y.shape[-2]}, p); got {y.shape}."
                 )
         params = on_grid(params, times, dt)
-    return Problem(params, y, batched, complete, same_mask)
+    if params.B is None and params.D is None:
+        if inputs is not None:
+            raise ValueError(
+                "`inputs` were given but the parameters have no input gain: set `B` (drift) "
+                "and/or `D` (observations)."
+            )
+        return Problem(params, y, batched, complete, same_mask)
+    if inputs is None:
+        raise ValueError(
+            "the parameters have input gains (`B`/`D`): give the known `inputs` (T, m)."
+        )
+    T = y.shape[-2]
+    v = check_inputs(inputs, T, params.input_dim, y.shape[0] if y.ndim == 3 else None)
+    offset = response(params, v, batched)
+    if y.ndim == 3 and offset is not None and offset.ndim == 2:
+        offset = jnp.broadcast_to(offset, y.shape[:1] + offset.shape)
+    y = y - emitted(params, offset, v, y.shape)
+    return Problem(params._replace(B=None, D=None), y, batched, complete, same_mask, offset)
+
+
+def response(params: LGSSMParams, v, batched: bool = False):
+    """The deterministic response $s$ `(*B, T, d)` of the state to the inputs `v` `(*B, T, m)`:
+    $s_1 = 0$, $s_{k+1} = A_k s_k + B_k v_k$; None without `B`. `batched`: `A` and `B`
+    carry a leading axis of sequences (one grid each)."""
+    if params.B is None:
+        return None
+    if batched or v.ndim == 3:
+        axes = 0 if batched else None
+        return jax.vmap(respond, in_axes=(axes, axes, 0 if v.ndim == 3 else None))(
+            params.A, params.B, v
+        )
+    return respond(params.A, params.B, v)
+
+
+def respond(A, B, v, s1=None):
+    """`response` of one sequence: `A` `(d, d)` or `(T-1, d, d)`, `B` `(d, m)` or `(T-1, d, m)`,
+    from `s1` (zero by default: the first state's law holds the rest)."""
+    drive = jnp.einsum("dm,tm->td" if B.ndim == 2 else "tdm,tm->td", B, v[:-1])
+    s1 = jnp.zeros(drive.shape[-1:], drive.dtype) if s1 is None else s1
+    if A.ndim == 2:
+        step = lambda s, c: (A @ s + c,) * 2  # noqa: E731
+        _, rest = jax.lax.scan(step, s1, drive)
+    else:
+        step = lambda s, x: (x[0] @ s + x[1],) * 2  # noqa: E731
+        _, rest = jax.lax.scan(step, s1, (A, drive))
+    return jnp.concatenate([s1[None], rest])
+
+
+def emitted(params, s, v, shape):
+    """What the inputs add to the observations, $H_k s_k + D_k v_k$, broadcast to `shape`
+    (that of `y`): `s` the state's response (or None) and `v` the inputs."""
+    total = jnp.zeros(shape, v.dtype)
+    if s is not None:
+        rule = "pd,...td->...tp" if params.H.ndim == 2 else "tpd,...td->...tp"
+        total = total + jnp.broadcast_to(jnp.einsum(rule, params.H, s), shape)
+    if params.D is not None:
+        rule = "pm,...tm->...tp" if params.D.ndim == 2 else "tpm,...tm->...tp"
+        total = total + jnp.broadcast_to(jnp.einsum(rule, params.D, v), shape)
+    return total

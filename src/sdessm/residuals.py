@@ -51,6 +51,7 @@ def innovations(
     times: Float[ArrayLike, "*#B T"] | None = None,
     *,
     dt: float | None = None,
+    inputs: Float[ArrayLike, "*#B T m"] | None = None,
 ) -> Innovations:
     r"""One-step-ahead innovations of `y` under `params`, raw and standardised (module docstring).
 
@@ -62,6 +63,8 @@ def innovations(
         y: observations `(T, p)` or `(B, T, p)`; NaN marks a missing value.
         times: observation times `(T,)` or `(B, T)`; `SDEParams` only.
         dt: a uniform step instead of `times`; `SDEParams` only.
+        inputs: known inputs `(T, m)` or `(B, T, m)` of a model with `B`/`D` (as
+            `kalman_filter`); the innovations are those of the data themselves.
 
     Returns:
         An `Innovations`.
@@ -77,7 +80,7 @@ def innovations(
         >>> [round(w, 6) for w in res.standardized[:, 0].tolist()]  # y_1 = 2 vs N(0, P1 + R)
         [1.414214, nan]
     """
-    problem = resolve(params, y, times, dt)  # discretised once, for the filter and here
+    problem = resolve(params, y, times, dt, inputs)  # discretised once, for the filter and here
     filtered = run(filter_sequence, problem)
     discrete, y = problem.params, problem.y
     m, P = filtered.predicted_means, filtered.predicted_covs

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_count, check_key, float64
+from ._checks import check_count, check_inputs, check_key, float64
 from .params import LGSSMParams, SDEParams, as_arrays
+from .problem import emitted, response
 from .recursion import scan_inputs
 
 
@@ -61,6 +62,7 @@ def simulate(
     *,
     dt: float | None = None,
     num_timesteps: int | None = None,
+    inputs: Float[ArrayLike, "*B T m"] | None = None,
 ) -> tuple[Float[Array, "*B T d"], Float[Array, "*B T p"]]:
     r"""Draw states and observations exactly from the model.
 
@@ -72,6 +74,10 @@ def simulate(
         num_sequences: `B`; None draws a single sequence without the leading axis.
         dt: a uniform step, instead of `times`.
         num_timesteps: `T`, with `dt` or an `LGSSMParams`.
+        inputs: known inputs `(T, m)`, or `(B, T, m)` one per sequence, when `params` has the
+            input gains `B` or `D`: held over each step (zero-order hold). The draw is that of
+            the model without inputs (the same for the same `key`) plus the inputs'
+            deterministic response.
 
     Returns:
         `(x, y)` of shapes `(*B, T, d)` and `(*B, T, p)`.
@@ -80,7 +86,9 @@ def simulate(
         TypeError: `key` not a JAX random key, `params` of another type, or a count that is not
             a number.
         ValueError: `num_timesteps`, `num_sequences` not integers >= 1; `times` not finite and
-            strictly increasing; invalid parameters (see `SDEParams.validate`).
+            strictly increasing; invalid parameters (see `SDEParams.validate`); `inputs`
+            missing for a model with `B` or `D`, given for one without, of a wrong shape or
+            not finite.
 
     Examples:
         >>> import jax, jax.numpy as jnp, sdessm
@@ -120,7 +128,23 @@ def simulate(
     if T < 1:
         raise ValueError(f"`num_timesteps` must be >= 1; got {T}.")
     lgssm = lgssm.validate(num_timesteps=T)
-    return _simulate(key, lgssm, T, num_sequences)
+    if lgssm.B is None and lgssm.D is None:
+        if inputs is not None:
+            raise ValueError(
+                "`inputs` were given but the parameters have no input gain: set `B` (drift) "
+                "and/or `D` (observations)."
+            )
+        return _simulate(key, lgssm, T, num_sequences)
+    if inputs is None:
+        raise ValueError(
+            "the parameters have input gains (`B`/`D`): give the known `inputs` (T, m)."
+        )
+    v = check_inputs(inputs, T, lgssm.input_dim, num_sequences)
+    x, y = _simulate(key, lgssm._replace(B=None, D=None), T, num_sequences)
+    s = response(lgssm, v)
+    if s is not None:
+        x = x + jnp.broadcast_to(s, x.shape)
+    return x, y + emitted(lgssm, s, v, y.shape)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))  # compiled once per shape, reused
