@@ -4,7 +4,8 @@ Each file defines `model(times, y=None)` (priors on named parameters, ending wit
 `numpyro.sample("y", LTISDE(...), obs=y)`), `TRUE_PARAMS` (defaults for simulation), `to_sde`
 (named parameters -> `SDEParams`) and a docstring whose first line is its summary and which says
 what the data identify. The structured ones also have `start_from_data(times, y)`, EM's
-start in the data's own units (`docs/em.md`). A model file of your own needs only `model` to be
+start in the data's own units (`docs/em.md`); CARMA also has `more_starts_from_data`, starts in
+other basins that EM runs from too. A model file of your own needs only `model` to be
 fitted or sampled; simulating it (`sdessm simulate`, `sdessm demo`) needs `TRUE_PARAMS` and
 `to_sde` too. Load one by name or from a file:
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -52,9 +54,12 @@ def load(name_or_path: str | Path) -> ModuleType:
             raise ValueError(f"model file {path} does not exist.")
         spec = importlib.util.spec_from_file_location(f"sdessm_user_model_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
+        # registered, so that the model function's module (its `start_from_data`) is found
+        sys.modules[spec.name] = module
         try:
             spec.loader.exec_module(module)
         except Exception as err:  # the user's code: say which file and what went wrong
+            del sys.modules[spec.name]
             raise ValueError(
                 f"model file {path} failed to load: {type(err).__name__}: {err}"
             ) from err

@@ -110,9 +110,11 @@ print(spot_choice.why)
 # - CARMA(3, 0) and CARMA(3, 1) end at the log-likelihood of CARMA(2, 0) and CARMA(2, 1) with
 #   their extra real mode on a boundary (flat directions), so they are not certified and not
 #   considered: the data give the third state nothing to do.
-# - CARMA(4, 0) nests CARMA(2, 0) yet ends with a lower log-likelihood: a local maximum where a
-#   second oscillation is not identified. A fit that stopped there must not be read as "a
-#   second mode does not help".
+# - CARMA(4, 0) nests CARMA(2, 0) and gains 1.8 in log-likelihood with a second, overdamped
+#   factor: certified, but its BIC is higher by 7.9. That fit needs EM's second start. From the
+#   periodogram's start, both frequencies on the one 11-year peak, EM stops at -513.3, a local
+#   maximum below CARMA(2, 0); CARMA also starts EM from the roots of an AR(4) fit
+#   (`more_starts_from_data`) and keeps the better end (`report["starts"]` lists both runs).
 # - CARMA(4, 1) reaches a higher log-likelihood than CARMA(2, 0) (about 5 units) with its second
 #   oscillation's frequency not identified. Its AIC is lower; even counted with all its
 #   parameters its BIC would not be.

@@ -134,3 +134,117 @@ def test_init_option_reaches_the_fit(tmp_path, capsys):
     sde = load("ou").to_sde(**{k: jnp.asarray(v) for k, v in start.items()})
     first = float(sdessm.kalman_filter(sde, y, times).log_likelihood)
     assert history[0, names.index("log_likelihood")] == pytest.approx(first, rel=1e-10)
+
+
+def _ar_series(continuous_roots, dt, T, seed=0):
+    """A noise-free AR series from random initial values, whose roots are exp(root * dt): it
+    satisfies its recursion exactly, so a least-squares AR fit recovers the roots to round-off."""
+    z = np.exp(np.asarray(continuous_roots, dtype=complex) * dt)
+    phi = -np.real(np.poly(z))[1:]  # x_t = phi_1 x_{t-1} + ... + phi_p x_{t-p}
+    x = list(np.random.default_rng(seed).normal(size=len(phi)))
+    for _ in range(T - len(phi)):
+        x.append(phi @ np.array(x[-len(phi) :])[::-1])
+    return np.arange(T) * dt, 10.0 + np.array(x)[:, None]
+
+
+@pytest.mark.parametrize(
+    "roots, expected",
+    [
+        ([-0.3], {"lam": 0.3}),  # a sampled OU is AR(1)
+        (
+            [-0.1 + 0.8j, -0.1 - 0.8j],
+            {"omega": [np.hypot(0.1, 0.8)], "zeta": [0.1 / np.hypot(0.1, 0.8)]},
+        ),
+        # one oscillation and two real roots, which pair into an overdamped factor
+        (
+            [-0.1 + 0.8j, -0.1 - 0.8j, -0.5, -1.5],
+            {
+                "omega": [np.hypot(0.1, 0.8), np.sqrt(0.75)],
+                "zeta": [0.1 / np.hypot(0.1, 0.8), 2.0 / (2.0 * np.sqrt(0.75))],
+            },
+        ),
+    ],
+)
+def test_carma_start_reads_the_ar_roots(roots, expected):
+    """`_ar_roots` maps the roots of a least-squares AR(p) fit to continuous time: on an AR
+    series with roots exp(root dt) it returns omega = |root|, zeta = -Re root / |root| of each
+    complex pair, real roots paired as s^2 + (r1 + r2) s + r1 r2, and lam for an odd one."""
+    carma = load("carma")
+    times, y = _ar_series(roots, 0.5, 40)
+    got = carma._ar_roots(times, y, len(roots))
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-6)
+    assert carma._ar_roots(times + np.r_[0.0, 0.01, np.zeros(len(times) - 2)], y, 2) is None
+
+
+def test_carma_offers_the_ar_roots_as_a_second_start():
+    """On the yearly sunspots (square root) with p = 4, the periodogram puts both frequencies on
+    the one 11-year peak; `more_starts_from_data` offers the AR(4) roots instead (one
+    oscillation, one overdamped pair), a start of higher likelihood."""
+    carma = load("carma")
+    spots = sdessm.datasets.load("sunspots")
+    times = spots["year"].to_numpy(dtype=float)
+    y = np.sqrt(spots[["sunspots"]].to_numpy(dtype=float))
+    spectral = carma.start_from_data(times, y, p=4, q=0)
+    assert spectral["omega"][1] / spectral["omega"][0] < 1.1  # both on the one peak
+    (other,) = carma.more_starts_from_data(times, y, p=4, q=0)
+    np.testing.assert_allclose(other["omega"], carma._ar_roots(times, y, 4)["omega"])
+    assert other["zeta"][1] > 1.0  # the overdamped pair
+    ll = lambda named: float(sdessm.log_likelihood(carma.to_sde(**named), y, times))  # noqa: E731
+    assert ll(other) > ll(spectral)
+    assert carma.more_starts_from_data(times, y, p=1, q=0) == []  # AR(1): the same start
+
+
+MULTI_START_MODEL = """
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from sdessm.ppl import LTISDE
+
+
+def model(times, y=None):
+    theta = numpyro.sample("theta", dist.LogNormal(3.0, 0.1))  # priors far from the data too
+    sigma = numpyro.sample("sigma", dist.HalfNormal(0.05))
+    noise = numpyro.sample("noise", dist.HalfNormal(3.0))
+    e = jnp.eye(1)
+    numpyro.sample("y", LTISDE(F=-theta * e, L=sigma * e, H=e, u=jnp.zeros(1), R=noise**2 * e,
+                               mu1=jnp.zeros(1), P1=sigma**2 / (2 * theta) * e, times=times), obs=y)
+
+
+def start_from_data(times, y):
+    return {"theta": 20.0, "sigma": 0.05, "noise": 3.0}   # far from the data
+
+
+def more_starts_from_data(times, y):
+    return [{"theta": 0.5, "sigma": 1.0, "noise": 0.3}]   # near the truth
+"""
+
+
+def test_em_runs_from_every_start_the_model_offers_and_keeps_the_best(tmp_path, key):
+    """A model's `more_starts_from_data` starts EM in other basins: the fit runs from each, keeps
+    the one with the highest final log-likelihood, and its report lists every start."""
+    path = tmp_path / "two_starts.py"
+    path.write_text(MULTI_START_MODEL)
+    module = load(str(path))
+    times = np.arange(150) * 0.5
+    truth = sdessm.SDEParams(
+        F=-0.5 * jnp.eye(1), L=jnp.eye(1), H=jnp.eye(1), u=jnp.zeros(1), R=0.09 * jnp.eye(1),
+        mu1=jnp.zeros(1), P1=jnp.eye(1),
+    )  # fmt: skip
+    y = np.asarray(sdessm.simulate(key, truth, times)[1])
+    options = dict(num_iters=3, finish="none", progress=False)
+    fit = sdessm.fit_em(module.model, y, times, **options)
+    runs = fit.report["starts"]
+    assert [r["start"] for r in runs] == ["default", "more_starts_from_data[0]"]
+    assert [r["chosen"] for r in runs] == [False, True]
+    assert runs[1]["objective"] > runs[0]["objective"]
+    near = sdessm.fit_em(module.model, y, times, init=module.more_starts_from_data(times, y)[0],
+                         **options)  # fmt: skip
+    assert float(fit.log_likelihoods[-1]) == pytest.approx(float(near.log_likelihoods[-1]))
+    assert "starts" not in near.report  # a given start is the only one
+    ckpt = tmp_path / "fit.ckpt"  # each run keeps its own checkpoint; a rerun resumes both
+    first = sdessm.fit_em(module.model, y, times, checkpoint=ckpt, **options)
+    again = sdessm.fit_em(module.model, y, times, checkpoint=ckpt, **options)
+    assert ckpt.is_file() and (tmp_path / "fit.start1.ckpt").is_file()
+    assert first.report["starts"] == again.report["starts"] == fit.report["starts"]

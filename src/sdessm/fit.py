@@ -53,10 +53,11 @@ def fit_em(
       sites (`objective="mle"` or `"map"`, the mode of the posterior density of the sites in
       their own coordinates), started at `init` (a dict of site values, or None for the default
       start: the best by exact log-likelihood of the prior medians, the model's
-      `start_from_data` and perturbations of it); `params` of the result is a dict of site
-      values. The unconstrained zoo model
-      (its module defines `EM_CLOSED_FORM` and `from_sde`) gets the closed form for MLE on
-      uniform steps. See `sdessm.infer`.
+      `start_from_data` and perturbations of it; with no `init`, EM also runs from each start
+      of the model's `more_starts_from_data`, if any, and the best fit is kept, its runs in
+      `report["starts"]`); `params` of the result is a dict of site values. The unconstrained
+      zoo model (its module defines `EM_CLOSED_FORM` and `from_sde`) gets the closed form for
+      MLE on uniform steps. See `sdessm.infer`.
 
     - `SDEParams` with uniform steps: the closed-form M-step of the derivation in the discrete
       model, then F and Q recovered by the block matrix logarithm (`sde_from_discrete`).

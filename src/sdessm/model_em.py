@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.flatten_util
@@ -346,7 +347,10 @@ def fit_em_model(
         init (dict | None): starting site values (constrained); the sites it leaves out (all of
             them when None) take the default start: the best by exact log-likelihood of the
             prior medians, the model's `start_from_data` and perturbations of it
-            (`docs/em.md`).
+            (`docs/em.md`). With None, EM also runs from each start of the model's
+            `more_starts_from_data(times, y, **model_kwargs)`, if it has one, and keeps the fit
+            of highest final objective; `report["starts"]` lists the runs. With a `checkpoint`
+            file, the run from extra start i keeps its own, `<stem>.start<i><suffix>` beside it.
         model_kwargs: further keyword arguments of the model.
         seed: seeds the default start (prior medians by Monte Carlo, perturbations).
         **em_kwargs (Any): `num_iters`, `tol`, `finish`, `mstep_iters`, `progress`, `psd`.
@@ -374,7 +378,61 @@ def fit_em_model(
             "EM does not fit models with known inputs yet; sample this model with "
             "`sdessm.fit_nuts`, or maximise `sdessm.log_likelihood(..., inputs=)`."
         )
-    closed = _closed_form_marker(model)
+    fit = functools.partial(_fit_from, tm, y, times, objective, _closed_form_marker(model))
+    result = fit(values, em_kwargs)
+    extras = _more_starts(tm) if init is None else []
+    if not extras:
+        return result
+    tried = [result]
+    for i, start in enumerate(extras, 1):  # each with its progress bar and its own checkpoint
+        kwargs = dict(em_kwargs)
+        if kwargs.get("checkpoint") is not None:
+            path = Path(kwargs["checkpoint"])
+            kwargs["checkpoint"] = path.with_name(f"{path.stem}.start{i}{path.suffix}")
+        tried.append(fit(start, kwargs))
+    scores = [_objective(tm, r, objective) for r in tried]
+    best = int(np.nanargmax(np.where(np.isfinite(scores), scores, -np.inf)))
+    report = dict(tried[best].report)
+    report["starts"] = [
+        {"start": "default" if i == 0 else f"more_starts_from_data[{i - 1}]",
+         "objective": float(v), "converged": bool(r.converged), "chosen": i == best}
+        for i, (r, v) in enumerate(zip(tried, scores, strict=True))
+    ]  # fmt: skip
+    return dataclasses.replace(tried[best], report=report)
+
+
+def _more_starts(tm: TracedModel) -> list[dict]:
+    """Starts in other basins that the model's module offers (`more_starts_from_data(times, y,
+    **model_kwargs)`, a list of site values), checked; EM runs from each of them too."""
+    more = getattr(inspect.getmodule(tm.model), "more_starts_from_data", None)
+    if more is None:
+        return []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            starts = more(tm.times, tm.y, **tm.kwargs)
+            return [tm.check_values(s, "more_starts_from_data") for s in starts]
+    except (ValueError, TypeError, ArithmeticError) as err:
+        warnings.warn(
+            f"the model's more_starts_from_data failed ({type(err).__name__}: {err}); EM runs "
+            "from its default start only.",
+            stacklevel=3,
+        )
+        return []
+
+
+def _objective(tm: TracedModel, result: EMResult, objective: str) -> float:
+    """The final value of what the fit maximises: the log-likelihood, plus the log-prior for
+    MAP."""
+    value = float(np.sum(result.log_likelihoods[-1]))
+    if objective == "map":
+        with numpyro_config():
+            value += float(tm.log_prior({k: jnp.asarray(v) for k, v in result.params.items()}))
+    return value
+
+
+def _fit_from(tm: TracedModel, y, times, objective: str, closed, values: dict, em_kwargs: dict):
+    """EM on the model from the site values `values`; the result in the named coordinates."""
     if objective == "mle" and closed is not None and uniform_steps(times):
         marker, from_sde = closed
         result = run_em(tm.sde(values), y, times, **marker, **em_kwargs)
