@@ -244,9 +244,9 @@ def _with_sigma(named: dict, m) -> dict:
 def _ar_roots(times, y, p: int) -> dict | None:
     """omega, zeta (and lam, odd p) from the roots of an AR(p) with an intercept fitted by least
     squares to one uniformly sampled series (rows with a missing value among their p lags left
-    out): a discrete
-    root z is the continuous root log(z) / step (log|z| / step for a negative real z, which has
-    no real continuous counterpart), its real part kept below -0.01 / step. Complex pairs give
+    out): a discrete root z is the continuous root log(z) / step (log|z| / step for a negative
+    real z, which has no real continuous counterpart), its real part kept below -0.01 / step
+    (and its rate below 50 / step). Complex pairs give
     (omega, zeta) = (|root|, -Re root / |root|); real roots, in increasing size, pair into
     overdamped factors (omega^2 = r_1 r_2, 2 zeta omega = r_1 + r_2 for the rates r); an odd one
     left is lam. None for irregular steps, several sequences or fewer than 5p usable rows."""

@@ -209,14 +209,6 @@ def discretize(
     return discretize_steps(F, L @ L.T, dt)
 
 
-def shared_if_uniform(A, Sigma, steps):
-    """Collapse per-step (A, Sigma) to one pair when every (concrete) step is the same."""
-    v = concrete(steps)
-    if v is None or v.size == 0 or len(group_steps(v)[0]) > 1:
-        return A, Sigma
-    return A[0], Sigma[0]
-
-
 def stationary_covariance(F: Float[ArrayLike, "d d"], Q: Float[ArrayLike, "d d"]) -> Array:
     r"""The $P$ with $F P + P F^\top + Q = 0$: the stationary covariance of $dx = F x\,dt + L\,dW$.
 
