@@ -124,17 +124,8 @@ def resolve(
                     f"must be ({times_arr.shape[0]}, {y.shape[-2]}, p); got {y.shape}."
                 )
         params = on_grid(params, times, dt)
-    if params.B is None and params.D is None:
-        if inputs is not None:
-            raise ValueError(
-                "`inputs` were given but the parameters have no input gain: set `B` (drift) "
-                "and/or `D` (observations)."
-            )
+    if not needs_inputs(params, inputs):
         return Problem(params, y, batched, complete, same_mask)
-    if inputs is None:
-        raise ValueError(
-            "the parameters have input gains (`B`/`D`): give the known `inputs` (T, m)."
-        )
     T = y.shape[-2]
     v = check_inputs(inputs, T, params.input_dim, y.shape[0] if y.ndim == 3 else None)
     offset = response(params, v, batched)
@@ -142,6 +133,26 @@ def resolve(
         offset = jnp.broadcast_to(offset, y.shape[:1] + offset.shape)
     y = y - emitted(params, offset, v, y.shape)
     return Problem(params._replace(B=None, D=None), y, batched, complete, same_mask, offset)
+
+
+def needs_inputs(params, inputs) -> bool:
+    """Whether `params` has an input gain (`B` or `D`), checked against `inputs`: given exactly
+    when it has one.
+
+    Raises:
+        ValueError: `inputs` given for a model without gains, or missing for one with them.
+    """
+    gains = params.B is not None or params.D is not None
+    if not gains and inputs is not None:
+        raise ValueError(
+            "`inputs` were given but the parameters have no input gain: set `B` (drift) "
+            "and/or `D` (observations)."
+        )
+    if gains and inputs is None:
+        raise ValueError(
+            "the parameters have input gains (`B`/`D`): give the known `inputs` (T, m)."
+        )
+    return gains
 
 
 def response(params: LGSSMParams, v, batched: bool = False):

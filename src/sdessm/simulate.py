@@ -11,7 +11,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_count, check_inputs, check_key, float64
 from .params import LGSSMParams, SDEParams, as_arrays
-from .problem import emitted, response
+from .problem import emitted, needs_inputs, response
 from .recursion import scan_inputs
 
 
@@ -128,17 +128,8 @@ def simulate(
     if T < 1:
         raise ValueError(f"`num_timesteps` must be >= 1; got {T}.")
     lgssm = lgssm.validate(num_timesteps=T)
-    if lgssm.B is None and lgssm.D is None:
-        if inputs is not None:
-            raise ValueError(
-                "`inputs` were given but the parameters have no input gain: set `B` (drift) "
-                "and/or `D` (observations)."
-            )
+    if not needs_inputs(lgssm, inputs):
         return _simulate(key, lgssm, T, num_sequences)
-    if inputs is None:
-        raise ValueError(
-            "the parameters have input gains (`B`/`D`): give the known `inputs` (T, m)."
-        )
     v = check_inputs(inputs, T, lgssm.input_dim, num_sequences)
     x, y = _simulate(key, lgssm._replace(B=None, D=None), T, num_sequences)
     s = response(lgssm, v)
