@@ -5,14 +5,17 @@ Each file defines `model(times, y=None)` (priors on named parameters, ending wit
 (named parameters -> `SDEParams`) and a docstring whose first line is its summary and which says
 what the data identify. The structured ones also have `start_from_data(times, y)`, EM's
 start in the data's own units (`docs/em.md`); CARMA also has `more_starts_from_data`, starts in
-other basins that EM runs from too. A model file of your own needs only `model` to be
+other basins that EM runs from too. A model driven by known inputs (`driven_ou`) takes them as
+`model(times, y=None, *, inputs)` `(T, m)`, names them in `INPUT_NAMES` (the command line's
+`--inputs` is then required) and gives `example_inputs(times)`, the input that simulations use.
+A model file of your own needs only `model` to be
 fitted or sampled; simulating it (`sdessm simulate`, `sdessm demo`) needs `TRUE_PARAMS` and
 `to_sde` too. Load one by name or from a file:
 
     >>> from sdessm.models import load, available
     >>> sorted(available())  # doctest: +NORMALIZE_WHITESPACE
-    ['carma', 'damped_oscillator', 'local_level', 'multivariate_ou', 'ou', 'trend_seasonal',
-     'unconstrained']
+    ['carma', 'damped_oscillator', 'driven_ou', 'local_level', 'multivariate_ou', 'ou',
+     'trend_seasonal', 'unconstrained']
     >>> load("ou").TRUE_PARAMS["theta"]
     0.5
 """

@@ -533,11 +533,11 @@ def test_bad_input(call, message):
         call()
 
 
-def test_fit_em_refuses_inputs():
-    """Not implemented yet: must raise, not fit the model without its inputs."""
-    with pytest.raises(NotImplementedError):
+def test_fit_em_needs_the_inputs_of_a_model_with_gains():
+    """A start with gains and no inputs is refused, not fitted as if it had none."""
+    with pytest.raises(ValueError, match="give the known `inputs`"):
         sdessm.fit_em(_with(), _Y, _TIMES, progress=False)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="give the known `inputs`"):
         sdessm.fit_em(_with().discretize(_TIMES), _Y, progress=False)
 
 

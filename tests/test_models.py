@@ -26,13 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = [
     "carma",
     "damped_oscillator",
+    "driven_ou",
     "local_level",
     "multivariate_ou",
     "ou",
     "trend_seasonal",
     "unconstrained",
 ]
-STATIONARY = ["carma", "damped_oscillator", "ou"]  # x_1 from the stationary law (others: fixed P1)
+# x_1 from the stationary law (of the undriven process for driven_ou; others: a fixed P1)
+STATIONARY = ["carma", "damped_oscillator", "driven_ou", "ou"]
 RTOL, ATOL = 1e-10, 1e-12
 
 
@@ -66,24 +68,45 @@ def test_load_errors_and_user_files(tmp_path):
     assert load(mine).TRUE_PARAMS == load("ou").TRUE_PARAMS
 
 
+def _model_inputs(module, times) -> dict:
+    """The keyword arguments that feed a driven model its example inputs (none otherwise)."""
+    if not hasattr(module, "example_inputs"):
+        return {}
+    return {"inputs": np.asarray(module.example_inputs(times), dtype=float)}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_model_likelihood_is_the_dense_gaussian_marginal(name, key):
     module = load(name)
     times = np.sort(np.random.default_rng(1).uniform(0.0, 6.0, size=7))
     sde = module.to_sde(**module.TRUE_PARAMS)
-    _, y = sdessm.simulate(key, sde, times)
+    kwargs = _model_inputs(module, times)
+    if kwargs:  # a step input early on, so that the example input is not constant here
+        kwargs["inputs"] = kwargs["inputs"] + (np.arange(7) >= 2)[:, None]
+    _, y = sdessm.simulate(key, sde, times, **kwargs)
     y = np.array(y)
     y[2, 0] = np.nan
     tr = handlers.trace(handlers.substitute(module.model, module.TRUE_PARAMS)).get_trace(
-        jnp.asarray(times), y=jnp.asarray(y)
+        jnp.asarray(times), y=jnp.asarray(y), **kwargs
     )
     got = float(tr["y"]["fn"].log_prob(tr["y"]["value"]))
-    # reference: SciPy expm + quadrature for each step, then one dense Gaussian
+    # reference: SciPy expm + quadrature for each step, then one dense Gaussian; known inputs
+    # shift the mean of y by H s_k + D v_k, s_{k+1} = A_k s_k + B_k v_k from the exponential
+    # of the state augmented with the (held) inputs
     F, Q = np.asarray(sde.F), np.asarray(sde.Q)
     steps = np.diff(times)
     A = np.stack([scipy.linalg.expm(F * s) for s in steps])
     Sigma = np.stack([quadrature_sigma(F, Q, s) for s in steps])
-    arrays = (A, Sigma, *(np.asarray(a) for a in sde[2:]))
+    arrays = (A, Sigma, *(np.asarray(a) for a in sde[2:7]))
+    if kwargs:
+        v, B = kwargs["inputs"], np.asarray(sde.B)
+        d, m = B.shape
+        aug = np.block([[F, B], [np.zeros((m, d + m))]])
+        s = [np.zeros(d)]
+        for k, h in enumerate(steps):
+            E = scipy.linalg.expm(aug * h)
+            s.append(E[:d, :d] @ s[-1] + E[:d, d:] @ v[k])
+        y = y - np.stack(s) @ np.asarray(sde.H).T - v @ np.asarray(sde.D).T
     np.testing.assert_allclose(got, dense_smoother(arrays, y)[3], rtol=1e-8)
 
 
@@ -99,7 +122,7 @@ def test_initial_state_is_stationary(name):
 def test_prior_predictive(name, key):
     module = load(name)
     times = jnp.linspace(0.0, 10.0, 20)
-    draws = Predictive(module.model, num_samples=3)(key, times)
+    draws = Predictive(module.model, num_samples=3)(key, times, **_model_inputs(module, times))
     p = module.to_sde(**module.TRUE_PARAMS).obs_dim
     assert draws["y"].shape == (3, 20, p)
     assert np.all(np.isfinite(draws["y"]))
@@ -549,3 +572,4 @@ def test_the_shipped_data_are_the_sources_values():
     source = smd.sunspots.load_pandas().data
     np.testing.assert_array_equal(spots["year"], source["YEAR"].astype(int))
     np.testing.assert_array_equal(spots["sunspots"], source["SUNACTIVITY"])
+

@@ -22,6 +22,7 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 
 from . import checkpoint as ckpt
 from ._checks import (
@@ -48,7 +49,7 @@ from .iteration import (
     structured_iteration,
 )
 from .newton import finish as finish_fit
-from .params import SDEParams, continuous_discrete
+from .params import SDEParams, discrete_on_groups
 from .results import EMResult
 
 #: Relative log-likelihood decrease tolerated as round-off.
@@ -110,22 +111,25 @@ def _strategy(problem: FitProblem, init, structure, log_prior, R_structure, per_
             state = jax.tree.map(lambda a: jnp.asarray(a, dtype=float), init)
             build = structure
             path = "numerical (structured" + (", MAP)" if log_prior is not None else ")")
-        args = (y, reps, groups, build, log_prior, mstep_iters, p.complete, p.same_mask)
+        args = (y, reps, groups, build, log_prior, mstep_iters, p.complete, p.same_mask, p.inputs)
         step = lambda s: structured_iteration(s, *args)  # noqa: E731
         step = squarem(step) if accelerate else step
         return _Strategy(path, state, step, build, log_prior, True, structure is not None)
-    if is_sde and (len(p.reps) > 1 or "L" in fixed):
+    # B held while F moves: the discrete B_k moves with F, so no closed form holds it
+    held_gain = is_sde and p.sde0.B is not None and "B" in fixed and "F" not in fixed
+    if is_sde and (len(p.reps) > 1 or "L" in fixed or held_gain):
         state = per_step_emissions(p.sde0, T) if per_step else p.sde0
         config = (fixed, R_structure, per_step, mstep_iters, p.complete, p.same_mask)
-        step = lambda s: continuous_iteration(s, y, reps, groups, config)  # noqa: E731
+        step = lambda s: continuous_iteration(s, y, reps, groups, config, p.inputs)  # noqa: E731
         valid = functools.partial(covariances_valid, names=("R", "P1"))
         step = squarem(step, valid=valid) if accelerate and not polish else step
         return _Strategy("numerical transitions", state, step, lambda s: s, None)
     discrete_fixed = set(fixed) | ({"A"} if is_sde and "F" in fixed else set())
     state = per_step_emissions(p.lg0, T) if per_step else p.lg0
-    update = not {"A", "Sigma"} <= discrete_fixed
+    held = discrete_fixed | ({"B"} if p.lg0.B is None else set())
+    update = not {"A", "Sigma", "B"} <= held
     config = (frozenset(discrete_fixed), R_structure, per_step, update, p.complete, p.same_mask)
-    step = lambda s: discrete_iteration(s, y, config)  # noqa: E731
+    step = lambda s: discrete_iteration(s, y, config, p.inputs)  # noqa: E731
     step = squarem(step, valid=covariances_valid) if accelerate and not polish else step
     return _Strategy("closed form", state, step, None, None)
 
@@ -213,9 +217,7 @@ def _assemble(problem: FitProblem, strategy: _Strategy, state, lls, converged, r
     sde = None
     if strategy.build is not None:
         sde = strategy.build(state)
-        _, _, discrete = continuous_discrete(sde, reps, groups)
-        if p.groups.ndim == 1 and len(p.reps) == 1:
-            discrete = discrete._replace(A=discrete.A[0], Sigma=discrete.Sigma[0])
+        discrete = discrete_on_groups(sde, reps, groups)
         params = state if strategy.structured else sde
         if len(p.reps) == 1:
             _report_drift(np.asarray(sde.F), float(p.reps[0]), report)
@@ -234,6 +236,7 @@ def _assemble(problem: FitProblem, strategy: _Strategy, state, lls, converged, r
         R_structure=R_structure,
         structure=strategy.build if strategy.numerical else None,
         log_prior=strategy.log_prior,
+        inputs=p.inputs,
     )
     if strategy.numerical and not strategy.structured:  # MAP on SDEParams: theta's coordinates
         context["theta"] = state
@@ -268,6 +271,7 @@ def run_em(
     checkpoint=None,
     checkpoint_every: int = 10,
     devices=None,
+    inputs=None,
 ) -> EMResult:
     """The EM loop behind `sdessm.fit_em` for a start given as parameters (`SDEParams`,
     `LGSSMParams`, or theta with `structure`): the arguments are `fit_em`'s
@@ -285,14 +289,19 @@ def run_em(
         raise ValueError(f"`checkpoint_every` must be >= 1; got {checkpoint_every}.")
     numerical, per_step = structure is not None or log_prior is not None, emissions == "per_step"
     structured = structure is not None
-    problem = resolve_fit(sde0, y, times, dt, fixed_given, structured, numerical, per_step, devices)
+    problem = resolve_fit(
+        sde0, y, times, dt, fixed_given, structured, numerical, per_step, devices, inputs
+    )
     if fixed_given is None and finish != "none" and not numerical and not per_step:
         if problem.offset is None and not any(problem.lg0.time_varying().values()):
             T = problem.y.shape[1]
             steps = np.zeros(T - 1)
             if problem.reps is not None:
                 steps = problem.reps[np.reshape(problem.groups, (-1, T - 1))[0]]
-            check_identified(problem.sde0, problem.fixed, R_structure, steps)
+            # the law without inputs: what the gains add depends on the inputs given, and
+            # the certificate at the end judges them with the inputs themselves
+            plain = problem.sde0._replace(B=None, D=None)
+            check_identified(plain, problem.fixed, R_structure, steps)
     strategy = _strategy(
         problem, init, structure, log_prior, R_structure, per_step, mstep_iters, accelerate,
         finish == "polish",
@@ -306,6 +315,7 @@ def run_em(
             emissions=emissions,
             accelerate=bool(accelerate),
             mstep_iters=mstep_iters,
+            inputs=None if problem.inputs is None else np.asarray(problem.inputs),
         )
         store = _run_file(checkpoint, checkpoint_every, problem, strategy, settings)
     state, lls, objectives, converged, report = _iterate(
@@ -354,7 +364,9 @@ def _report_drift(F, dt, report, warn: bool = True):
 
 
 def _recover(result: EMResult, init: SDEParams, dt: float, fixed, psd: str, report: dict):
-    """SDEParams from the discrete fit (uniform step `dt`)."""
+    """SDEParams from the discrete fit (uniform step `dt`); the drift's input gain from
+    `B_k = Phi B`, `Phi = int_0^dt e^{F s} ds` (the top-right block of the exponential of
+    `[[F, I], [0, 0]] dt`, and of the augmented `[[F, B], [0, 0]] dt` that gives `B_k`)."""
     lg = result.discrete
     if "F" in fixed:  # A = exp(F dt) is known: Q from Sigma alone, no logarithm needed
         F = np.asarray(init.F, dtype=float)
@@ -381,6 +393,9 @@ def _recover(result: EMResult, init: SDEParams, dt: float, fixed, psd: str, repo
         Q = (V * np.clip(w_all, 0.0, None)) @ V.T
         report["psd_replaced"] = True
     dtype = jnp.result_type(float)
+    B = None
+    if lg.B is not None:
+        B = init.B if "B" in fixed else _input_gain(F, np.asarray(lg.B), dt)
     return SDEParams(
         jnp.asarray(F, dtype),
         jnp.asarray(psd_factor(Q), dtype),
@@ -389,4 +404,13 @@ def _recover(result: EMResult, init: SDEParams, dt: float, fixed, psd: str, repo
         lg.R,
         lg.mu1,
         lg.P1,
+        None if B is None else jnp.asarray(B, dtype),
+        lg.D,
     )
+
+
+def _input_gain(F, B_k, dt: float):
+    """The B of the drift whose discrete input matrix over `dt` is `B_k`: `Phi^{-1} B_k`."""
+    d = F.shape[0]
+    Phi = scipy.linalg.expm(np.block([[F, np.eye(d)], [np.zeros((d, 2 * d))]]) * dt)[:d, d:]
+    return np.linalg.solve(Phi, B_k)

@@ -12,15 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_something_observed
+from ._checks import as_float_array, check_something_observed
 from .discretize import group_steps
 from .mstep import R_STRUCTURES
 from .newton import FINISHES
-from .params import LGSSMParams, SDEParams
+from .params import LGSSMParams, SDEParams, as_arrays, on_grid
 from .problem import resolve
 
-SDE_FIELDS = ("F", "L", "Q", "H", "u", "R", "mu1", "P1")
-LGSSM_FIELDS = LGSSMParams._fields[:7]  # without the input gains, which EM does not fit yet
+SDE_FIELDS = ("F", "L", "Q", "H", "u", "R", "mu1", "P1", "B", "D")
+LGSSM_FIELDS = LGSSMParams._fields
 
 
 def free_fields(init, fixed, B):
@@ -92,6 +92,7 @@ class FitProblem(NamedTuple):
     reps: np.ndarray | None  # representative steps (G,), None for an `LGSSMParams` fit
     groups: np.ndarray | None  # the group of each transition, (T-1,) or (B, T-1)
     offset: jax.Array | None  # a known per-step offset u_k, taken out of y
+    inputs: jax.Array | None  # (B, T, m) known inputs of a model with gains `B`/`D`
     complete: bool  # no NaN in y
     same_mask: bool  # every sequence has the NaN pattern of the first
 
@@ -136,10 +137,12 @@ def check_arguments(init, structure, log_prior, R_structure, emissions, psd, fin
     else:
         sde0 = init
     if getattr(sde0, "B", None) is not None or getattr(sde0, "D", None) is not None:
-        raise NotImplementedError(
-            "EM does not fit models with known inputs (`B`/`D`) yet; for now fit them by "
-            "maximising `sdessm.log_likelihood(..., inputs=)` or with NUTS."
-        )
+        if (structure is None and log_prior is not None) or emissions == "per_step":
+            raise NotImplementedError(
+                "EM does not fit input gains (`B`/`D`) for MAP over `SDEParams` or with "
+                "emissions='per_step'; write the model as a `structure` (or a NumPyro model), "
+                "or maximise `sdessm.log_likelihood(..., inputs=)`."
+            )
     if (structure is not None or log_prior is not None) and (
         R_structure != "full" or emissions != "shared"
     ):
@@ -150,16 +153,35 @@ def check_arguments(init, structure, log_prior, R_structure, emissions, psd, fin
     return sde0, fixed
 
 
+def check_gains_fittable(sde0, lg0) -> None:
+    """Input gains EM can fit: those of an `SDEParams`, or shared (not per-step) discrete ones."""
+    if isinstance(sde0, LGSSMParams) and (lg0.time_varying()["B"] or lg0.time_varying()["D"]):
+        raise ValueError(
+            "EM fits shared input gains only: an `LGSSMParams` with per-step `B` or `D` cannot "
+            "be fitted; for irregular times fit an `SDEParams` with `times`."
+        )
+
+
 def resolve_fit(sde0, y, times, dt, fixed, structured: bool, numerical: bool, per_step: bool,
-             devices) -> FitProblem:  # fmt: skip
+             devices, inputs=None) -> FitProblem:  # fmt: skip
     """The data on their grid (`_Problem`), with the checks that need them."""
-    problem = resolve(sde0, y, times, dt)
-    lg0, y_arr = problem.params, problem.y
+    problem = resolve(sde0, y, times, dt, inputs)  # every check of the filter's
+    lg0, y_arr, v = problem.params, problem.y, None
+    if inputs is not None:  # EM keeps the gains in the model and the data as given
+        plain = resolve(sde0._replace(B=None, D=None), y, times, dt)
+        y_arr = plain.y
+        grid = on_grid(as_arrays(sde0), times, dt) if isinstance(sde0, SDEParams) else sde0
+        lg0 = plain.params._replace(B=grid.B, D=grid.D)
+        v = as_float_array(inputs, "inputs")  # checked by `resolve`
     yb = y_arr if y_arr.ndim == 3 else y_arr[None]
     B, T, _ = yb.shape
+    if v is not None:
+        v = jnp.broadcast_to(v, (B, T, v.shape[-1]))
     if T < 2:
         raise ValueError("`y` must hold at least 2 time steps for EM.")
     fixed = frozenset() if structured else free_fields(sde0, fixed, B)
+    if v is not None:
+        check_gains_fittable(sde0, lg0)
     if not {"H", "u", "R"} <= fixed:
         check_something_observed(yb, "EM would estimate its emission parameters from nothing")
     transitions_free = not structured and not ({"F", "L"} <= fixed or {"A", "Sigma"} <= fixed)
@@ -204,6 +226,6 @@ def resolve_fit(sde0, y, times, dt, fixed, structured: bool, numerical: bool, pe
     if devices is not None:
         yb = shard_sequences(yb, devices)
     return FitProblem(
-        sde0, lg0, yb, y_host, y_given, y_arr.ndim == 3, fixed, reps, groups, offset,
+        sde0, lg0, yb, y_host, y_given, y_arr.ndim == 3, fixed, reps, groups, offset, v,
         complete, same_mask,
     )  # fmt: skip

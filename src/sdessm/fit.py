@@ -27,6 +27,7 @@ def fit_em(
     objective: str | None = None,
     model_kwargs: dict | None = None,
     dt: float | None = None,
+    inputs=None,
     num_iters: int = 500,
     tol: float = 1e-6,
     finish: str = "polish",
@@ -82,6 +83,16 @@ def fit_em(
         times (ArrayLike | None): `(T,)` or `(B, T)` observation times (continuous-time
             paths).
         dt: a uniform step instead of `times`.
+        inputs (ArrayLike | None): known inputs `(T, m)` shared by the sequences, or
+            `(B, T, m)`, for a start with input gains `B` (drift) and/or `D` (observations)
+            (see docs/conventions.md, "Known inputs"). On uniform steps the M-step regresses
+            x_{k+1} on [x_k; v_k] and y_k on [x_k; 1; v_k], so `[A B_k]` and `[H u D]` are
+            closed form, and B is recovered from `B_k = int_0^dt e^{F s} ds B`; on irregular
+            steps (or with `L`, or `B` without `F`, held) B joins the numerical transition
+            M-step, and a `structure` reaches B and D through its parameters. A gain left None
+            is no part of the model. Not with `log_prior` on `SDEParams` (MAP without
+            `structure`) or per-step emissions. A NumPyro model takes its inputs through
+            `model_kwargs` (`LTISDE(..., inputs=)`).
         num_iters: most EM iterations.
         tol: the accuracy asked for, in log-likelihood units (absolute, whatever the length of
             the series). EM stops when an iteration gains less (with `finish="polish"`: less
@@ -153,7 +164,7 @@ def fit_em(
     if callable(model) and not isinstance(model, (SDEParams, LGSSMParams)):
         from .model_em import fit_em_model  # the NumPyro layer, imported when a model is given
 
-        fields = dict(dt=dt, fixed=fixed, structure=structure, log_prior=log_prior)
+        fields = dict(dt=dt, fixed=fixed, structure=structure, log_prior=log_prior, inputs=inputs)
         given = sorted(k for k, v in fields.items() if v is not None)
         if given or R_structure != "full" or emissions != "shared":
             raise ValueError(

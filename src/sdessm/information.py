@@ -22,7 +22,7 @@ from ._checks import float64
 from .identify import SYMMETRIC
 from .kalman import filter_sequence, map_sequences, map_sequences_jit
 from .params import LGSSMParams, SDEParams, continuous_discrete
-from .problem import mask_flags
+from .problem import fold_inputs, mask_flags
 
 if TYPE_CHECKING:
     from .results import EMResult
@@ -74,15 +74,15 @@ def coordinates(result: EMResult):
         base = result.params._asdict()
         base["Q"] = result.params.Q
         fixed = {("Q" if f == "L" else f) for f in ctx["fixed"]}
-        names = ("F", "Q", "H", "u", "R", "mu1", "P1")
+        names = ("F", "Q", "H", "u", "R", "mu1", "P1", "B", "D")
     else:
         base = result.params._asdict()
         fixed = set(ctx["fixed"])
-        names = LGSSMParams._fields[:7]
+        names = LGSSMParams._fields
     base = {k: jnp.asarray(x) for k, x in base.items() if x is not None}
     labels, pieces, slots = [], [], []
     for name in names:
-        if name in fixed:
+        if name in fixed or name not in base:  # held, or no input gain
             continue
         x = base[name]
         if name == "R" and ctx["R_structure"] == "isotropic":
@@ -141,27 +141,30 @@ def objective_of(result: EMResult):
     ctx = result._context
     y = jnp.asarray(ctx["y"])
     labels, v0, rebuild, unravel, fields, signature = coordinates(result)
-    data = (y if y.ndim == 3 else y[None], ctx["reps"], ctx["groups"], fields)
+    data = (y if y.ndim == 3 else y[None], ctx["reps"], ctx["groups"], fields, ctx.get("inputs"))
     batched = ctx["groups"] is not None and ctx["groups"].ndim == 2  # None: a discrete fit
     # from the values: the program has no NaN branch then
     complete, same_mask = mask_flags(data[0])
     log_prior = ctx["log_prior"] if unravel is not None else None
 
     def objective(v, data):
-        yb, reps, groups, fields = data
+        yb, reps, groups, fields, inputs = data
         params, Q = rebuild(v, fields)
         if isinstance(params, SDEParams):
             _, _, lg = continuous_discrete(params, reps, groups, Q)
             params_batched = batched
         else:
             lg, params_batched = params, False
+        if inputs is not None:
+            lg, yb, _ = fold_inputs(lg, yb, inputs, params_batched)
         filtered = map_sequences_jit(filter_sequence, lg, yb, params_batched, complete, same_mask)
         total = jnp.sum(filtered.log_likelihood)
         if log_prior is not None:
             total = total + log_prior(unravel(v))
         return total
 
-    signature = signature + (batched, complete, same_mask, id(log_prior))
+    with_inputs = ctx.get("inputs") is not None
+    signature = signature + (batched, complete, same_mask, id(log_prior), with_inputs)
     return labels, v0, objective, data, rebuild, unravel, signature
 
 
@@ -249,6 +252,8 @@ def objective_loglik(result: EMResult) -> float:
         batched = ctx["groups"].ndim == 2
     else:
         lg, batched = result.discrete, False
+    if ctx.get("inputs") is not None:
+        lg, yb, _ = fold_inputs(lg, yb, ctx["inputs"], batched)
     return float(jnp.sum(map_sequences(filter_sequence, lg, yb, batched).log_likelihood))
 
 

@@ -20,10 +20,10 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from .discretize import discretize_steps
 from .kalman import loglik_sequence, map_sequences_jit
 from .mstep import closed_form_mstep, expected_complete_loglik, maximize
-from .params import LGSSMParams, SDEParams, continuous_discrete
+from .params import LGSSMParams, SDEParams, continuous_discrete, transitions
+from .problem import fold_inputs
 from .stats import expected_stats
 
 #: Backtracking halvings of a numerical M-step that lowered the log-likelihood (`safeguard`).
@@ -31,49 +31,56 @@ SAFEGUARD_HALVINGS = 3
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def discrete_iteration(state: LGSSMParams, y, config):
-    """E-step + closed-form M-step; returns the next state and the log-likelihood of `state`."""
+def discrete_iteration(state: LGSSMParams, y, config, inputs=None):
+    """E-step + closed-form M-step; returns the next state and the log-likelihood of `state`.
+    `inputs` `(B, T, m)`: the known inputs of a state with gains `B`/`D`."""
     fixed, R_structure, per_step, update_transitions, complete, same_mask = config
     stats, logliks = expected_stats(
-        state, y, per_step=per_step, complete=complete, same_mask=same_mask
+        state, y, per_step=per_step, complete=complete, same_mask=same_mask, inputs=inputs
     )
     new = closed_form_mstep(stats, state, fixed, R_structure, transitions=update_transitions)
     return new, jnp.sum(logliks), jnp.zeros(())
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def continuous_iteration(state: SDEParams, y, reps, groups, config):
-    """E-step + closed-form emission/initial M-step + numerical (F, L) M-step."""
+def continuous_iteration(state: SDEParams, y, reps, groups, config, inputs=None):
+    """E-step + closed-form emission/initial M-step + numerical (F, L) M-step (and the drift's
+    input gain `B`, when the state has one: `inputs` `(B, T, m)` are then given)."""
     fixed, R_structure, per_step, mstep_iters, complete, same_mask = config
     num_groups = reps.shape[0]
     _, _, lg = continuous_discrete(state, reps, groups)
     batched = groups.ndim == 2
     stats, logliks = expected_stats(
-        lg, y, groups, num_groups, per_step, batched, complete, same_mask
+        lg, y, groups, num_groups, per_step, batched, complete, same_mask, inputs
     )
     emit = closed_form_mstep(stats, lg, fixed, R_structure, transitions=False)
-    free = {k: getattr(state, k) for k in ("F", "L") if k not in fixed}
+    rest = dict(zip(("H", "u", "R", "mu1", "P1"), emit[2:7], strict=True), D=emit.D)
+    names = ("F", "L") + (() if state.B is None else ("B",))
+    free = {k: getattr(state, k) for k in names if k not in fixed}
     if free:
 
         def objective(theta):
-            F, L = theta.get("F", state.F), theta.get("L", state.L)
-            A_g, Sigma_g = discretize_steps(F, L @ L.T, reps)
-            trial = LGSSMParams(A_g, Sigma_g, *emit[2:])
+            trial = state._replace(**(rest | theta))
+            A_g, Sigma_g, B_g = transitions(trial, reps, grouped=False)
+            trial = LGSSMParams(A_g, Sigma_g, *emit[2:7], B_g, emit.D)
             return expected_complete_loglik(stats, trial, parts=("transitions",))
 
         free = maximize(objective, free, mstep_iters)
-    new = SDEParams(free.get("F", state.F), free.get("L", state.L), *emit[2:])
-    if free:  # closed-form emissions with the old (F, L) raise the objective: the fallback
-        loglik = lambda s: total_loglik(s, y, reps, groups, complete, same_mask)  # noqa: E731
-        emissions_only = SDEParams(state.F, state.L, *emit[2:])
+    new = state._replace(**(rest | free))
+    if free:  # closed-form emissions with the old (F, L, B) raise the objective: the fallback
+        loglik = lambda s: total_loglik(s, y, reps, groups, complete, same_mask, inputs)  # noqa: E731
+        emissions_only = state._replace(**rest)
         new = safeguard_via(loglik, state, emissions_only, new)
     return new, jnp.sum(logliks), jnp.zeros(())
 
 
-def total_loglik(sde: SDEParams, y, reps, groups, complete, same_mask=False):
-    """Marginal log-likelihood of all sequences `y` (B, T, p) under `sde` on the grouped steps."""
+def total_loglik(sde: SDEParams, y, reps, groups, complete, same_mask=False, inputs=None):
+    """Marginal log-likelihood of all sequences `y` (B, T, p) under `sde` on the grouped steps
+    (`inputs` `(B, T, m)` for a model with input gains)."""
     _, _, lg = continuous_discrete(sde, reps, groups)
     batched = groups.ndim == 2
+    if inputs is not None:
+        lg, y, _ = fold_inputs(lg, y, inputs, batched)
     return jnp.sum(map_sequences_jit(loglik_sequence, lg, y, batched, complete, same_mask))
 
 
@@ -134,26 +141,30 @@ def safeguard_via(objective, old, fallback, new, halvings: int = SAFEGUARD_HALVI
     jax.jit, static_argnames=("structure", "log_prior", "mstep_iters", "complete", "same_mask")
 )
 def structured_iteration(
-    theta, y, reps, groups, structure, log_prior, mstep_iters, complete, same_mask=False
-):
-    """E-step under `structure(theta)`, then a numerical M-step over theta (plus a log-prior)."""
+    theta, y, reps, groups, structure, log_prior, mstep_iters, complete, same_mask=False,
+    inputs=None,
+):  # fmt: skip
+    """E-step under `structure(theta)`, then a numerical M-step over theta (plus a log-prior).
+    `inputs` `(B, T, m)`: the known inputs of a structure with gains `B`/`D`."""
     sde = structure(theta)
     _, _, lg = continuous_discrete(sde, reps, groups)
     per_step = jnp.ndim(sde.H) == 3
     stats, logliks = expected_stats(
-        lg, y, groups, reps.shape[0], per_step, groups.ndim == 2, complete, same_mask
+        lg, y, groups, reps.shape[0], per_step, groups.ndim == 2, complete, same_mask, inputs
     )
     prior = (lambda th: jnp.zeros(())) if log_prior is None else log_prior  # noqa: E731
 
     def objective(th):
         s = structure(th)
-        A_g, Sigma_g = discretize_steps(s.F, s.L @ s.L.T, reps)
-        return expected_complete_loglik(stats, LGSSMParams(A_g, Sigma_g, *s[2:])) + prior(th)
+        A_g, Sigma_g, B_g = transitions(s, reps, grouped=False)
+        trial = LGSSMParams(A_g, Sigma_g, *s[2:7], B_g, s.D)
+        return expected_complete_loglik(stats, trial) + prior(th)
 
     new = maximize(objective, theta, mstep_iters)
 
     def total(th):
-        return total_loglik(structure(th), y, reps, groups, complete, same_mask) + prior(th)
+        ll = total_loglik(structure(th), y, reps, groups, complete, same_mask, inputs)
+        return ll + prior(th)
 
     chosen = safeguard(total, theta, new, unrolled=log_prior is not None)
     return chosen, jnp.sum(logliks), prior(theta)

@@ -92,6 +92,14 @@ class TracedModel:
         with numpyro_config():
             return handlers.trace(seeded).get_trace(self.times, y=self.y, **self.kwargs)
 
+    @functools.cached_property
+    def inputs(self) -> np.ndarray | None:
+        """The known inputs of the LTISDE site (None without input gains): data, the same at
+        any parameter values (read from a draw of the prior)."""
+        with jax.ensure_compile_time_eval():  # concrete even when first asked inside a jit
+            v = _unwrap_ltisde(self._run({})[self.site]["fn"]).inputs
+            return None if v is None else np.asarray(v, dtype=float)
+
     def constrain(self, z: dict) -> dict:
         return {k: biject_to(self.supports[k])(z[k]) for k in self.supports}
 
@@ -300,7 +308,7 @@ def _best_start(tm: TracedModel, key) -> dict:
     @jax.jit
     @functools.partial(jax.vmap, in_axes=(0, None))
     def loglik(z, y):  # `y` an argument: one compiled program for all data of its shape
-        return jnp.sum(log_likelihood(tm.sde_at(z), y, tm.times))
+        return jnp.sum(log_likelihood(tm.sde_at(z), y, tm.times, inputs=tm.inputs))
 
     with numpyro_config():
         values = np.asarray(loglik(zs, jnp.asarray(tm.y)))
@@ -373,11 +381,6 @@ def fit_em_model(
     tm = trace_model(model, y, times, model_kwargs)
     check_something_observed(tm.y, "EM would estimate its emission parameters from nothing")
     values = initial_values(tm, init, jax.random.key(seed), partial=True)
-    if tm.ltisde(values).inputs is not None:
-        raise NotImplementedError(
-            "EM does not fit models with known inputs yet; sample this model with "
-            "`sdessm.fit_nuts`, or maximise `sdessm.log_likelihood(..., inputs=)`."
-        )
     fit = functools.partial(_fit_from, tm, y, times, objective, _closed_form_marker(model))
     result = fit(values, em_kwargs)
     extras = _more_starts(tm) if init is None else []
@@ -435,7 +438,7 @@ def _fit_from(tm: TracedModel, y, times, objective: str, closed, values: dict, e
     """EM on the model from the site values `values`; the result in the named coordinates."""
     if objective == "mle" and closed is not None and uniform_steps(times):
         marker, from_sde = closed
-        result = run_em(tm.sde(values), y, times, **marker, **em_kwargs)
+        result = run_em(tm.sde(values), y, times, **marker, inputs=tm.inputs, **em_kwargs)
         report = dict(result.report, model_sites=tm.names)
         try:
             params = _as_numpy(from_sde(result.sde))
@@ -450,8 +453,9 @@ def _fit_from(tm: TracedModel, y, times, objective: str, closed, values: dict, e
     log_prior = tm.log_prior_at if objective == "map" else None
     with numpyro_config():
         result = run_em(
-            tm.unconstrain(values), y, times, structure=structure, log_prior=log_prior, **em_kwargs
-        )
+            tm.unconstrain(values), y, times, structure=structure, log_prior=log_prior,
+            inputs=tm.inputs, **em_kwargs,
+        )  # fmt: skip
         params = _as_numpy(tm.constrain(result.params))
     # standard errors and later calls work in the named (constrained) coordinates
     context = dict(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.scipy.linalg import cho_factor, cho_solve
 
@@ -43,20 +44,32 @@ def structure_covariance(R, structure: str):
     return R
 
 
-def _emission_update(yy, yx, xx, n, H, u, R, fixed, R_structure):
+def _regression(Syx, Sxx, W, blocks, fixed):
+    """`W` with the columns of its free `blocks` replaced by their regression given the others:
+    `W_f = (Syx[:, f] - W[:, c] Sxx[c, f]) Sxx[f, f]^{-1}` (free columns f, fixed c), the exact
+    conditional maximiser of the Gaussian term. `blocks`: `(name, width)` of W's columns in
+    order; those named in `fixed` keep their values."""
+    free, start = [], 0
+    for name, width in blocks:
+        if name not in fixed:
+            free += list(range(start, start + width))
+        start += width
+    if not free:
+        return W
+    held = np.asarray(sorted(set(range(start)) - set(free)), dtype=int)
+    free = np.asarray(free)
+    target = Syx[:, free] - W[:, held] @ Sxx[held][:, free]
+    return W.at[:, free].set(_solve_right(target, Sxx[free][:, free]))
+
+
+def _emission_update(yy, yx, xx, n, H, u, R, D, fixed, R_structure):
     d = H.shape[-1]
-    if "H" not in fixed and "u" not in fixed:
-        W = _solve_right(yx, xx)
-    elif "u" not in fixed:  # H fixed: u = mean residual
-        W = jnp.concatenate([H, ((yx[:, d] - H @ xx[:d, d]) / n)[:, None]], axis=1)
-    elif "H" not in fixed:  # u fixed: regress y - u on x
-        H_new = _solve_right(yx[:, :d] - u[:, None] * xx[d, :d][None, :], xx[:d, :d])
-        W = jnp.concatenate([H_new, u[:, None]], axis=1)
-    else:
-        W = jnp.concatenate([H, u[:, None]], axis=1)
+    columns = [H, u[:, None]] + ([] if D is None else [D])
+    blocks = [("H", d), ("u", 1)] + ([] if D is None else [("D", D.shape[-1])])
+    W = _regression(yx, xx, jnp.concatenate(columns, axis=1), blocks, fixed)
     if "R" not in fixed:
         R = structure_covariance(_residual(yy, yx, xx, W) / n, R_structure)
-    return W[:, :d], W[:, d], R
+    return W[:, :d], W[:, d], R, None if D is None else W[:, d + 1 :]
 
 
 def closed_form_mstep(
@@ -70,7 +83,8 @@ def closed_form_mstep(
 
     Emissions are per step when `stats` holds per-step emission sums (then `current.H`, `.u`,
     `.R` carry the leading T axis). With `transitions=False`, `A` and `Sigma` are left as they are
-    (for models whose transitions are updated numerically).
+    (for models whose transitions are updated numerically). With input gains (statistics from
+    `expected_stats(..., inputs=)`), `[A B]` and `[H u D]` are each one regression.
     """
     B = stats.num_sequences
     x1_mean = stats.x1 / B
@@ -80,26 +94,29 @@ def closed_form_mstep(
         mean = jnp.outer(x1_mean, mu1)
         P1 = symmetrize(stats.x1x1 / B - mean - mean.T + jnp.outer(mu1, mu1))
 
-    A, Sigma = current.A, current.Sigma
+    A, Sigma, B_in = current.A, current.Sigma, current.B
     if transitions:
         S00, S10, S11, n = stats.S00[0], stats.S10[0], stats.S11[0], stats.num_transitions[0]
-        if "A" not in fixed:
-            A = _solve_right(S10, S00)
+        d = A.shape[-1]
+        blocks = [("A", d)] + ([] if B_in is None else [("B", B_in.shape[-1])])
+        AB = A if B_in is None else jnp.concatenate([A, B_in], axis=1)
+        AB = _regression(S10, S00, AB, blocks, fixed)
         if "Sigma" not in fixed:
-            Sigma = _residual(S11, S10, S00, A) / n
+            Sigma = _residual(S11, S10, S00, AB) / n
+        A, B_in = AB[:, :d], None if B_in is None else AB[:, d:]
 
     update = lambda yy, yx, xx, n, H, u, R: _emission_update(  # noqa: E731
-        yy, yx, xx, n, H, u, R, fixed, R_structure
+        yy, yx, xx, n, H, u, R, current.D, fixed, R_structure
     )
     if stats.num_emissions.ndim:  # per-step emissions
-        H, u, R = jax.vmap(update)(
+        H, u, R, D = jax.vmap(update)(
             stats.yy, stats.yx, stats.xx, stats.num_emissions, current.H, current.u, current.R
         )
     else:
-        H, u, R = update(
+        H, u, R, D = update(
             stats.yy, stats.yx, stats.xx, stats.num_emissions, current.H, current.u, current.R
         )
-    return LGSSMParams(A, Sigma, H, u, R, mu1, P1)
+    return LGSSMParams(A, Sigma, H, u, R, mu1, P1, B_in, D)
 
 
 def _gaussian_term(residual, cov, n):
@@ -169,13 +186,19 @@ def expected_complete_loglik(
         total = total + _gaussian_term(resid, params.P1, B)
     if "transitions" in parts:
         G = stats.S00.shape[0]
-        A = jnp.broadcast_to(params.A, (G,) + params.A.shape[-2:])
+        A = params.A
+        if params.B is not None:  # the regressor is [x_k; v_k] (`expected_stats`)
+            lead = jnp.broadcast_shapes(A.shape[:-2], params.B.shape[:-2])
+            gains = (jnp.broadcast_to(X, lead + X.shape[-2:]) for X in (A, params.B))
+            A = jnp.concatenate(list(gains), axis=-1)
+        A = jnp.broadcast_to(A, (G,) + A.shape[-2:])
         Sigma = jnp.broadcast_to(params.Sigma, (G,) + params.Sigma.shape[-2:])
         resid = jax.vmap(_residual)(stats.S11, stats.S10, stats.S00, A)
         terms = _gaussian_term(resid, Sigma, stats.num_transitions)
         total = total + jnp.sum(jnp.where(stats.num_transitions > 0, terms, 0.0))
     if "emissions" in parts:
-        W = jnp.concatenate([params.H, params.u[..., None]], axis=-1)
+        W = [params.H, params.u[..., None]] + ([] if params.D is None else [params.D])
+        W = jnp.concatenate(W, axis=-1)
         if stats.num_emissions.ndim:
             resid = jax.vmap(_residual)(stats.yy, stats.yx, stats.xx, W)
         else:

@@ -27,7 +27,7 @@ from .information import (
     objective_of,
     programs,
 )
-from .params import SDEParams, continuous_discrete
+from .params import SDEParams, discrete_on_groups
 
 if TYPE_CHECKING:
     from .results import EMResult
@@ -77,9 +77,7 @@ def _at(result: EMResult, v, rebuild, unravel):
         else:
             sde = None
     if sde is not None:
-        _, _, discrete = continuous_discrete(sde, ctx["reps"], ctx["groups"])
-        if ctx["groups"].ndim == 1 and ctx["reps"].shape[0] == 1:
-            discrete = discrete._replace(A=discrete.A[0], Sigma=discrete.Sigma[0])
+        discrete = discrete_on_groups(sde, ctx["reps"], ctx["groups"])
     else:
         discrete = params
     return dataclasses.replace(result, params=params, discrete=discrete, sde=sde, _context=context)

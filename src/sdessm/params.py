@@ -472,13 +472,14 @@ def on_grid(params: SDEParams, times=None, dt=None) -> LGSSMParams:
     return LGSSMParams(A, Sigma, params.H, params.u, params.R, params.mu1, params.P1, B, params.D)
 
 
-def transitions(params: SDEParams, steps, grouped: bool = True):
+def transitions(params: SDEParams, steps, grouped: bool = True, Q=None):
     """`(A, Sigma, B)` of the steps `steps` (any shape): the exact transition, its noise
     covariance and the discrete input matrix (None without `B`), one exponential per distinct
     concrete step when `grouped`. With inputs the state is augmented with them (held constant
     over the step): `[[A, B_k], [0, I]]` is the exponential of `[[F, B], [0, 0]] h`, so the
-    same Van Loan series and doubling give all three."""
-    F, Q, d = params.F, params.Q, params.state_dim
+    same Van Loan series and doubling give all three. `Q` overrides `params.Q`."""
+    F, d = params.F, params.state_dim
+    Q = params.Q if Q is None else Q
     if params.B is not None:
         n = params.input_dim
         F = jnp.block([[F, params.B], [jnp.zeros((n, d + n), F.dtype)]])
@@ -493,5 +494,16 @@ def continuous_discrete(state: SDEParams, reps, groups, Q=None):
 
     `Q` overrides `state.L @ state.L.T` (standard errors work with Q itself).
     """
-    A_g, Sigma_g = discretize_steps(state.F, state.L @ state.L.T if Q is None else Q, reps)
-    return A_g, Sigma_g, LGSSMParams(A_g[groups], Sigma_g[groups], *state[2:])
+    A_g, Sigma_g, B_g = transitions(state, reps, grouped=False, Q=Q)
+    B = None if B_g is None else B_g[groups]
+    return A_g, Sigma_g, LGSSMParams(A_g[groups], Sigma_g[groups], *state[2:7], B, state.D)
+
+
+def discrete_on_groups(state: SDEParams, reps, groups) -> LGSSMParams:
+    """The discrete model of `continuous_discrete`, with one `(d, d)` transition (and `B`) when
+    one grid of a single step size is shared by all sequences."""
+    _, _, discrete = continuous_discrete(state, reps, groups)
+    if np.ndim(groups) == 1 and np.shape(reps)[0] == 1:
+        B = None if discrete.B is None else discrete.B[0]
+        discrete = discrete._replace(A=discrete.A[0], Sigma=discrete.Sigma[0], B=B)
+    return discrete

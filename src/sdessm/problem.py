@@ -128,11 +128,19 @@ def resolve(
         return Problem(params, y, batched, complete, same_mask)
     T = y.shape[-2]
     v = check_inputs(inputs, T, params.input_dim, y.shape[0] if y.ndim == 3 else None)
+    params, y, offset = fold_inputs(params, y, v, batched)
+    return Problem(params, y, batched, complete, same_mask, offset)
+
+
+def fold_inputs(params: LGSSMParams, y, v, batched: bool = False):
+    """The model without inputs, the data less what the inputs add, and the state's response
+    `(params, y - H s - D v, s)` (see `resolve`): `v` the checked inputs `(*B, T, m)`,
+    `batched` as in `response`. Jittable."""
     offset = response(params, v, batched)
     if y.ndim == 3 and offset is not None and offset.ndim == 2:
         offset = jnp.broadcast_to(offset, y.shape[:1] + offset.shape)
     y = y - emitted(params, offset, v, y.shape)
-    return Problem(params._replace(B=None, D=None), y, batched, complete, same_mask, offset)
+    return params._replace(B=None, D=None), y, offset
 
 
 def needs_inputs(params, inputs) -> bool:

@@ -147,11 +147,12 @@ def _add(acc, x, compensate: bool, index=None):
     return total.at[index].set(new), comp.at[index].set((new - total[index]) - y)
 
 
-def _forward(params: LGSSMParams, yt, obs, complete: bool):
+def _forward(params: LGSSMParams, yt, obs, complete: bool, drive=None):
     """The filter pass of `_mask_stats` over the rows `yt` `(T, b, p)` (time first), which share
     the NaN mask `obs` `(T, p)`: `(filtered x_T, per step k < T (filtered m_k, P_k, predicted
     m_{k+1}, RTS gain of x_k on x_{k+1}), log-likelihood of each row (b,))`. It computes the RTS
-    gains too: they need covariances only."""
+    gains too: they need covariances only. `drive` `(T-1, b, d)` (or None) is added to the
+    predicted means: the inputs' `B_k v_k`."""
     shared, steps, first = scan_inputs(params)
 
     def update(m, P, f, y_k, obs_k):
@@ -159,9 +160,10 @@ def _forward(params: LGSSMParams, yt, obs, complete: bool):
 
     def forward(carry, xs):
         m, P = carry  # filtered x_{k-1}
-        k, y_k, obs_k = xs
+        k, y_k, obs_k, c_k = xs
         f = shared | k
         m_pred, P_pred = predict(m, P, f["A"], f["Sigma"])
+        m_pred = m_pred if c_k is None else m_pred + c_k
         gain = smoother_gain(P, P_pred, f["A"])  # RTS gain of x_{k-1} on x_k
         m_f, P_f, ll = update(m_pred, P_pred, f, y_k, obs_k)
         return (m_f, P_f), (m, P, m_pred, gain, ll)
@@ -169,33 +171,41 @@ def _forward(params: LGSSMParams, yt, obs, complete: bool):
     m0 = jnp.broadcast_to(params.mu1, (yt.shape[1], params.mu1.shape[-1]))
     obs0, obs_rest = (None, None) if complete else (obs[0], obs[1:])
     m1, P1, ll1 = update(m0, params.P1, first, yt[0], obs0)
-    last, fwd = jax.lax.scan(forward, (m1, P1), (steps, yt[1:], obs_rest))
+    last, fwd = jax.lax.scan(forward, (m1, P1), (steps, yt[1:], obs_rest, drive))
     return last, fwd[:4], ll1 + jnp.sum(fwd[-1], axis=0)
 
 
-def _transition_sums(S, ms, m_all, w_trans, groups, num_groups: int, complete: bool):
+def _transition_sums(S, ms, m_all, w_trans, groups, num_groups: int, complete: bool, v=None):
     """`(S00, S10, S11, num_transitions)` from the covariance parts `S` summed by the backward
     pass (with the means already in, per group, when `num_groups > 1`) and the smoothed means
-    `m_all` `(T, b, d)` (`ms` = `m_all[:-1]`)."""
-    T, b = m_all.shape[:2]
+    `m_all` `(T, b, d)` (`ms` = `m_all[:-1]`). With the inputs `v` `(T-1, b, m)` driving the
+    transitions, the regressor of $x_{k+1}$ is $[x_k; v_k]$: `S00` is `(d+m, d+m)` and `S10`
+    `(d, d+m)` (the grouped sums came augmented and padded from the backward pass)."""
+    T, b, d = m_all.shape
     dtype = m_all.dtype
     if num_groups > 1:
         w_g = jnp.ones((T - 1,), dtype) if complete else w_trans
-        return (*(S[:, i] for i in range(3)), b * jax.ops.segment_sum(w_g, groups, num_groups))
-    S00 = (b * S[0] + _wsum(w_trans, ms, ms))[None]
-    S10 = (b * S[1] + _wsum(w_trans, m_all[1:], ms))[None]
+        return (S[:, 0], S[:, 1, :d], S[:, 2, :d, :d],
+                b * jax.ops.segment_sum(w_g, groups, num_groups))  # fmt: skip
+    m = 0 if v is None else v.shape[-1]
+    a = ms if v is None else jnp.concatenate([ms, v], axis=-1)  # the regressors
+    S00 = (b * jnp.pad(S[0], ((0, m), (0, m))) + _wsum(w_trans, a, a))[None]
+    S10 = (b * jnp.pad(S[1], ((0, 0), (0, m))) + _wsum(w_trans, m_all[1:], a))[None]
     S11 = (b * S[2] + _wsum(w_trans, m_all[1:], m_all[1:]))[None]
     n_trans = jnp.full((1,), b * (T - 1) if complete else b * jnp.sum(w_trans), dtype)
     return S00, S10, S11, n_trans
 
 
-def _emission_sums(Ey, m_all, P_e, J_parts, missing_cov, w_emit, per_step: bool):
-    """`(yy, yx, xx, num_emissions)` from E[y] `(T, b, p)`, the smoothed means `m_all`
+def _emission_sums(Ey, m_all, P_e, J_parts, missing_cov, w_emit, per_step: bool, v=None):
+    r"""`(yy, yx, xx, num_emissions)` from E[y] `(T, b, p)`, the smoothed means `m_all`
     `(T, b, d)` and the covariance parts summed over the steps (or per step `(T, ...)`, with
     `per_step`): `P_e` of E[x x^T], `J_parts` = (J P, J P J^T) and `missing_cov` (Cov e of the
-    missing entries) of E[y x^T], E[y y^T]; the last two None for complete data."""
+    missing entries) of E[y x^T], E[y y^T]; the last two None for complete data. The regressor
+    is $\hat x = [x; 1]$, or $[x; 1; v]$ with the inputs `v` `(T, b, m)` of the observations."""
     T, b = m_all.shape[:2]
-    xhat = jnp.concatenate([m_all, jnp.ones((T, b, 1), m_all.dtype)], axis=2)
+    xhat = [m_all, jnp.ones((T, b, 1), m_all.dtype)] + ([] if v is None else [v])
+    xhat = jnp.concatenate(xhat, axis=2)
+    extra = 1 + (0 if v is None else v.shape[-1])  # known columns: no covariance part
     lead = [(0, 0)] * (P_e.ndim - 2)  # the step axis, with `per_step`
     if per_step:  # sums over the b sequences at each step, weighted after
         yy, yx, xx = (
@@ -203,10 +213,10 @@ def _emission_sums(Ey, m_all, P_e, J_parts, missing_cov, w_emit, per_step: bool)
         )
     else:
         yy, yx, xx = (_wsum(w_emit, a, c) for a, c in ((Ey, Ey), (Ey, xhat), (xhat, xhat)))
-    xx = xx + jnp.pad(b * P_e, lead + [(0, 1), (0, 1)])
+    xx = xx + jnp.pad(b * P_e, lead + [(0, extra), (0, extra)])
     if J_parts is not None:
         yy = yy + b * (J_parts[1] + missing_cov)
-        yx = yx + jnp.pad(b * J_parts[0], lead + [(0, 0), (0, 1)])
+        yx = yx + jnp.pad(b * J_parts[0], lead + [(0, 0), (0, extra)])
     if per_step and w_emit is not None:
         yy, yx, xx = (w_emit[:, None, None] * a for a in (yy, yx, xx))
     n = jnp.ones((T,), m_all.dtype) if w_emit is None else w_emit
@@ -226,24 +236,27 @@ def _emission(tables, m, P, u, y_k, obs_k, i):
 
 
 def _accumulators(num_groups: int, d: int, p: int, per_step: bool, complete: bool, dtype,
-                  compensate: bool) -> dict:  # fmt: skip
+                  compensate: bool, m: int = 0) -> dict:  # fmt: skip
     """Zero running sums of the backward pass: the transition parts `S` (per group when
-    `num_groups > 1`) and, unless `per_step`, the emission parts; (sum, compensation) pairs with
-    `compensate` (`_add`)."""
+    `num_groups > 1`, augmented with the `m` inputs of the transitions) and, unless `per_step`,
+    the emission parts; (sum, compensation) pairs with `compensate` (`_add`)."""
 
     def zeros(*shape):
         z = jnp.zeros(shape, dtype)
         return (z, z) if compensate else z
 
-    acc = {"S": zeros(num_groups, 3, d, d) if num_groups > 1 else zeros(3, d, d)}
+    grouped = zeros(num_groups, 3, d + m, d + m)
+    acc = {"S": grouped if num_groups > 1 else zeros(3, d, d)}
     if not per_step:
         acc["emit"] = [zeros(d, d)] if complete else [zeros(d, d), zeros(p, d), zeros(p, p)]
     return acc
 
 
-def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool, complete):
+def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool, complete,
+                v=None):  # fmt: skip
     """Statistics of the `b` sequences `y` `(b, T, p)`, which share one NaN mask (that of `y[0]`),
-    summed over them, and the log-likelihood of each `(b,)`.
+    summed over them, and the log-likelihood of each `(b,)`. `v` `(b, T, m)`: their known
+    inputs, for a model with input gains `B` and/or `D` (see `expected_stats`).
 
     The covariances, gains and log-determinants of the filter and smoother depend on the
     parameters and the mask only, so one recursion on `d x d` matrices serves all `b` sequences;
@@ -258,6 +271,18 @@ def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool,
     d = params.mu1.shape[-1]
     dtype = y.dtype
     yt = jnp.swapaxes(y, 0, 1)  # (T, b, p): time first, for the scans
+    y_given, drive, v_trans, v_emit, shift = yt, None, None, None, 0.0
+    if v is not None:  # B_k v_k into x_{k+1}; D_k v_k taken out of y_k, put back into E[y]
+        vt = jnp.swapaxes(v, 0, 1)  # (T, b, m)
+        if params.B is not None:
+            v_trans = vt[:-1]
+            drive = jnp.einsum("tbm,dm->tbd" if params.B.ndim == 2 else "tbm,tdm->tbd",
+                               v_trans, params.B)  # fmt: skip
+        if params.D is not None:
+            v_emit = vt
+            shift = jnp.einsum("tbm,pm->tbp" if params.D.ndim == 2 else "tbm,tpm->tbp",
+                               vt, params.D)  # fmt: skip
+            yt = yt - shift
     if complete:
         obs = obs_rest = obs0 = w_emit = w_trans = w_rest = ids_rest = id0 = None
     else:
@@ -271,20 +296,27 @@ def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool,
         ids_rest, id0 = ids[1:], ids[0]
     compensate = jnp.finfo(dtype).bits < 64  # Kahan summation of the running sums
     shared, steps, first = scan_inputs(params)
-    (m_last, P_last), fwd, logliks = _forward(params, yt, obs, complete)
+    (m_last, P_last), fwd, logliks = _forward(params, yt, obs, complete, drive)
+    m_in = 0 if v_trans is None else v_trans.shape[-1]
 
     emission = functools.partial(_emission, None if complete else tables)
     grouped = num_groups > 1
 
     def backward(carry, xs):
         m_next, P_next, acc = carry  # smoothed x_{k+1}
-        (m_f, P_f, m_pred, gain), k, g, w_t, y_next, obs_next, w_next, i_next = xs
+        (m_f, P_f, m_pred, gain), k, g, w_t, y_next, obs_next, w_next, i_next, v_k = xs
         f = shared | k
         m = m_f + (m_next - m_pred) @ gain.T
         P = smoothed_cov(P_f, P_next, gain, f["A"], f["Sigma"])
         cross = P_next @ gain.T  # Cov[x_{k+1}, x_k | y_{1:T}]
-        if grouped:  # E[x_k x_k^T], E[x_{k+1} x_k^T], E[x_{k+1} x_{k+1}^T] into group g
-            block = [b * P + m.T @ m, b * cross + m_next.T @ m, b * P_next + m_next.T @ m_next]
+        if grouped:  # E[a_k a_k^T], E[x_{k+1} a_k^T], E[x_{k+1} x_{k+1}^T] into group g
+            # a_k = [x_k; v_k], the regressor of x_{k+1} (x_k alone without inputs); all three
+            # padded to (d + m, d + m), the rows of x_{k+1} first
+            pad = lambda X: jnp.pad(X, ((0, m_in), (0, m_in)))  # noqa: E731
+            a = m if v_k is None else jnp.concatenate([m, v_k], axis=-1)
+            a_next = jnp.pad(m_next, ((0, 0), (0, m_in)))
+            block = [pad(b * P) + a.T @ a, pad(b * cross) + a_next.T @ a,
+                     pad(b * P_next) + a_next.T @ a_next]  # fmt: skip
             S = _add(acc["S"], _scaled(w_t, jnp.stack(block)), compensate, g)
         else:  # their covariance parts; the means follow in one matrix product
             S = _add(acc["S"], _scaled(w_t, jnp.stack([P, cross, P_next])), compensate)
@@ -296,8 +328,8 @@ def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool,
         emit = [_add(a, _scaled(w_next, x), compensate) for a, x in pairs]
         return (m, P, {"S": S, "emit": emit}), (m, Ey, None)
 
-    acc = _accumulators(num_groups, d, p, per_step, complete, dtype, compensate)
-    xs = (fwd, steps, groups, w_trans, yt[1:], obs_rest, w_rest, ids_rest)
+    acc = _accumulators(num_groups, d, p, per_step, complete, dtype, compensate, m_in)
+    xs = (fwd, steps, groups, w_trans, yt[1:], obs_rest, w_rest, ids_rest, v_trans)
     (m_first, P_first, acc), (ms, Eys, outs) = jax.lax.scan(
         backward, (m_last, P_last, acc), xs, reverse=True
     )
@@ -306,11 +338,11 @@ def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool,
 
     m_all = jnp.concatenate([ms, m_last[None]])  # (T, b, d)
     S00, S10, S11, n_trans = _transition_sums(
-        acc["S"], ms, m_all, w_trans, groups, num_groups, complete
+        acc["S"], ms, m_all, w_trans, groups, num_groups, complete, v_trans
     )
     # emissions: sums of products of the means [E[y], xhat], plus the covariance parts
     Ey0, parts0 = emission(m_first, P_first, first["u"], yt[0], obs0, id0)
-    Ey = yt if complete else jnp.concatenate([Ey0[None], Eys])
+    Ey = y_given if complete else jnp.concatenate([Ey0[None], Eys]) + shift
     if per_step:  # (T, ...) arrays
         P_e, *J_parts = (jnp.concatenate([a[None], r]) for a, r in zip(parts0, outs, strict=True))
         missing_cov = None if complete else tables[2][ids]
@@ -319,7 +351,7 @@ def _mask_stats(params: LGSSMParams, y, groups, num_groups: int, per_step: bool,
         P_e, *J_parts = (a + _scaled(w0, x) for a, x in zip(acc["emit"], parts0, strict=True))
         missing_cov = None if complete else jnp.einsum("k,kpq->pq", w_table, tables[2])
     yy, yx, xx, n_emit = _emission_sums(
-        Ey, m_all, P_e, J_parts or None, missing_cov, w_emit, per_step
+        Ey, m_all, P_e, J_parts or None, missing_cov, w_emit, per_step, v_emit
     )
     stats = SufficientStats(
         x1=jnp.sum(m_first, axis=0),
@@ -346,8 +378,9 @@ def expected_stats(
     params_batched: bool = False,
     complete: bool = False,
     same_mask: bool = False,
+    inputs: Float[Array, "B T m"] | None = None,
 ) -> tuple[SufficientStats, Float[Array, " B"]]:
-    """E-step: statistics summed over the `B` sequences, and each sequence's log-likelihood.
+    r"""E-step: statistics summed over the `B` sequences, and each sequence's log-likelihood.
 
     With shared parameters and transition groups, sequences with one NaN mask (complete data, a
     single sequence, or `same_mask`) share one covariance recursion and are smoothed together;
@@ -364,6 +397,12 @@ def expected_stats(
             for shared parameters and T >= `steady.SHORTCUT_FROM`).
         same_mask: all sequences have the same NaN entries (static, a promise like `complete`;
             detected by itself when `y` is concrete).
+        inputs: `(B, T, m)` known inputs of a model with gains `params.B` (`(d, m)` or per
+            transition) and/or `params.D` (`(p, m)`): the regressor of $x_{k+1}$ becomes
+            $[x_k; v_k]$ (`S00` `(G, d+m, d+m)`, `S10` `(G, d, d+m)`) and that of $y_k$
+            $[x_k; 1; v_k]$ (`yx`, `xx` gain m columns), so the closed-form M-step gives
+            $[A\ B_k]$ and $[H\ u\ D]$ as one regression each. A gain that is None gives no
+            columns (it is not part of the model).
     """
     B, T = y.shape[0], y.shape[1]
     if groups is None:
@@ -374,21 +413,32 @@ def expected_stats(
         and (complete or B == 1 or same_mask or shares_mask(y))
     )
 
+    if params.B is None and params.D is None:
+        inputs = None
+
     def full(_):
         if together:
-            return _mask_stats(params, y, groups, num_groups, per_step, complete)
-        p_axes = LGSSMParams(0, 0, None, None, None, None, None) if params_batched else None
+            return _mask_stats(params, y, groups, num_groups, per_step, complete, inputs)
+        p_axes = None
+        if params_batched:
+            p_axes = LGSSMParams(0, 0, None, None, None, None, None,
+                                 None if params.B is None else 0, None)  # fmt: skip
         g_axis = 0 if groups.ndim == 2 else None
 
-        def one(prm, yy, g):
-            return _mask_stats(prm, yy[None], g, num_groups, per_step, complete)
+        def one(prm, yy, g, v):
+            return _mask_stats(prm, yy[None], g, num_groups, per_step, complete,
+                               None if v is None else v[None])  # fmt: skip
 
-        stats, logliks = jax.vmap(one, in_axes=(p_axes, 0, g_axis))(params, y, groups)
+        v_axis = None if inputs is None else 0
+        stats, logliks = jax.vmap(one, in_axes=(p_axes, 0, g_axis, v_axis))(
+            params, y, groups, inputs
+        )
         return SufficientStats(*(jnp.sum(s, axis=0) for s in stats)), logliks[:, 0]
 
     if (
         num_groups == 1
         and not params_batched
+        and inputs is None
         and steady_state_applies(params, T, complete, per_step)
     ):
         cov = steady_covariances(params, T)
