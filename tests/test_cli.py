@@ -480,6 +480,44 @@ REFUSALS = {
         "compare data.csv --models ou,carma --out mine",
         "did not write",
     ),
+    "a driven model without --inputs": ("fit driven.csv --model driven_ou", "--inputs v"),
+    "--inputs on a model that takes none": (
+        "fit driven.csv --model ou --inputs v",
+        "model ou takes no known inputs",
+    ),
+    "an unknown input column": (
+        "fit driven.csv --model driven_ou --inputs w",
+        "has no column(s) ['w'] named by --inputs",
+    ),
+    "an empty input cell": (
+        "fit gappy.csv --model driven_ou --inputs v",
+        "row 3: the input column 'v' is empty",
+    ),
+    "a column both data and input": (
+        "fit driven.csv --model driven_ou --columns y,v --inputs v",
+        "named by both --columns and --inputs",
+    ),
+    "a forecast without future inputs": (
+        "fit driven.csv --model driven_ou --inputs v --forecast 3",
+        "needs --future-inputs FILE",
+    ),
+    "too few future inputs": (
+        "sample driven.csv --model driven_ou --inputs v --forecast 5 --future-inputs future.csv",
+        "has 2 rows; --forecast 5 needs 5",
+    ),
+    "future inputs before the data's end": (
+        "fit driven.csv --model driven_ou --inputs v --forecast 2 --future-inputs past.csv",
+        "is not after the data's last time",
+    ),
+    "fit onto its future inputs": (
+        "fit driven.csv --model driven_ou --inputs v --forecast 2 --future-inputs future.csv "
+        "--out future.csv",
+        "is the input future.csv",
+    ),
+    "compare, a model that takes no inputs": (
+        "compare driven.csv --models driven_ou,ou --inputs v",
+        "model ou takes no known inputs",
+    ),
     "compare onto its model file": (
         "compare data.csv --models ou,fit_only.py --out fit_only.py",
         "is the input fit_only.py",
@@ -511,6 +549,10 @@ def test_refused_before_any_work_in_one_line(workdir, capsys, case):
     (workdir / "latetime.csv").write_text("t,y\n0,1\n1,2\n1e200,3\n")
     (workdir / "fit_only.py").write_text(FIT_ONLY_MODEL)
     (workdir / "broken.py").write_text("model = undefined_name\n")
+    (workdir / "driven.csv").write_text("t,y,v\n0,1,0\n1,2,1\n2,3,1\n3,2,0\n")
+    (workdir / "gappy.csv").write_text("t,y,v\n0,1,0\n1,2,\n2,3,1\n")
+    (workdir / "future.csv").write_text("t,v\n4,1\n5,0\n")
+    (workdir / "past.csv").write_text("t,v\n3,1\n5,0\n")
     before = _snapshot(workdir)
     line = _one_line_error(capsys, argv.split())
     assert message in line, line
@@ -697,3 +739,34 @@ def test_model_orders_reach_the_fit_the_sampler_and_the_simulation(workdir, monk
     assert "'lam': 0.5" in capsys.readouterr().out  # simulated at carma.true_params(3, 0)
     _, y, _ = read_csv(workdir / "c3.csv")
     assert y.shape == (30, 1) and np.isfinite(y).all()
+
+
+def test_driven_model_from_the_command_line(tmp_path, capsys):
+    """simulate writes a driven model's input beside the data; fit --inputs reads it back and
+    gives what `fit_em` gives in Python with the same inputs; the forecast follows the future
+    inputs' times."""
+    data, out = tmp_path / "driven.csv", tmp_path / "fit"
+    assert cli.main(["simulate", "--model", "driven_ou", "--n", "120", "--dt", "0.5",
+                     "--out", str(data)]) == 0  # fmt: skip
+    assert "fit with --inputs v" in capsys.readouterr().out
+    times, table, names = read_csv(data)
+    assert names == ["y", "v"]
+    module = load("driven_ou")
+    np.testing.assert_array_equal(table[:, 1:], module.example_inputs(times))
+    future = tmp_path / "future.csv"
+    future.write_text("t,v\n" + "".join(f"{60 + 0.7 * k},{k % 2}\n" for k in range(1, 5)))
+    argv = ["fit", str(data), "--model", "driven_ou", "--inputs", "v", "--out", str(out)]
+    assert cli.main([*argv, "--forecast", "3", "--future-inputs", str(future)]) == 0
+    printed = capsys.readouterr().out
+    assert "driven by ['v']" in printed and "b[0]" in printed and "d[0]" in printed
+    saved = _strict_json((out / "params.json").read_text())
+    em = sdessm.fit_em(module.model, table[:, :1], times, model_kwargs={"inputs": table[:, 1:]},
+                       progress=False)  # fmt: skip
+    for name in ("b", "d", "theta"):
+        np.testing.assert_allclose(saved["params"][name], em.params[name], rtol=1e-8)
+    assert saved["settings"]["--inputs"] == "v"
+    forecast = pd.read_csv(out / "forecast.csv")
+    np.testing.assert_allclose(forecast["t"], [60.7, 61.4, 62.1])
+    want = sdessm.forecast(em.sde, table[:, :1], times, forecast["t"].to_numpy(),
+                           inputs=table[:, 1:], future_inputs=[[1.0], [0.0], [1.0]])  # fmt: skip
+    np.testing.assert_allclose(forecast["y_mean"], np.asarray(want.obs_means)[:, 0], rtol=1e-6)

@@ -114,7 +114,7 @@ def test_compare_command_end_to_end(data, comparison, tmp_path):
     for column in ("log_likelihood", "aic", "bic", "delta_bic", "ljung_box_p"):
         assert table[column].to_numpy() == pytest.approx(expected[column].to_numpy(), rel=1e-9)
     assert set(saved["models"]["ou"]["params"]) == {"theta", "sigma", "u", "noise"}
-    assert saved["settings"]["--models"] == "['ou', 'carma:2']"
+    assert saved["settings"]["--models"] == "ou,carma:2"
     page = (out / "report.html").read_text()
     assert "Chosen: ou" in page and page.count("data:image/png;base64,") == 2
     assert (out / "comparison.png").read_bytes()[:8] == PNG_MAGIC

@@ -542,3 +542,30 @@ def test_zoo_driven_model_em_reaches_the_mle():
     p = fit.params
     got = [np.log(p["theta"]), np.log(p["sigma"]), p["u"], np.log(p["noise"]), p["b"][0], p["d"][0]]
     np.testing.assert_allclose(np.asarray(got, dtype=float), ref.x, rtol=1e-2, atol=1e-3)
+
+
+def test_posterior_forecast_of_a_driven_model_follows_the_future_inputs():
+    """`forecast_posterior` with the future inputs: its paths at one parameter value average to
+    the exact forecast of that value (Monte Carlo, 4000 paths); without them it is refused."""
+    from sdessm.models import load
+
+    module = load("driven_ou")
+    _, y, times, v = _driven_ou()
+    values = {"theta": 0.5, "sigma": 0.6, "b": [1.2], "d": [0.4], "u": 0.3, "noise": 0.45}
+    draws = {
+        k: np.repeat(np.asarray(x, dtype=float)[None], 4000, axis=0) for k, x in values.items()
+    }
+    future = times[-1] + 0.5 * np.arange(1, 6)
+    future_v = np.array([[1.0], [1.0], [0.0], [0.0], [2.0]])
+    paths = sdessm.forecast_posterior(
+        module.model, draws, y, times, future, model_kwargs={"inputs": v}, future_inputs=future_v
+    )
+    exact = sdessm.forecast(
+        module.to_sde(**values), y, times, future, inputs=v, future_inputs=future_v
+    )
+    obs = np.asarray(paths.obs_draws)[:, :, 0]
+    sd = np.sqrt(np.asarray(exact.obs_covs)[:, 0, 0])
+    assert np.all(np.abs(obs.mean(axis=0) - np.asarray(exact.obs_means)[:, 0]) < 4 * sd / 63)
+    np.testing.assert_allclose(obs.std(axis=0), sd, rtol=0.1)
+    with pytest.raises(ValueError, match="future_inputs"):
+        sdessm.forecast_posterior(module.model, draws, y, times, future, model_kwargs={"inputs": v})

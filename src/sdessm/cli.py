@@ -101,6 +101,36 @@ def _model_list(text: str) -> list[str]:
     return names
 
 
+def _column_list(text: str) -> list[str]:
+    """One or more column names, comma-separated, each once (`heater,outside`)."""
+    names = [name.strip() for name in text.split(",")]
+    if any(not name for name in names):
+        raise argparse.ArgumentTypeError(f"must be column names separated by commas; got {text!r}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"names {', '.join(twice)} twice")
+    return names
+
+
+def _add_inputs(p, forecast: bool) -> None:
+    p.add_argument(
+        "--inputs",
+        type=_column_list,
+        default=None,
+        metavar="COLUMN,...",
+        help="columns of known inputs that drive the model (a stimulus, a forcing; no empty "
+        "cells), for a model that takes them (e.g. driven_ou); they are not fitted as data",
+    )
+    if forecast:
+        p.add_argument(
+            "--future-inputs",
+            default=None,
+            metavar="FILE",
+            help="with --inputs and --forecast N: a CSV file with the time column and the input "
+            "columns at the times to forecast (its first N rows, after the data's last time)",
+        )
+
+
 def _fail(message: str, status: int = EXIT_USAGE) -> int:
     print(f"sdessm: error: {' '.join(str(message).split())}", file=sys.stderr)
     return status
@@ -272,6 +302,7 @@ def _add_compare(sub) -> None:
     p.add_argument(
         "--columns", default=None, help="value columns, comma-separated (default: all others)"
     )
+    _add_inputs(p, forecast=False)
     p.add_argument("--out", default="compare-output", help="output folder")
     p.add_argument("--force", action="store_true", help=_FORCE_HELP)
     p.add_argument(
@@ -319,6 +350,7 @@ def _add_data_file(sub, name: str, text: str, bands: str, resumes: str):
     p.add_argument(
         "--columns", default=None, help="value columns, comma-separated (default: all others)"
     )
+    _add_inputs(p, forecast=True)
     p.add_argument("--out", default=f"{name}-output", help="output folder")
     p.add_argument("--force", action="store_true", help=_FORCE_HELP)
     p.add_argument(

@@ -18,7 +18,7 @@ from .runs import (
     compare_with_progress,
     em_with_warnings,
     exit_status,
-    future_times,
+    forecast_plan,
     load_model,
     load_models,
     nuts_with_warnings,
@@ -66,8 +66,9 @@ def fit_command(args: argparse.Namespace) -> int:
     module = load_model(args)
     times, y, names = read_data(args)
     check_out(args)
-    future = future_times(times, args.forecast) if args.forecast else None
-    print(f"EM ({args.objective}) of {args.model} on {len(times)} rows of {names}", flush=True)
+    future = forecast_plan(args, times)
+    print(f"EM ({args.objective}) of {args.model} on {len(times)} rows of {names}"
+          + _driven_by(args), flush=True)  # fmt: skip
     em, caught = em_with_warnings(args, module, times, y, args.objective, init=args.init)
     table, se, note = em_table(em)
     notes = em_verdict(em, args, note, caught)
@@ -77,11 +78,12 @@ def fit_command(args: argparse.Namespace) -> int:
     print(table.to_string(float_format=lambda v: f"{v:.5g}", na_rep="-"))
     print_warnings(notes)
 
-    figures, checks_section, checks_saved = _fit_figures(times, y, names, em)
-    forecast_files, forecast_section = _fit_forecast(times, y, names, em, future)
+    v = args.input_values
+    figures, checks_section, checks_saved = _fit_figures(times, y, names, em, v)
+    forecast_files, forecast_section = _fit_forecast(times, y, names, em, future, v)
     data = {"file": args.data, **describe_data(times, y, names)}
-    options = ("model", "objective", "iters", "psd", "time_column", "columns", "forecast")
-    settings = option_values(args, (*options, "checkpoint"))
+    options = ("model", "objective", "iters", "psd", "time_column", "columns", "inputs")
+    settings = option_values(args, (*options, "forecast", "future_inputs", "checkpoint"))
     results = _fit_results(
         args,
         em,
@@ -119,13 +121,19 @@ def fit_command(args: argparse.Namespace) -> int:
     return exit_status(args, notes)
 
 
-def _fit_figures(times, y, names, em) -> tuple[dict, tuple, dict]:
+def _driven_by(args) -> str:
+    """`, driven by [columns]` for a run with `--inputs`, else nothing."""
+    return f", driven by {args.inputs}" if getattr(args, "inputs", None) else ""
+
+
+def _fit_figures(times, y, names, em, inputs=None) -> tuple[dict, tuple, dict]:
     """The figures of a fit (the smoothed signal and states, EM's progress, the residuals) and
     its residual checks: `(figures, report section, checks for params.json)`."""
     from .diagnostics import plot_em_history
 
-    figures = {**smoothing_figures(times, y, names, em.sde), "em_history.png": plot_em_history(em)}
-    checks, saved, figure = residual_checks(em.sde, times, y, names)
+    figures = smoothing_figures(times, y, names, em.sde, inputs=inputs)
+    figures["em_history.png"] = plot_em_history(em)
+    checks, saved, figure = residual_checks(em.sde, times, y, names, inputs)
     if figure is not None:
         figures["residuals.png"] = figure
     section = (
@@ -136,14 +144,16 @@ def _fit_figures(times, y, names, em) -> tuple[dict, tuple, dict]:
     return figures, section, saved
 
 
-def _fit_forecast(times, y, names, em, future) -> tuple[dict, list]:
+def _fit_forecast(times, y, names, em, future, inputs=None) -> tuple[dict, list]:
     """forecast.csv and forecast.png at the EM estimate, and their report section; nothing
-    without `--forecast` (`future` None)."""
+    without `--forecast` (`future` `(None, None)`; else the future times and inputs)."""
     from .forecast import forecast
 
+    future, future_inputs = future
     if future is None:
         return {}, []
-    files = forecast_outputs(times, y, names, forecast(em.sde, y, times, future))
+    result = forecast(em.sde, y, times, future, inputs=inputs, future_inputs=future_inputs)
+    files = forecast_outputs(times, y, names, result)
     return files, [("Forecast at the EM estimate (95% band)", files["forecast.png"])]
 
 
@@ -189,7 +199,11 @@ def compare_command(args: argparse.Namespace) -> int:
     specs = load_models(args)
     times, y, names = read_data(args)
     check_out(args)
-    print(f"EM ({args.objective}) of {len(specs)} models on {len(times)} rows of {names}")
+    v = args.input_values
+    if v is not None:
+        specs = [(spec, module, {**(kw or {}), "inputs": v}) for spec, module, kw in specs]
+    print(f"EM ({args.objective}) of {len(specs)} models on {len(times)} rows of {names}"
+          + _driven_by(args))  # fmt: skip
     result = compare_with_progress(args, specs, times, y, candidate_line)
     table = result.table()
     print(table.drop(columns="note").to_string(float_format=lambda v: f"{v:.6g}", na_rep="-"))
@@ -200,11 +214,11 @@ def compare_command(args: argparse.Namespace) -> int:
         else:
             print(text)
     chosen = result.fits[result.choice]
-    checks, _, residuals = residual_checks(chosen.sde, times, y, names)
+    checks, _, residuals = residual_checks(chosen.sde, times, y, names, v)
     figures = {"comparison.png": plot_comparison(result)}
     figures |= {"residuals.png": residuals} if residuals is not None else {}
     data = {"file": args.data, **describe_data(times, y, names)}
-    options = ("models", "objective", "iters", "psd", "time_column", "columns", "nuts")
+    options = ("models", "objective", "iters", "psd", "time_column", "columns", "inputs", "nuts")
     nuts = ("chains", "warmup", "draws", "target_accept", "seed") if args.nuts else ()
     settings = option_values(args, options + nuts)
     saved = comparison_results(result, data=data, settings=settings, versions=versions())
@@ -239,7 +253,7 @@ def sample_command(args: argparse.Namespace) -> int:
     module = load_model(args)
     times, y, names = read_data(args)
     check_out(args)
-    future = future_times(times, args.forecast) if args.forecast else None
+    future, future_inputs = forecast_plan(args, times)
     init, caught = None, []
     if args.init is not None and not args.init_from_em:
         raise ValueError("--init sets the start of EM: give it with --init-from-em.")
@@ -247,7 +261,8 @@ def sample_command(args: argparse.Namespace) -> int:
         print(f"EM (MAP) of {args.model} to start the chains", flush=True)
         init, caught = em_with_warnings(args, module, times, y, "map", init=args.init)
     print(
-        f"NUTS of {args.model} on {len(times)} rows of {names}: {args.chains} chains x "
+        f"NUTS of {args.model} on {len(times)} rows of {names}{_driven_by(args)}: "
+        f"{args.chains} chains x "
         f"({args.warmup} warmup + {args.draws} draws)",
         flush=True,
     )
@@ -265,12 +280,14 @@ def sample_command(args: argparse.Namespace) -> int:
         print(f"posterior predictive forecast of {args.forecast} steps", flush=True)
         kwargs = args.model_kwargs or None
         paths = forecast_posterior(
-            module.model, idata, y, times, future, seed=args.seed, model_kwargs=kwargs
-        )
+            module.model, idata, y, times, future, seed=args.seed, model_kwargs=kwargs,
+            future_inputs=future_inputs,
+        )  # fmt: skip
         extra = forecast_outputs(times, y, names, paths)
         sections = [("Posterior predictive forecast (95% band)", extra["forecast.png"])]
     options = ("model", "chains", "warmup", "draws", "seed", "target_accept", "init_from_em")
-    settings = option_values(args, (*options, "time_column", "columns", "forecast", "checkpoint"))
+    data_options = ("time_column", "columns", "inputs", "forecast", "future_inputs", "checkpoint")
+    settings = option_values(args, (*options, *data_options))
     level = f"{HDI_PROB:.0%}"
     write_results(
         args,
@@ -307,7 +324,9 @@ def demo(args: argparse.Namespace) -> int:
     check_out(args)
     clock = time.perf_counter()
     truth = {k: np.asarray(v, dtype=float) for k, v in true_params(args, module).items()}
-    times, x, y, names = _demo_data(args, module, truth)
+    times, x, y, names, v = _demo_data(args, module, truth)
+    if v is not None:  # a driven model: its example inputs drive the fits too
+        args.model_kwargs = {**(args.model_kwargs or {}), "inputs": v}
     em, idata, caught = _demo_fits(args, module, times, y, truth)
     table, shown, coverage = _demo_recovery(module, idata)
     notes = em_verdict(em, args, None, []) + nuts_verdict(idata, table, args.chains)
@@ -316,7 +335,7 @@ def demo(args: argparse.Namespace) -> int:
 
     print(f"[5/5] writing {args.out}", flush=True)
     figures = {
-        **smoothing_figures(times, y, names, em.sde, x),
+        **smoothing_figures(times, y, names, em.sde, x, inputs=v),
         "em_history.png": plot_em_history(em),
         "recovery.png": plot_recovery(table),
         "trace_rank.png": plot_trace_rank(idata),
@@ -365,15 +384,16 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _demo_data(args, module, truth):
-    """Step 1 of the demo: `(times, x, y, names)`, the model simulated at `truth` (its
-    `TRUE_PARAMS`, or `true_params` for orders given) with a fraction `--missing` removed."""
+    """Step 1 of the demo: `(times, x, y, names, inputs)`, the model simulated at `truth` (its
+    `TRUE_PARAMS`, or `true_params` for orders given) with a fraction `--missing` removed; the
+    inputs of a driven model (its `example_inputs`), else None."""
     import numpy as np
 
     print(f"[1/5] simulating {args.model}: T = {args.n}, dt = {args.dt}", flush=True)
-    times, x, y = simulate_model(module, truth, args.n, args.dt, args.missing, args.seed)
+    times, x, y, v = simulate_model(module, truth, args.n, args.dt, args.missing, args.seed)
     print(f"      {int(np.isnan(y).sum())} of {y.size} values removed (missing)", flush=True)
     names = [f"y{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["y"]
-    return times, x, y, names
+    return times, x, y, names, v
 
 
 def _demo_fits(args, module, times, y, truth):
@@ -442,19 +462,29 @@ def _start_values(truth: dict) -> dict:
 
 
 def simulate_command(args: argparse.Namespace) -> int:
-    """Simulate a zoo model at its default parameters and write the observations as CSV."""
+    """Simulate a zoo model at its default parameters and write the observations as CSV (and
+    a driven model's example inputs, `example_inputs`, as columns of their own)."""
+    import numpy as np
+
     from .io import write_csv
 
     module = load_model(args, needs=("TRUE_PARAMS", "to_sde"))
     check_out(args, kind="file")
     truth = true_params(args, module)
-    times, _, y = simulate_model(module, truth, args.n, args.dt, args.missing, args.seed)
+    times, _, y, v = simulate_model(module, truth, args.n, args.dt, args.missing, args.seed)
     names = [f"y{i}" for i in range(y.shape[1])] if y.shape[1] > 1 else ["y"]
+    inputs = list(getattr(module, "INPUT_NAMES", [])) if v is not None else []
+    if v is not None:  # a driven model's inputs are written beside the data, to fit with
+        inputs = inputs if len(inputs) == v.shape[1] else [f"v{j}" for j in range(v.shape[1])]
+        y = np.concatenate([y, v], axis=1)
     try:
-        write_csv(args.out, times, y, names)
+        write_csv(args.out, times, y, names + inputs)
     except OSError as err:
         raise Failed(f"cannot write --out {args.out}: {err.strerror or err}") from None
-    print(f"wrote {args.out}: {args.n} rows of t,{','.join(names)} ({args.model} at {truth})")
+    columns = ",".join(["t", *names, *inputs])
+    print(f"wrote {args.out}: {args.n} rows of {columns} ({args.model} at {truth})")
+    if inputs:
+        print(f"the known inputs are in {inputs}: fit with --inputs {','.join(inputs)}")
     return 0
 
 

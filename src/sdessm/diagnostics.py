@@ -121,10 +121,11 @@ def plot_smoothed_states(
 
 
 def plot_smoothed_observations(
-    times, smoothed: SmootherResult, y, sde, *, level: float = 0.95, names=None
+    times, smoothed: SmootherResult, y, sde, *, level: float = 0.95, names=None, inputs=None
 ) -> Figure:
-    r"""One panel per data column: the data and the smoothed signal $H m_k + u$ with a `level`
-    band (of $H P_k H^\top$, the signal without observation noise).
+    r"""One panel per data column: the data and the smoothed signal $H m_k + u$ (plus $D v_k$
+    with known inputs) with a `level` band (of $H P_k H^\top$, the signal without observation
+    noise).
 
     Args:
         times (ArrayLike): `(T,)` observation times.
@@ -133,6 +134,7 @@ def plot_smoothed_observations(
         sde (SDEParams | LGSSMParams): the parameters smoothed with (shared emissions `H`, `u`).
         level: coverage of the band (normal quantiles).
         names (Sequence[str] | None): labels of the columns (default `y[j]`).
+        inputs (ArrayLike | None): `(T, m)` known inputs, for parameters with a gain `D`.
 
     Returns:
         A matplotlib `Figure` (not attached to pyplot; save it with `fig.savefig`).
@@ -141,6 +143,10 @@ def plot_smoothed_observations(
     H, u = np.asarray(sde.H), np.asarray(sde.u)
     if H.ndim != 2:
         raise ValueError("`sde` must have shared emissions: H of shape (p, d).")
+    if getattr(sde, "D", None) is not None:
+        if inputs is None:
+            raise ValueError("`sde` has an input gain `D`: give the known `inputs` (T, m).")
+        u = u + np.asarray(inputs, dtype=float) @ np.asarray(sde.D).T  # (T, p)
     signal, sd = _smoothed_moments(smoothed, H, u)
     names = list(names) if names is not None else [f"y[{j}]" for j in range(H.shape[0])]
     fig, axes = _band_panels(times, signal, sd, level, names, "smoothed signal")

@@ -391,6 +391,7 @@ def forecast_posterior(
     num_draws: int | None = None,
     seed: int = 0,
     model_kwargs: dict | None = None,
+    future_inputs: Float[ArrayLike, "*#B N m"] | None = None,
 ) -> PosteriorForecast:
     """Posterior predictive draws of future states and observations of a NumPyro model.
 
@@ -406,7 +407,9 @@ def forecast_posterior(
         future_times: `(N,)` times after the last observation, strictly increasing.
         num_draws: use this many posterior draws, evenly thinned (default: all).
         seed: the random seed of the paths.
-        model_kwargs: the model's other keyword arguments.
+        model_kwargs: the model's other keyword arguments (a driven model's `inputs` among
+            them).
+        future_inputs: `(N, m)` known inputs at `future_times`, for a model with input gains.
 
     Returns:
         A `PosteriorForecast`: `state_draws (S, *B, N, d)` and `obs_draws (S, *B, N, p)`.
@@ -429,20 +432,21 @@ def forecast_posterior(
         check_finite(f"posterior[{k!r}]", v)
     complete = is_complete(y)
     sde0 = tm.sde({k: jnp.asarray(v[0]) for k, v in draws.items()})
-    if sde0.B is not None or sde0.D is not None:
-        raise NotImplementedError(
-            "forecast_posterior does not take known inputs yet; forecast each draw's "
-            "parameters with `sdessm.forecast(..., inputs=, future_inputs=)`."
-        )
-    _setup(sde0, y, times, future_times, None, None)  # validate once, eagerly
+    inputs = tm.inputs
+    future = (future_times, None, None, inputs, future_inputs)
+    _setup(sde0, y, times, *future)  # validate once, eagerly
     y_arr = as_float_array(y, "y")
 
     def one(key, values):
         sde = tm.sde(values)
-        past, A, Sigma, fb, _, _ = _setup(sde, y_arr, times, future_times, None, None)
+        past, A, Sigma, fb, _, ahead = _setup(sde, y_arr, times, *future)
         B = past.y.shape[0] if past.y.ndim == 3 else None
         keys = key if B is None else jax.random.split(key, B)
-        return _apply(_sample_path, *past[:3], A, Sigma, fb, complete, keys)
+        xs, ys = _apply(_sample_path, *past[:3], A, Sigma, fb, complete, keys)
+        if ahead is not None:  # the inputs' part of the future means
+            s, emitted_ahead = ahead
+            xs, ys = (xs if s is None else xs + s), ys + emitted_ahead
+        return xs, ys
 
     keys = jax.random.split(jax.random.key(seed), S)
     values = {k: jnp.asarray(v) for k, v in draws.items()}

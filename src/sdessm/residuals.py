@@ -223,7 +223,7 @@ class ResidualCheck(NamedTuple):
     not_run: str | None
 
 
-def residual_check(sde, y, times) -> ResidualCheck:
+def residual_check(sde, y, times, inputs=None) -> ResidualCheck:
     """The residual checks of a fit at its estimate `sde`: `residual_tests` of the standardised
     innovations, or the reason they cannot run (too few observed values).
 
@@ -231,11 +231,12 @@ def residual_check(sde, y, times) -> ResidualCheck:
         sde (SDEParams): the fitted parameters (`EMResult.sde`).
         y (ArrayLike): the data, `(T, p)` or `(B, T, p)`, NaN where missing.
         times (ArrayLike): the observation times.
+        inputs (ArrayLike | None): the known inputs of a model with input gains.
 
     Returns:
         A `ResidualCheck`.
     """
-    standardized = np.asarray(innovations(sde, y, times).standardized)
+    standardized = np.asarray(innovations(sde, y, times, inputs=inputs).standardized)
     try:
         return ResidualCheck(standardized, residual_tests(standardized), None)
     except ValueError as err:

@@ -98,12 +98,17 @@ def load_model(args: argparse.Namespace, needs: tuple[str, ...] = ()):
     """The model module named by `--model` (`resolve_model`), its orders kept as
     `args.model_kwargs`; `needs` are the attributes this command uses."""
     module, args.model_kwargs = resolve_model(args.model, args.command, needs)
+    if hasattr(args, "inputs"):  # the commands that read data
+        check_model_inputs(module, args.model, bool(args.inputs))
     return module
 
 
 def load_models(args: argparse.Namespace) -> list:
     """`(name, module, model_kwargs)` of each model of `--models`, all checked before any work."""
-    return [(spec, *resolve_model(spec, args.command, option="--models")) for spec in args.models]
+    specs = [(spec, *resolve_model(spec, args.command, option="--models")) for spec in args.models]
+    for spec, module, _ in specs:
+        check_model_inputs(module, spec, bool(args.inputs))
+    return specs
 
 
 def true_params(args: argparse.Namespace, module) -> dict:
@@ -116,6 +121,7 @@ def true_params(args: argparse.Namespace, module) -> dict:
 def _inputs(args: argparse.Namespace) -> list[str]:
     """The files this run reads or keeps, which its output must never replace."""
     files = [getattr(args, "data", None), getattr(args, "checkpoint", None)]
+    files.append(getattr(args, "future_inputs", None))
     for model in [getattr(args, "model", ""), *(getattr(args, "models", None) or [])]:
         if model.endswith(".py") or os.sep in model or "/" in model:
             files.append(model)
@@ -140,13 +146,104 @@ def check_out(args: argparse.Namespace, kind: str = "folder") -> None:
 
 
 def read_data(args: argparse.Namespace):
-    """`(times, y, names)` from the CSV file, checked for data no fit can use."""
+    """`(times, y, names)` from the CSV file, checked for data no fit can use. The columns of
+    `--inputs` are not data: they are kept, checked complete, as `args.input_values` `(T, m)`
+    (None without `--inputs`) and passed to the model as its `inputs` (`args.model_kwargs`)."""
     from .io import check_data, read_csv
 
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    times, y, names = read_csv(args.data, args.time_column, columns)
+    inputs = getattr(args, "inputs", None) or []
+    both = sorted(set(columns or []) & set(inputs))
+    if both:
+        raise ValueError(f"{both} are named by both --columns and --inputs; a column is one or "
+                         "the other.")  # fmt: skip
+    times, table, names = read_csv(args.data, args.time_column, columns and columns + inputs)
+    unknown = [c for c in inputs if c not in names]
+    if unknown:
+        raise ValueError(
+            f"{args.data} has no column(s) {unknown} named by --inputs; its columns are "
+            f"{[args.time_column, *names]}."
+        )
+    values = [i for i, name in enumerate(names) if name not in inputs]
+    if not values:
+        raise ValueError(f"{args.data}: every column besides the times is an input; no data.")
+    args.input_values = None
+    if inputs:
+        v = table[:, [names.index(c) for c in inputs]]
+        check_known_inputs(v, inputs, args.data)
+        args.input_values = v
+        if hasattr(args, "model_kwargs"):
+            args.model_kwargs = {**(args.model_kwargs or {}), "inputs": v}
+    y, names = table[:, values], [names[i] for i in values]
     check_data(times, y, names, args.data)
     return times, y, names
+
+
+def check_known_inputs(v, names, path) -> None:
+    """Inputs are known: an empty cell among them is an error naming its row and column."""
+    import numpy as np
+
+    empty = np.argwhere(np.isnan(v))
+    if empty.size:
+        row, col = (int(i) for i in empty[0])
+        raise ValueError(
+            f"{path}, row {row + 2}: the input column {names[col]!r} is empty; known inputs "
+            "need a value at every time (fill the cell, or drop the row)."
+        )
+
+
+def forecast_plan(args: argparse.Namespace, times):
+    """`(future times, future inputs)` of `--forecast N`: N steps of the data's median step;
+    with `--inputs`, the first N rows of `--future-inputs` (its times and input columns).
+    `(None, None)` without `--forecast`."""
+    from .io import read_csv
+
+    given = getattr(args, "future_inputs", None)
+    if not args.forecast:
+        if given:
+            raise ValueError("--future-inputs applies with --forecast N (and --inputs).")
+        return None, None
+    if not getattr(args, "inputs", None):
+        if given:
+            raise ValueError("--future-inputs applies with --inputs: the model takes none.")
+        return future_times(times, args.forecast), None
+    if not given:
+        raise ValueError(
+            "--forecast with --inputs needs --future-inputs FILE: a CSV with the time column "
+            f"{args.time_column!r} and the input columns {args.inputs} at the times to forecast."
+        )
+    future, v, _ = read_csv(given, args.time_column, args.inputs)
+    n = args.forecast
+    if len(future) < n:
+        raise ValueError(
+            f"--future-inputs {given} has {len(future)} rows; --forecast {n} needs {n}."
+        )
+    future, v = future[:n], v[:n]
+    check_known_inputs(v, args.inputs, given)
+    if future[0] <= times[-1]:
+        raise ValueError(
+            f"--future-inputs {given}: its first time {future[0]:g} is not after the data's last "
+            f"time {times[-1]:g}."
+        )
+    return future, v
+
+
+def check_model_inputs(module, name: str, given: bool) -> None:
+    """A model driven by known inputs (its module names them, `INPUT_NAMES`) needs `--inputs`;
+    a model whose function takes no `inputs` refuses them."""
+    import inspect
+
+    takes = "inputs" in inspect.signature(module.model).parameters
+    if given and not takes:
+        raise ValueError(
+            f"model {name} takes no known inputs (its `model` has no `inputs` argument); drop "
+            "--inputs, or use a driven model such as driven_ou."
+        )
+    if not given and hasattr(module, "INPUT_NAMES"):
+        raise ValueError(
+            f"model {name} is driven by known inputs: name their columns with --inputs (e.g. "
+            f"--inputs {','.join(module.INPUT_NAMES)})."
+        )
 
 
 def future_times(times, n: int):
@@ -248,7 +345,8 @@ def compare_with_progress(args, specs, times, y, line):
 
 
 def simulate_model(module, truth: dict, n: int, dt: float, missing: float, seed: int):
-    """`(times, x, y)`: a model simulated at `truth`, a `missing` fraction of y NaN."""
+    """`(times, x, y, v)`: a model simulated at `truth`, a `missing` fraction of y NaN; `v` the
+    inputs of a driven model (its `example_inputs(times)`), else None."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -258,10 +356,13 @@ def simulate_model(module, truth: dict, n: int, dt: float, missing: float, seed:
 
     sde = module.to_sde(**{k: jnp.asarray(v, dtype=float) for k, v in truth.items()})
     times = decimal_grid(0.0, dt, n)
-    x, y = simulate(jax.random.key(seed), sde, times)
+    v = None
+    if hasattr(module, "example_inputs"):
+        v = np.asarray(module.example_inputs(times), dtype=float)
+    x, y = simulate(jax.random.key(seed), sde, times, inputs=v)
     x, y = np.asarray(x), np.array(y)
     y[np.random.default_rng(seed).uniform(size=y.shape) < missing] = np.nan
-    return times, x, y
+    return times, x, y, v
 
 
 def nuts_settings(args) -> dict:

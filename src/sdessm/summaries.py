@@ -21,11 +21,18 @@ GENERAL_MODEL = (
     "x_1 ~ N(mu1, P1),   dx = F x dt + L dW  (Q = L L^T),   y_k = H x(t_k) + u + e_k,  "
     "e_k ~ N(0, R)"
 )
+#: What known inputs v add to `GENERAL_MODEL` (held constant between observation times).
+DRIVEN_MODEL = "with known inputs v: dx = (F x + B v) dt + L dW,   y_k = H x(t_k) + u + D v_k + e_k"
 
 
 def option_values(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, str]:
-    """The options `names` of a run as the report lists them: `--name` -> its value, as text."""
-    return {f"--{n.replace('_', '-')}": str(getattr(args, n)) for n in names}
+    """The options `names` of a run as the report lists them: `--name` -> its value, as text
+    (a list as it is written on the command line, comma-separated)."""
+
+    def text(value) -> str:
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return {f"--{n.replace('_', '-')}": text(getattr(args, n)) for n in names}
 
 
 def model_summary(module) -> str:
@@ -49,7 +56,13 @@ def sde_text(sde) -> str:
             for name, value in (("F", sde.F), ("Q", sde.Q), ("H", sde.H), ("u", sde.u))
         ]
         parts.append(f"R =\n{np.asarray(sde.R)}")
-    return GENERAL_MODEL + "\n\n" + "\n".join(parts)
+        for name in ("B", "D"):  # the input gains of a driven model
+            if getattr(sde, name, None) is not None:
+                parts.append(f"{name} =\n{np.asarray(getattr(sde, name))}")
+    model = GENERAL_MODEL
+    if getattr(sde, "B", None) is not None or getattr(sde, "D", None) is not None:
+        model += f"\n{DRIVEN_MODEL}"
+    return model + "\n\n" + "\n".join(parts)
 
 
 def identified_functional(module):
@@ -238,16 +251,16 @@ def em_history_csv(em) -> str:
     return "\n".join([header, *rows]) + "\n"
 
 
-def smoothing_figures(times, y, names, sde, x_true=None) -> dict:
+def smoothing_figures(times, y, names, sde, x_true=None, inputs=None) -> dict:
     """The data with the smoothed signal, and the smoothed latent states (with `x_true`, the
-    truth, when known): file name -> figure."""
+    truth, when known; `inputs`, those of a driven model): file name -> figure."""
     from .diagnostics import plot_smoothed_observations, plot_smoothed_states
     from .kalman import rts_smoother
 
-    smoothed = rts_smoother(sde, y, times)
+    smoothed = rts_smoother(sde, y, times, inputs=inputs)
     return {
         "smoothed_observations.png": plot_smoothed_observations(
-            times, smoothed, y, sde, names=names
+            times, smoothed, y, sde, names=names, inputs=inputs
         ),
         "smoothed_states.png": plot_smoothed_states(
             times, smoothed, y, x_true, H=sde.H, u=sde.u, obs_names=names
@@ -255,7 +268,7 @@ def smoothing_figures(times, y, names, sde, x_true=None) -> dict:
     }
 
 
-def residual_checks(sde, times, y, names):
+def residual_checks(sde, times, y, names, inputs=None):
     """`(table, saved, figure)` of the residual checks at the estimate: the p-values per column
     (a DataFrame), the same for params.json, and `plot_residuals`; `(a sentence saying why,
     {"not_run": why}, None)` when the data are too few to test."""
@@ -263,7 +276,7 @@ def residual_checks(sde, times, y, names):
 
     from .residuals import plot_residuals, residual_check
 
-    standardized, tests, not_run = residual_check(sde, y, times)
+    standardized, tests, not_run = residual_check(sde, y, times, inputs)
     if tests is None:
         return f"Residual checks not run: {not_run}", {"not_run": not_run}, None
     lag = tests.lags[-1]
