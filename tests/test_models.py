@@ -563,7 +563,8 @@ def test_the_shipped_data_are_the_sources_values():
 
     readme = (Path(datasets.path("nile")).parent / "README.md").read_text()
     for name in datasets.available():
-        assert f"## {name}.csv" in readme and "public domain" in datasets.info(name)["licence"]
+        licence = datasets.info(name)["licence"]
+        assert f"## {name}.csv" in readme and ("public domain" in licence or "BSD" in licence)
     nile = datasets.load("nile")
     source = smd.nile.load_pandas().data
     np.testing.assert_array_equal(nile["year"], source["year"].astype(int))
@@ -573,3 +574,18 @@ def test_the_shipped_data_are_the_sources_values():
     np.testing.assert_array_equal(spots["year"], source["YEAR"].astype(int))
     np.testing.assert_array_equal(spots["sunspots"], source["SUNACTIVITY"])
 
+
+def test_the_greensboro_data_are_a_july_of_hours_with_the_sun_by_day():
+    """The hourly July (pvlib is not a test dependency to compare with its file): 744 hours in
+    order, no gap, irradiance zero at night (local standard time) and up to a clear-sky noon,
+    temperatures of a North Carolina summer."""
+    from sdessm import datasets
+
+    df = datasets.load("greensboro_july")
+    assert list(df.columns) == ["hour", "temperature", "ghi"]
+    np.testing.assert_array_equal(df["hour"], np.arange(1, 745))
+    clock = df["hour"].to_numpy() % 24  # the end of each hour
+    night = (clock >= 21) | (clock <= 5)
+    assert np.all(df["ghi"][night] == 0) and 900 < df["ghi"].max() < 1100
+    assert 10 < df["temperature"].min() < df["temperature"].max() < 40
+    assert datasets.info("greensboro_july")["time_column"] == "hour"

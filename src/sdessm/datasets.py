@@ -4,6 +4,7 @@
 |---|---|---|---|
 | `sunspots` | yearly mean sunspot numbers, 1700-2008 (NOAA NGDC) | 309 | public domain |
 | `nile` | yearly flow of the Nile at Aswan, 1871-1970 (Cobb 1978) | 100 | public domain |
+| `greensboro_july` | hourly air temperature and sunshine, July 1981 (NSRDB) | 744 | BSD-3 |
 
 `load(name)` returns a pandas DataFrame whose first column is the time; `path(name)` is the CSV
 file itself, for the command line (`sdessm fit "$(python -c ...)"`, or `sdessm data NAME --out
@@ -35,6 +36,17 @@ _DATASETS = {
         "problem, Biometrika 65(2), 243-251; the series of Durbin and Koopman's state-space "
         "textbook, as redistributed with statsmodels (statsmodels.datasets.nile); unchanged",
         'public domain (statsmodels: "This is public domain.")',
+    ),
+    "greensboro_july": (
+        "greensboro_july.csv",
+        "hour",
+        "hourly air temperature (deg C) and global horizontal irradiance (W/m^2) at Greensboro, "
+        "NC, July 1981 (744 rows; columns hour, temperature, ghi)",
+        "National Solar Radiation Database, TMY3 file 723170TYA (Wilcox and Marion 2008, Users "
+        "Manual for TMY3 Data Sets, NREL/TP-581-43156), the month of July (measured in 1981), as "
+        "redistributed with pvlib python (pvlib/data/723170TYA.CSV); three columns kept, hours "
+        "counted from 1981-07-01 00:00 local standard time",
+        "BSD 3-Clause (pvlib python; copyright and conditions in data/README.md)",
     ),
 }
 
