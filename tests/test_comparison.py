@@ -26,7 +26,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def data():
-    times, _, y = simulate_model(OU, OU.TRUE_PARAMS, T, DT, MISSING, 0)
+    times, _, y, _ = simulate_model(OU, OU.TRUE_PARAMS, T, DT, MISSING, 0)
     return times, y
 
 

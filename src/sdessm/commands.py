@@ -60,7 +60,7 @@ from .summaries import (
 
 def fit_command(args: argparse.Namespace) -> int:
     """EM on data from a CSV file."""
-    from .io import describe_data, json_text
+    from .io import json_text
     from .report import Note, Pre, versions
 
     module = load_model(args)
@@ -81,7 +81,7 @@ def fit_command(args: argparse.Namespace) -> int:
     v = args.input_values
     figures, checks_section, checks_saved = _fit_figures(times, y, names, em, v)
     forecast_files, forecast_section = _fit_forecast(times, y, names, em, future, v)
-    data = {"file": args.data, **describe_data(times, y, names)}
+    data = _data_facts(args, times, y, names)
     options = ("model", "objective", "iters", "psd", "time_column", "columns", "inputs")
     settings = option_values(args, (*options, "forecast", "future_inputs", "checkpoint"))
     results = _fit_results(
@@ -119,6 +119,17 @@ def fit_command(args: argparse.Namespace) -> int:
         ],
     )
     return exit_status(args, notes)
+
+
+def _data_facts(args, times, y, names) -> dict:
+    """The data of a run on a CSV file as the report and params.json describe them: the file,
+    `describe_data`, and the input columns of `--inputs`."""
+    from .io import describe_data
+
+    facts = {"file": args.data, **describe_data(times, y, names)}
+    if getattr(args, "inputs", None):
+        facts["inputs"] = ", ".join(args.inputs) + " (known, not fitted)"
+    return facts
 
 
 def _driven_by(args) -> str:
@@ -193,7 +204,7 @@ def _fit_results(args, em, notes, *, data, settings, estimates, criteria, checks
 def compare_command(args: argparse.Namespace) -> int:
     """EM of several models on data from a CSV file, and the choice among them."""
     from .comparison import plot_comparison
-    from .io import describe_data, json_text
+    from .io import json_text
     from .report import Note, versions
 
     specs = load_models(args)
@@ -217,7 +228,7 @@ def compare_command(args: argparse.Namespace) -> int:
     checks, _, residuals = residual_checks(chosen.sde, times, y, names, v)
     figures = {"comparison.png": plot_comparison(result)}
     figures |= {"residuals.png": residuals} if residuals is not None else {}
-    data = {"file": args.data, **describe_data(times, y, names)}
+    data = _data_facts(args, times, y, names)
     options = ("models", "objective", "iters", "psd", "time_column", "columns", "inputs", "nuts")
     nuts = ("chains", "warmup", "draws", "target_accept", "seed") if args.nuts else ()
     settings = option_values(args, options + nuts)
@@ -247,7 +258,6 @@ def sample_command(args: argparse.Namespace) -> int:
     """NUTS on data from a CSV file."""
     from .diagnostics import plot_recovery, plot_trace_rank, recovery_table
     from .forecast import forecast_posterior
-    from .io import describe_data
     from .report import Note, Pre, versions
 
     module = load_model(args)
@@ -295,7 +305,7 @@ def sample_command(args: argparse.Namespace) -> int:
         f"sdessm sample: {args.model} on {args.data}",
         [
             ("Result", [Note(kind, text) for kind, text in notes]),
-            ("Data", {"file": args.data, **describe_data(times, y, names)}),
+            ("Data", _data_facts(args, times, y, names)),
             ("Model", [model_facts(args, module), Pre(GENERAL_MODEL)]),
             (f"Posterior: mean, sd, {level} highest-density interval, R-hat, ESS", shown),
             (f"Posterior means and {level} HDIs", figures["posterior.png"]),
@@ -342,6 +352,9 @@ def demo(args: argparse.Namespace) -> int:
     }
     source = f"simulated from {args.model} at the truth below (seed {args.seed})"
     data = {"source": source, **describe_data(times, y, names)}
+    if v is not None:
+        names_v = getattr(module, "INPUT_NAMES", None) or ["v"]
+        data["inputs"] = f"{', '.join(names_v)}: the model's example_inputs (known, not fitted)"
     options = ("model", "n", "dt", "missing", "chains", "warmup", "draws", "seed", "iters")
     settings = option_values(args, options)
     results = _demo_results(args, em, table, notes, data=data, settings=settings, truth=truth)

@@ -74,6 +74,7 @@ def plot_smoothed_states(
     level: float = 0.95,
     state_names=None,
     obs_names=None,
+    direct=None,
 ) -> Figure:
     """One panel per state: smoothed mean with a `level` band, the true path, and the data.
 
@@ -87,6 +88,8 @@ def plot_smoothed_states(
         H (ArrayLike | None): the observation matrix that says which states the data show.
         u (ArrayLike | None): `(p,)` observation offset, subtracted from the data drawn.
         level: coverage of the band (normal quantiles).
+        direct (ArrayLike | None): `(T, p)` what known inputs add to the observations
+            directly, `D v_k`, subtracted from the data drawn too.
         state_names (Sequence[str] | None): labels of the states.
         obs_names (Sequence[str] | None): labels of the data columns.
 
@@ -108,6 +111,9 @@ def plot_smoothed_states(
                     label = obs_names[j] if obs_names is not None else f"y[{j}]"
                     offset = 0.0 if u is None else float(np.asarray(u)[j])
                     shown = f"{label} - u" if offset else label
+                    if direct is not None:
+                        offset = offset + np.asarray(direct)[:, j]
+                        shown = f"{label} - u - D v"
                     ax.plot(
                         times,
                         np.asarray(y)[:, j] - offset,

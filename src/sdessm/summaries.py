@@ -254,16 +254,21 @@ def em_history_csv(em) -> str:
 def smoothing_figures(times, y, names, sde, x_true=None, inputs=None) -> dict:
     """The data with the smoothed signal, and the smoothed latent states (with `x_true`, the
     truth, when known; `inputs`, those of a driven model): file name -> figure."""
+    import numpy as np
+
     from .diagnostics import plot_smoothed_observations, plot_smoothed_states
     from .kalman import rts_smoother
 
     smoothed = rts_smoother(sde, y, times, inputs=inputs)
+    direct = None  # what the inputs add to the observations directly, D v_k
+    if getattr(sde, "D", None) is not None:
+        direct = np.asarray(inputs, dtype=float) @ np.asarray(sde.D).T
     return {
         "smoothed_observations.png": plot_smoothed_observations(
             times, smoothed, y, sde, names=names, inputs=inputs
         ),
         "smoothed_states.png": plot_smoothed_states(
-            times, smoothed, y, x_true, H=sde.H, u=sde.u, obs_names=names
+            times, smoothed, y, x_true, H=sde.H, u=sde.u, obs_names=names, direct=direct
         ),
     }
 
