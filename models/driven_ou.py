@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from sdessm.models.ou import to_sde as undriven
 
 from sdessm import priors
 from sdessm.moments import moments
-from sdessm.params import SDEParams
 from sdessm.ppl import LTISDE
 
 TRUE_PARAMS = {"theta": 0.5, "sigma": 0.8, "u": 1.0, "noise": 0.2, "b": [1.0], "d": [0.5]}
@@ -47,19 +47,10 @@ def example_inputs(times):
 
 
 def to_sde(theta, sigma, u, noise, b, d):
-    """The named parameters as `SDEParams` with input gains `B = b`, `D = d` (rows)."""
+    """The named parameters as `SDEParams`: the zoo's `ou` with input gains `B = b`, `D = d`
+    (rows)."""
     b, d = jnp.atleast_1d(jnp.asarray(b, dtype=float)), jnp.atleast_1d(jnp.asarray(d, dtype=float))
-    return SDEParams(
-        F=-theta * jnp.eye(1),
-        L=sigma * jnp.eye(1),
-        H=jnp.eye(1),
-        u=jnp.reshape(u, (1,)),
-        R=noise**2 * jnp.eye(1),
-        mu1=jnp.zeros(1),
-        P1=sigma**2 / (2 * theta) * jnp.eye(1),
-        B=b[None, :],
-        D=d[None, :],
-    )
+    return undriven(theta, sigma, u, noise)._replace(B=b[None, :], D=d[None, :])
 
 
 def _inputs(inputs, times):

@@ -22,7 +22,6 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from . import checkpoint as ckpt
 from ._checks import (
@@ -49,7 +48,7 @@ from .iteration import (
     structured_iteration,
 )
 from .newton import finish as finish_fit
-from .params import SDEParams, discrete_on_groups
+from .params import SDEParams, discrete_on_groups, transitions
 from .results import EMResult
 
 #: Relative log-likelihood decrease tolerated as round-off.
@@ -365,8 +364,8 @@ def _report_drift(F, dt, report, warn: bool = True):
 
 def _recover(result: EMResult, init: SDEParams, dt: float, fixed, psd: str, report: dict):
     """SDEParams from the discrete fit (uniform step `dt`); the drift's input gain from
-    `B_k = Phi B`, `Phi = int_0^dt e^{F s} ds` (the top-right block of the exponential of
-    `[[F, I], [0, 0]] dt`, and of the augmented `[[F, B], [0, 0]] dt` that gives `B_k`)."""
+    `B_k = Phi B`, `Phi = int_0^dt e^{F s} ds`: the discrete input matrix of the recovered F
+    for `B = I`, from the same augmented exponential that gives `B_k` (`params.transitions`)."""
     lg = result.discrete
     if "F" in fixed:  # A = exp(F dt) is known: Q from Sigma alone, no logarithm needed
         F = np.asarray(init.F, dtype=float)
@@ -393,10 +392,7 @@ def _recover(result: EMResult, init: SDEParams, dt: float, fixed, psd: str, repo
         Q = (V * np.clip(w_all, 0.0, None)) @ V.T
         report["psd_replaced"] = True
     dtype = jnp.result_type(float)
-    B = None
-    if lg.B is not None:
-        B = init.B if "B" in fixed else _input_gain(F, np.asarray(lg.B), dt)
-    return SDEParams(
+    sde = SDEParams(
         jnp.asarray(F, dtype),
         jnp.asarray(psd_factor(Q), dtype),
         lg.H,
@@ -404,13 +400,13 @@ def _recover(result: EMResult, init: SDEParams, dt: float, fixed, psd: str, repo
         lg.R,
         lg.mu1,
         lg.P1,
-        None if B is None else jnp.asarray(B, dtype),
+        None,
         lg.D,
     )
-
-
-def _input_gain(F, B_k, dt: float):
-    """The B of the drift whose discrete input matrix over `dt` is `B_k`: `Phi^{-1} B_k`."""
-    d = F.shape[0]
-    Phi = scipy.linalg.expm(np.block([[F, np.eye(d)], [np.zeros((d, 2 * d))]]) * dt)[:d, d:]
-    return np.linalg.solve(Phi, B_k)
+    if lg.B is None:
+        return sde
+    if "B" in fixed:
+        return sde._replace(B=init.B)
+    unit = sde._replace(B=jnp.eye(sde.state_dim, dtype=dtype), D=None)
+    Phi = transitions(unit, jnp.asarray(dt, dtype), grouped=False)[2]
+    return sde._replace(B=jnp.asarray(np.linalg.solve(np.asarray(Phi), np.asarray(lg.B)), dtype))

@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import as_float_array, check_something_observed
+from ._checks import check_inputs, check_something_observed
 from .discretize import group_steps
 from .mstep import R_STRUCTURES
 from .newton import FINISHES
 from .params import LGSSMParams, SDEParams, as_arrays, on_grid
-from .problem import resolve
+from .problem import needs_inputs, resolve
 
 SDE_FIELDS = ("F", "L", "Q", "H", "u", "R", "mu1", "P1", "B", "D")
 LGSSM_FIELDS = LGSSMParams._fields
@@ -165,14 +165,19 @@ def check_gains_fittable(sde0, lg0) -> None:
 def resolve_fit(sde0, y, times, dt, fixed, structured: bool, numerical: bool, per_step: bool,
              devices, inputs=None) -> FitProblem:  # fmt: skip
     """The data on their grid (`_Problem`), with the checks that need them."""
-    problem = resolve(sde0, y, times, dt, inputs)  # every check of the filter's
+    # EM keeps the gains in the model and the data as given: the grid and the data are
+    # resolved without the gains, which are then checked and put on the grid themselves
+    gains = needs_inputs(sde0, inputs)
+    problem = resolve(sde0._replace(B=None, D=None) if gains else sde0, y, times, dt)
     lg0, y_arr, v = problem.params, problem.y, None
-    if inputs is not None:  # EM keeps the gains in the model and the data as given
-        plain = resolve(sde0._replace(B=None, D=None), y, times, dt)
-        y_arr = plain.y
-        grid = on_grid(as_arrays(sde0), times, dt) if isinstance(sde0, SDEParams) else sde0
-        lg0 = plain.params._replace(B=grid.B, D=grid.D)
-        v = as_float_array(inputs, "inputs")  # checked by `resolve`
+    if gains:
+        T = y_arr.shape[-2]
+        sde0 = as_arrays(sde0).validate(num_timesteps=T)
+        v = check_inputs(inputs, T, sde0.input_dim, y_arr.shape[0] if y_arr.ndim == 3 else None)
+        if isinstance(sde0, SDEParams):
+            lg0 = on_grid(sde0, times, dt)
+        else:
+            lg0 = lg0._replace(B=sde0.B, D=sde0.D)
     yb = y_arr if y_arr.ndim == 3 else y_arr[None]
     B, T, _ = yb.shape
     if v is not None:
