@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 # environment, reinstalled when a source file changes
 DEMO_VENV ?= .venv-demo
 DEMO_BIN := $(DEMO_VENV)/bin
-SOURCES := $(shell find src models -name '*.py' -o -name '*.csv' -o -name '*.md')
+SOURCES := $(shell find src models csrc -name '*.py' -o -name '*.csv' -o -name '*.md' -o -name '*.cc')
+# the compiled kernels (sdessm.compiled), built by setup.py when sdessm is installed
+KERNELS := setup.py $(shell find csrc -name '*.cc')
 
 .PHONY: demo test lint docs bench clean
 
@@ -19,16 +21,16 @@ $(DEMO_BIN)/python:
 	$(PYTHON) -m venv $(DEMO_VENV)
 	$(DEMO_BIN)/python -m pip install --quiet --upgrade pip
 
-$(DEMO_VENV)/.installed: pyproject.toml $(SOURCES) | $(DEMO_BIN)/python
+$(DEMO_VENV)/.installed: pyproject.toml setup.py $(SOURCES) | $(DEMO_BIN)/python
 	$(DEMO_BIN)/python -m pip install --quiet .
 	$(DEMO_BIN)/python -m pip install --quiet --no-deps --force-reinstall .
 	touch $@
 
-$(VENV)/.installed-test-docs: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test-docs: pyproject.toml $(KERNELS) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
 	touch $@
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-bench: pyproject.toml $(KERNELS) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	touch $@
 

@@ -59,7 +59,7 @@ _LAZY = {
 }
 #: Every submodule, reachable as an attribute after `import sdessm` alone (`sdessm.models.load`).
 _SUBMODULES = (
-    "cache", "checkpoint", "cli", "commands", "comparison", "datasets", "diagnostics",
+    "cache", "checkpoint", "cli", "commands", "comparison", "compiled", "datasets", "diagnostics",
     "discretize", "em", "em_problem", "errors", "fit", "forecast", "identify", "infer",
     "information", "io",
     "iteration", "kalman", "lfo", "model_em", "models", "moments", "mstep", "newton", "outputs",
