@@ -5,22 +5,27 @@
     python benchmarks/run.py --only missing    # problems whose name matches a regular expression
     python benchmarks/run.py --out FILE.json   # where the results go (default below)
 
-Operations: Kalman filter, RTS smoother, one EM iteration (E-step + closed-form M-step), and a
-whole fit of 50 EM iterations including compilation (`sdessm.fit_em` with `fixed=()`, `tol=0`;
-dynamax `fit_em(num_iters=50)`). Each (problem, library) is timed after a warm-up call (the
-first call, compilation included, is reported separately): the median of a number of repeats
-scaled to the call time. Each problem runs in a fresh subprocess pinned to `--cpus` cores,
-which reports the peak resident memory of each library's calls (VmHWM, reset before each
-library). A peer that cannot take the problem as it is (dynamax and pykalman with NaN, an SDE
-fit on irregular steps) runs on the complete / uniform-step version of the same data, and its
-ratio is marked `*`. Skipped, with the reason in the table: libraries that are not installed,
-pure-Python calls estimated to take more than `--slow-limit` seconds (pykalman on long series),
-calls expected to take more than 30 s (10 s with `--quick`) or fits more than 150 s (20 s) from
-the same problem at a smaller T, and libraries whose results would not fit in memory.
+Operations: Kalman filter, RTS smoother, the value and gradient of the log-likelihood with respect
+to all the discrete model parameters (jitted `jax.value_and_grad`, what NUTS calls), one EM
+iteration (E-step + closed-form M-step), and a whole fit of 50 EM iterations including compilation
+(`sdessm.fit_em` with `fixed=()`, `tol=0`, `finish="none"`, `accelerate=False`: plain EM iterations;
+dynamax `fit_em(num_iters=50)`). sdessm runs with its defaults (`method="auto"`: the compiled kernel
+where it is built); `sdessm-scan` is the same filter, smoother and gradient on the pure-JAX path
+(`method="sequential"`).
+Each (problem, library) is timed after a warm-up call (the first call, compilation included, is
+reported separately): the median of a number of repeats scaled to the call time. Each problem
+runs in a fresh subprocess pinned to `--cpus` cores, which reports the peak resident memory of
+each library's calls (VmHWM, reset before each library). A peer that cannot take the problem as
+it is (dynamax and pykalman with NaN, an SDE fit on irregular steps) runs on the complete /
+uniform-step version of the same data, and its ratio is marked `*`. Skipped, with the reason in
+the table: libraries that are not installed, pure-Python calls estimated to take more than
+`--slow-limit` seconds (pykalman on long series), calls expected to take more than 30 s (10 s
+with `--quick`) or fits more than 150 s (20 s) from the same problem at a smaller T, and
+libraries whose results would not fit in memory.
 
-Correctness first: each peer's log-likelihood, filtered and smoothed means, one-iteration M-step
-and EM log-likelihood path are compared with sdessm's on the same data; a relative difference
-above 1e-6 prints a warning.
+Correctness first: each peer's log-likelihood, filtered and smoothed means, log-likelihood
+gradient, one-iteration M-step and EM log-likelihood path are compared with sdessm's on the same
+data; a relative difference above 1e-6 prints a warning.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import gc
 import json
 import math
@@ -42,12 +48,15 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-LIBRARIES = ("sdessm", "dynamax", "pykalman", "statsmodels")
-OPERATIONS = ("filter", "smoother", "em_iteration", "fit_em_50")
+#: "sdessm-scan": sdessm's pure-JAX recursions (`method="sequential"`), in a process of its own
+LIBRARIES = ("sdessm", "sdessm-scan", "dynamax", "pykalman", "statsmodels")
+OPERATIONS = ("filter", "smoother", "loglik_grad", "em_iteration", "fit_em_50")
 DT = 0.1
 NUM_FIT_ITERS = 50
 CHECK_RTOL = 1e-6
 EM_FIELDS = ("A", "Sigma", "H", "u", "R", "mu1")  # updated by the one-iteration M-step; P1 fixed
+GRAD_FIELDS = ("A", "Sigma", "H", "u", "R", "mu1", "P1")  # loglik_grad differentiates them all
+COV_FIELDS = ("Sigma", "R", "P1")  # their gradients are compared symmetrised
 PYKALMAN_MSTEP = (
     "pykalman's M-step updates H with the old offset u, then u with the new H (coordinatewise), "
     "not (H, u) jointly as sdessm and dynamax do"
@@ -75,11 +84,32 @@ PROBLEMS = [
         for d in (2, 8, 32)
         for T in (1_000, 10_000, 100_000)
     ),
-    Problem("d4-B256-T1e3", 4, 1_000, B=256, quick=True, quick_ops=OPERATIONS[:3]),
-    Problem("irregular-d2-T1e4", 2, 10_000, kind="irregular", quick=True, quick_ops=OPERATIONS[:2]),
+    Problem(
+        "d4-B256-T1e3",
+        4,
+        1_000,
+        B=256,
+        quick=True,
+        quick_ops=("filter", "smoother", "em_iteration"),
+    ),
+    Problem(
+        "irregular-d2-T1e4",
+        2,
+        10_000,
+        kind="irregular",
+        quick=True,
+        quick_ops=("filter", "smoother"),
+    ),
     Problem("irregular-d8-T1e4", 8, 10_000, kind="irregular"),
     Problem("missing-d2-T1e4", 2, 10_000, kind="missing"),
-    Problem("missing-d8-T1e4", 8, 10_000, kind="missing", quick=True, quick_ops=OPERATIONS[:2]),
+    Problem(
+        "missing-d8-T1e4",
+        8,
+        10_000,
+        kind="missing",
+        quick=True,
+        quick_ops=("filter", "smoother", "loglik_grad"),
+    ),
     Problem("memory-stats-d8-T1e6", 8, 1_000_000, kind="memory"),
 ]
 
@@ -98,8 +128,22 @@ def _rss_mb(field: str) -> float:
 #: Peak resident bytes per d^2 T B of each library's filter and smoother (they keep T d x d
 #: covariances), measured here at d = 8, 32 and T = 1e4, 1e5: a problem that would need more
 #: than 60% of the available memory is skipped for that library rather than swapped or killed.
-RESIDENT_BYTES = {"sdessm": 80, "dynamax": 80, "pykalman": 80, "statsmodels": 450}
-IMPLEMENTED = {"pykalman": OPERATIONS[:3], "statsmodels": OPERATIONS[:2]}  # others: n/a
+RESIDENT_BYTES = {
+    "sdessm": 80,
+    "sdessm-scan": 80,
+    "dynamax": 80,
+    "pykalman": 80,
+    "statsmodels": 450,
+}
+#: loglik_grad by reverse mode keeps the scan's residuals: measured peak bytes per d^2 T B
+#: (dynamax), per p d^2 T B (sdessm-scan conditions on one observation at a time, keeping a
+#: covariance per observation; 9.6 GB at d = 32, T = 1e4); sdessm's compiled gradient: as above.
+GRAD_BYTES = {"dynamax": lambda d: 130 * d**2, "sdessm-scan": lambda d: 35 * d**3}
+IMPLEMENTED = {  # others: all
+    "sdessm-scan": ("filter", "smoother", "loglik_grad"),  # shown blank elsewhere
+    "pykalman": ("filter", "smoother", "em_iteration"),
+    "statsmodels": ("filter", "smoother"),
+}
 
 
 def mem_available_gib() -> float:
@@ -179,7 +223,10 @@ def make_data(prob: Problem, seed: int = 0) -> dict:
     y = y_complete
     if prob.kind in ("missing", "memory"):
         y = np.where(rng.random(y.shape) < 0.2, np.nan, y_complete)
-    as_np = lambda params: type(params)(*(np.asarray(v, dtype=np.float64) for v in params))  # noqa: E731
+
+    def as_np(params):  # no input gains here: B, D stay None
+        return type(params)(*(None if v is None else np.asarray(v, np.float64) for v in params))
+
     return dict(
         sde=as_np(sde),
         lg=as_np(lg),
@@ -231,6 +278,18 @@ def once(fn) -> tuple[dict, object]:
     out = _ready(fn())
     elapsed = time.perf_counter() - start
     return {"median": elapsed, "first_call": elapsed, "repeats": 1}, out
+
+
+def grad_fields(value, grads: dict) -> dict:
+    """The log-likelihood and its gradient by field, covariance gradients symmetrised (a
+    library may differentiate through either triangle), as float64 NumPy arrays."""
+    import numpy as np
+
+    out = {"log-likelihood": np.asarray(value, dtype=np.float64)}
+    for k, g in grads.items():
+        g = np.asarray(g, dtype=np.float64)
+        out[k] = 0.5 * (g + np.swapaxes(g, -1, -2)) if k in COV_FIELDS else g
+    return out
 
 
 def rel_diff(a, b) -> float:
@@ -291,6 +350,34 @@ class Child:
             entry["known"] = known
         self.checks.append(entry)
 
+    def check_grad(self, lib, got: dict):
+        """Compare the value and gradient of the log-likelihood, field by field (`grad_fields`),
+        with sdessm's: one check, the largest relative difference, naming its field."""
+        ref = self.ref.get("loglik_grad")
+        if ref is None:
+            return
+        diffs = {k: rel_diff(got[k], ref[k]) for k in ref}
+        worst = max(diffs, key=lambda k: diffs[k])
+        self.checks.append(
+            {
+                "library": lib,
+                "quantity": "log-likelihood and gradient",
+                "rel_diff": diffs[worst],
+                "worst_field": worst,
+                "by_field": diffs,
+            }
+        )
+
+    def grad_too_big(self, lib: str) -> bool:
+        """Skip a gradient whose reverse-mode residuals would not fit in memory."""
+        prob = self.prob
+        per_step = GRAD_BYTES.get(lib, lambda d: RESIDENT_BYTES[lib] * d**2)(prob.d)
+        need = per_step * prob.T * prob.B / 2**30
+        if need > 0.6 * mem_available_gib():
+            self.record("loglik_grad", lib, status="too big", estimate_gib=need)
+            return True
+        return False
+
     def too_slow(self, lib: str, op: str) -> bool:
         """Skip a call that the parent expects, from a smaller problem, to take too long."""
         estimate = self.skip.get(lib, {}).get(op)
@@ -329,18 +416,7 @@ class Child:
             timing, out = once(lambda: stats_fn(data["lg"], yb, complete=complete))
             self.record("expected_stats", "sdessm", timing)
             return
-        lg = data["lg"]  # irregular: per-step A, Sigma, the same input every library gets
-        if not self.too_slow("sdessm", "filter"):
-            timing, out = measure(lambda: sdessm.kalman_filter(lg, y), self.quick)
-            self.record("filter", "sdessm", timing)
-            self.ref["loglik"] = float(jnp.sum(out.log_likelihood))
-            self.ref["filtered_means"] = np.asarray(out.filtered_means)
-            del out
-        if not self.too_slow("sdessm", "smoother"):
-            timing, out = measure(lambda: sdessm.rts_smoother(lg, y), self.quick)
-            self.record("smoother", "sdessm", timing)
-            self.ref["smoothed_means"] = np.asarray(out.smoothed_means)
-            del out
+        self.recursions("sdessm", "auto", data)
         if "em_iteration" not in self.ops:
             return
 
@@ -372,7 +448,13 @@ class Child:
                 timing, out = once(
                     lambda: (
                         sdessm.fit_em(
-                            *args, num_iters=NUM_FIT_ITERS, tol=0.0, fixed=(), progress=False
+                            *args,
+                            num_iters=NUM_FIT_ITERS,
+                            tol=0.0,
+                            fixed=(),
+                            finish="none",  # plain EM iterations, as dynamax's
+                            accelerate=False,
+                            progress=False,
                         ).log_likelihoods
                     )
                 )
@@ -384,6 +466,61 @@ class Child:
         except Exception as err:  # noqa: BLE001  a failed fit is a result, not a crash
             self.record("fit_em_50", "sdessm", status="error")
             self.notes.append(f"sdessm fit_em: {err!r}"[:300])
+
+    def run_sdessm_scan(self, data):
+        """The same filter, smoother and gradient on sdessm's pure-JAX path (`lax.scan`)."""
+        if self.prob.kind != "memory":
+            self.recursions("sdessm-scan", "sequential", data)
+
+    def recursions(self, lib: str, method: str, data):
+        """sdessm's filter, smoother and log-likelihood gradient with `method`: sdessm's values
+        are the reference of the checks; sdessm-scan's are checked against them."""
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        import sdessm
+
+        lg = data["lg"]  # irregular: per-step A, Sigma, the same input every library gets
+        y = jnp.asarray(data["y"])
+
+        def loglik(lg, y):
+            return jnp.sum(sdessm.log_likelihood(lg, y, method=method))
+
+        calls = {
+            "filter": lambda: sdessm.kalman_filter(lg, y, method=method),
+            "smoother": lambda: sdessm.rts_smoother(lg, y, method=method),
+            "loglik_grad": functools.partial(jax.jit(jax.value_and_grad(loglik)), lg, y),
+        }
+        for op, call in calls.items():
+            if op not in self.ops or self.too_slow(lib, op):
+                continue
+            if op == "loglik_grad" and self.grad_too_big(lib):
+                continue
+            timing, out = measure(call, self.quick)
+            self.record(op, lib, timing)
+            if op == "filter":
+                got = {
+                    "loglik": float(jnp.sum(out.log_likelihood)),
+                    "filtered_means": np.asarray(out.filtered_means),
+                }
+            elif op == "smoother":
+                got = {"smoothed_means": np.asarray(out.smoothed_means)}
+            else:
+                value, grad = out
+                got = {
+                    "loglik_grad": grad_fields(value, {k: getattr(grad, k) for k in GRAD_FIELDS})
+                }
+            del out
+            if lib == "sdessm":
+                self.ref.update(got)
+                continue
+            for key, value in got.items():
+                if key == "loglik_grad":
+                    self.check_grad(lib, value)
+                else:
+                    quantity = "log-likelihood" if key == "loglik" else key.replace("_", " ")
+                    self.check(lib, quantity, value, self.ref.get(key))
 
     def sdessm_em_step(self, data, yb, complete):
         """The jitted iteration `sdessm.fit_em` runs (E-step + M-step, P1 fixed), or None."""
@@ -467,6 +604,30 @@ class Child:
             if not na:
                 means = out.smoothed_means
                 self.check("dynamax", "smoothed means", means, self.ref.get("smoothed_means"))
+            del out
+        grad = "loglik_grad" in self.ops and not self.too_slow("dynamax", "loglik_grad")
+        if grad and not self.grad_too_big("dynamax"):
+
+            def loglik(params, y):
+                run = jax.vmap(lgssm_filter, in_axes=(None, 0)) if batched else lgssm_filter
+                return jnp.sum(run(params, y).marginal_loglik)
+
+            value_and_grad = jax.jit(jax.value_and_grad(loglik))
+            timing, out = measure(lambda: value_and_grad(params, y), self.quick)
+            self.record("loglik_grad", "dynamax", timing, on_complete=na)
+            if not na:
+                value, g = out
+                skip = 1 if A.ndim == 3 else 0  # weights[0], cov[0]: unused
+                grads = dict(
+                    A=g.dynamics.weights[skip:],
+                    Sigma=g.dynamics.cov[skip:],
+                    H=g.emissions.weights,
+                    u=g.emissions.bias,
+                    R=g.emissions.cov,
+                    mu1=g.initial.mean,
+                    P1=g.initial.cov,
+                )
+                self.check_grad("dynamax", grad_fields(value, grads))
             del out
         if "em_iteration" not in self.ops:
             return
@@ -581,7 +742,7 @@ class Child:
             ),
         }
         for op in self.ops:
-            if op == "fit_em_50":
+            if op not in IMPLEMENTED["pykalman"]:
                 self.record(op, "pykalman", status="n/a")
                 continue
             call, lg, other = calls[op]
@@ -656,6 +817,9 @@ class Child:
             return ks
 
         kss = [smoother_of(s) for s in ([y] if y.ndim == 2 else y)]
+        for op in self.ops:
+            if op not in IMPLEMENTED["statsmodels"]:  # no analytic score: no loglik_grad
+                self.record(op, "statsmodels", status="n/a")
         if not self.too_slow("statsmodels", "filter"):
             timing, _ = measure(lambda: [ks.filter() for ks in kss], self.quick)
             self.record("filter", "statsmodels", timing)
@@ -663,8 +827,6 @@ class Child:
             return
         timing, _ = measure(lambda: [ks.smooth() for ks in kss], self.quick)
         self.record("smoother", "statsmodels", timing)
-        for op in self.ops[2:]:
-            self.record(op, "statsmodels", status="n/a")
         # the checks, outside the timing (results share the filter's buffers: read each now)
         ll, filtered, smoothed = 0.0, [], []
         for ks in kss:
@@ -716,7 +878,7 @@ def child_main(
     for lib in libs:
         gc.collect()
         try:
-            __import__(lib)
+            __import__(lib.removesuffix("-scan"))
         except ImportError as err:
             child.notes.append(f"{lib} not installed ({err}); pip install -e '.[bench]'")
             continue
@@ -725,13 +887,13 @@ def child_main(
             for op in child.ops:
                 if op in IMPLEMENTED.get(lib, OPERATIONS):
                     child.record(op, lib, status="too big", estimate_gib=need)
-                else:
+                elif lib != "sdessm-scan":
                     child.record(op, lib, status="n/a")
             child.notes.append(f"{lib}: skipped, its results would need about {need:.0f} GiB")
             continue
         reset_peak()
         try:
-            getattr(child, f"run_{lib}")(data)
+            getattr(child, "run_" + lib.replace("-", "_"))(data)
         except Exception as err:  # noqa: BLE001  one library's failure is a result
             child.notes.append(f"{lib}: {type(err).__name__}: {err}"[:400])
         child.memory[lib] = peak_mb()
@@ -765,6 +927,13 @@ def machine_info() -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     info["versions"] = versions
+    try:  # whether sdessm's default path (`method="auto"`) runs its compiled kernel
+        import sdessm.compiled
+
+        reason = sdessm.compiled.why_unavailable()
+        info["sdessm_compiled"] = {"available": reason is None, "why_unavailable": reason}
+    except Exception as err:  # noqa: BLE001  an sdessm without the module, or one that fails
+        info["sdessm_compiled"] = {"available": False, "why_unavailable": repr(err)[:300]}
     try:  # the sdessm source measured: commit, and whether the working tree differs from it
         git = ["git", "-C", str(HERE)]
         commit = subprocess.run(
@@ -813,6 +982,8 @@ HEADER = [
     "operation",
     "sdessm s",
     "sdessm 1st",
+    "sdessm-scan s",
+    "ratio",
     "dynamax s",
     "ratio",
     "dynamax 1st",
@@ -821,7 +992,7 @@ HEADER = [
     "statsmodels s",
     "ratio",
 ]
-WIDTHS = [20, 14, 9, 10, 9, 7, 11, 10, 7, 13, 7]
+WIDTHS = [20, 14, 9, 10, 13, 7, 9, 7, 11, 10, 7, 13, 7]
 
 
 def row(cells) -> str:
@@ -837,8 +1008,10 @@ def table_rows(res: dict) -> list[str]:
         )
 
     lines = []
-    for op, by_lib in res.get("results", {}).items():
-        s, dx, pk, sm = (by_lib.get(lib) for lib in LIBRARIES)
+    results = res.get("results", {})
+    order = {op: i for i, op in enumerate(OPERATIONS)}
+    for op in sorted(results, key=lambda op: order.get(op, len(order))):
+        s, scan, dx, pk, sm = (results[op].get(lib) for lib in LIBRARIES)
         lines.append(
             row(
                 [
@@ -846,6 +1019,8 @@ def table_rows(res: dict) -> list[str]:
                     op,
                     cell(s),
                     first(s),
+                    cell(scan),
+                    ratio_cell(s, scan),
                     cell(dx),
                     ratio_cell(s, dx),
                     first(dx),
@@ -1047,9 +1222,16 @@ def main() -> None:
         f"{args.cpus or 'all'}), load average {info['load_start']}"
     )
     print("  ".join(f"{k} {v[k]}" for k in v if v[k]) + ("  (--quick)" if args.quick else ""))
+    kernel = info["sdessm_compiled"]
+    print(
+        "sdessm's compiled kernel: "
+        + ("used" if kernel["available"] else f"NOT used ({kernel['why_unavailable']})")
+    )
     print(
         "seconds: median per call after a warm-up call; 1st: the first call, with compilation;\n"
-        "ratio: peer / sdessm (> 1: sdessm faster); * peer on the complete / uniform-step data;\n"
+        "ratio: peer / sdessm (> 1: sdessm faster); sdessm-scan: sdessm's pure-JAX path\n"
+        '(method="sequential"), its ratio = what the compiled kernel gains;\n'
+        "* peer on the complete / uniform-step data;\n"
         "† peer's fit went NaN (see notes); fit_em_50: one call, compilation included\n"
     )
     print(row(HEADER))
