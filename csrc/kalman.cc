@@ -546,8 +546,7 @@ void backward(const Model& m, const Sizes& s, Storage& store, const Gradient* g,
 struct Layout {
   Sizes s;
   int64_t batch;
-  Model m;  // pointers of batch element 0
-  int64_t nA, nQ, nH, nu, nR;
+  Model m;  // batch element 0
 };
 
 ffi::Error layout(const Buf& A, const Buf& Q, const Buf& H, const Buf& u, const Buf& R,
@@ -565,20 +564,17 @@ ffi::Error layout(const Buf& A, const Buf& Q, const Buf& H, const Buf& u, const 
   };
   out.s = Sizes{static_cast<int>(T), static_cast<int>(p), static_cast<int>(d)};
   out.batch = batch;
-  out.nA = lead(A, d * d);
-  out.nQ = lead(Q, d * d);
-  out.nH = lead(H, p * d);
-  out.nu = lead(u, p);
-  out.nR = lead(R, p * p);
+  if (batch == 0) return ffi::Error::Success();  // nothing to do
   const int64_t steps = T > 1 ? T - 1 : 1;
   auto ok = [](int64_t n, int64_t full) { return n == 1 || n == full; };
-  if (!ok(out.nA, steps) || !ok(out.nQ, steps) || !ok(out.nH, T) || !ok(out.nu, T) ||
-      !ok(out.nR, T) || static_cast<int64_t>(mu1.element_count()) != batch * d ||
+  Model& m = out.m;
+  m = Model{A.typed_data(), Q.typed_data(), H.typed_data(), u.typed_data(), R.typed_data(),
+            mu1.typed_data(), P1.typed_data(), lead(A, d * d), lead(Q, d * d), lead(H, p * d),
+            lead(u, p), lead(R, p * p)};
+  if (!ok(m.nA, steps) || !ok(m.nQ, steps) || !ok(m.nH, T) || !ok(m.nu, T) || !ok(m.nR, T) ||
+      static_cast<int64_t>(mu1.element_count()) != batch * d ||
       static_cast<int64_t>(P1.element_count()) != batch * d * d)
     return ffi::Error::InvalidArgument("sdessm kernel: inconsistent shapes");
-  out.m = Model{A.typed_data(), Q.typed_data(), H.typed_data(), u.typed_data(),
-                R.typed_data(), mu1.typed_data(), P1.typed_data(),
-                out.nA, out.nQ, out.nH, out.nu, out.nR};
   return ffi::Error::Success();
 }
 
@@ -586,11 +582,11 @@ ffi::Error layout(const Buf& A, const Buf& Q, const Buf& H, const Buf& u, const 
 Model element(const Layout& L, int64_t b) {
   const size_t d = L.s.d, p = L.s.p;
   Model m = L.m;
-  m.A += b * L.nA * d * d;
-  m.Q += b * L.nQ * d * d;
-  m.H += b * L.nH * p * d;
-  m.u += b * L.nu * p;
-  m.R += b * L.nR * p * p;
+  m.A += b * m.nA * d * d;
+  m.Q += b * m.nQ * d * d;
+  m.H += b * m.nH * p * d;
+  m.u += b * m.nu * p;
+  m.R += b * m.nR * p * p;
   m.mu1 += b * d;
   m.P1 += b * d * d;
   return m;
@@ -604,8 +600,8 @@ bool shares_covariances(const Layout& L, int64_t b, const double* y) {
   auto same = [](const double* x, const double* z, size_t n) {
     return std::memcmp(x, z, n * sizeof(double)) == 0;
   };
-  if (!same(m0.A, mb.A, L.nA * d * d) || !same(m0.Q, mb.Q, L.nQ * d * d) ||
-      !same(m0.H, mb.H, L.nH * p * d) || !same(m0.R, mb.R, L.nR * p * p) ||
+  if (!same(m0.A, mb.A, L.m.nA * d * d) || !same(m0.Q, mb.Q, L.m.nQ * d * d) ||
+      !same(m0.H, mb.H, L.m.nH * p * d) || !same(m0.R, mb.R, L.m.nR * p * p) ||
       !same(m0.P1, mb.P1, d * d))
     return false;
   const double* y0 = y;
@@ -705,16 +701,16 @@ ffi::Error GradImpl(Buf A, Buf Q, Buf H, Buf u, Buf R, Buf mu1, Buf P1, Buf y, O
       L, y.typed_data(), true, [](int64_t, double**) {},
       [&](int64_t b, Storage& store, double value) {
         ll->typed_data()[b] = value;
-        Gradient g{gA->typed_data() + b * L.nA * d * d, gQ->typed_data() + b * L.nQ * d * d,
-                   gH->typed_data() + b * L.nH * p * d, gu->typed_data() + b * L.nu * p,
-                   gR->typed_data() + b * L.nR * p * p, gmu1->typed_data() + b * d,
+        Gradient g{gA->typed_data() + b * L.m.nA * d * d, gQ->typed_data() + b * L.m.nQ * d * d,
+                   gH->typed_data() + b * L.m.nH * p * d, gu->typed_data() + b * L.m.nu * p,
+                   gR->typed_data() + b * L.m.nR * p * p, gmu1->typed_data() + b * d,
                    gP1->typed_data() + b * d * d};
         if (std::isnan(value)) {
-          poison(g.A, L.nA * d * d);
-          poison(g.Q, L.nQ * d * d);
-          poison(g.H, L.nH * p * d);
-          poison(g.u, L.nu * p);
-          poison(g.R, L.nR * p * p);
+          poison(g.A, L.m.nA * d * d);
+          poison(g.Q, L.m.nQ * d * d);
+          poison(g.H, L.m.nH * p * d);
+          poison(g.u, L.m.nu * p);
+          poison(g.R, L.m.nR * p * p);
           poison(g.mu1, d);
           poison(g.P1, d * d);
           return;

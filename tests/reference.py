@@ -124,6 +124,36 @@ def dense_filter(params, y):
     return np.stack(fm), np.stack(fc), np.stack(pm), np.stack(pc)
 
 
+def random_driven_problem(rng, T=6, d=2, p=2, m=2, *, irregular=True):
+    """A random stable SDE with inputs (NumPy float64 fields), times, inputs, y with NaN."""
+    sde = dict(
+        F=random_stable_drift(rng, d),
+        L=rng.normal(size=(d, d)) * 0.7,
+        H=rng.normal(size=(p, d)),
+        u=rng.normal(size=p),
+        R=random_spd(rng, p, 0.3),
+        mu1=rng.normal(size=d),
+        P1=random_spd(rng, d),
+        B=rng.normal(size=(d, m)),
+        D=rng.normal(size=(p, m)),
+    )
+    steps = rng.uniform(0.05, 0.6, size=T - 1) if irregular else np.full(T - 1, 0.3)
+    times = np.concatenate([[0.3], 0.3 + np.cumsum(steps)])
+    v = rng.normal(size=(T, m)) * 1.5
+    y = rng.normal(size=(T, p)) * 2.0
+    return sde, times, v, y
+
+
+def moment_pairs(filt, smooth, params, y, b=None):
+    """`(pairs, loglik)`: every moment of the filter result `filt` and smoother result `smooth`
+    (of sequence `b` when given) paired with the dense Gaussian's of `y` under `params`
+    (filtered, predicted, smoothed and cross moments), and the dense log-likelihood."""
+    got = (*filt[:4], *smooth[:3])
+    want = dense_filter(params, y) + dense_smoother(params, y)[:3]
+    pairs = [(g if b is None else g[b], w) for g, w in zip(got, want, strict=True)]
+    return pairs, dense_posterior(params, y)[2]
+
+
 def random_problem(rng, T, d, p, *, per_step_emissions=False, irregular=False, missing=0.0):
     """A random SDE, its time grid, and the discrete-model arrays on that grid (via SciPy).
 

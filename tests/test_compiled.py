@@ -35,10 +35,10 @@ from reference import (
     dense_filter,
     dense_posterior,
     dense_smoother,
+    moment_pairs,
     quadrature_sigma,
+    random_driven_problem,
     random_problem,
-    random_spd,
-    random_stable_drift,
     sde_params,
     with_missing,
 )
@@ -167,19 +167,12 @@ def test_filter_smoother_loglik_match_dense_gaussian(rng, case, d, p):
     tv = params.time_varying()
     assert tv["A"] == tv["Sigma"] == (case == "per_step_transitions")
     assert tv["H"] == tv["u"] == tv["R"] == (case == "per_step_emissions")
-    fm, fc, pm, pc = dense_filter(arrays, y)
-    means, covs, cross, loglik = dense_smoother(arrays, y)
-
     filt = sdessm.kalman_filter(params, y, method="compiled")
-    _close(filt.filtered_means, fm)
-    _close(filt.filtered_covs, fc)
-    _close(filt.predicted_means, pm)
-    _close(filt.predicted_covs, pc)
-    _close(filt.log_likelihood, loglik)
     smooth = sdessm.rts_smoother(params, y, method="compiled")
-    _close(smooth.smoothed_means, means)
-    _close(smooth.smoothed_covs, covs)
-    _close(smooth.cross_covs, cross)
+    pairs, loglik = moment_pairs(filt, smooth, arrays, y)
+    for got, want in pairs:
+        _close(got, want)
+    _close(filt.log_likelihood, loglik)
     _close(smooth.log_likelihood, loglik)
     _close(sdessm.log_likelihood(params, y, method="compiled"), loglik)
     _close(sdessm.log_likelihood(params, y, method="auto"), loglik)
@@ -218,17 +211,8 @@ def test_several_sequences_with_their_own_masks_match_dense_gaussian(rng):
     alone = sdessm.log_likelihood(params, ys, method="compiled")
     assert alone.shape == (3,) and smooth.smoothed_means.shape == (3, 7, 2)
     for b in range(3):
-        fm, fc, pm, pc = dense_filter(arrays, ys[b])
-        means, covs, cross, loglik = dense_smoother(arrays, ys[b])
-        for got, want in [
-            (filt.filtered_means[b], fm),
-            (filt.filtered_covs[b], fc),
-            (filt.predicted_means[b], pm),
-            (filt.predicted_covs[b], pc),
-            (smooth.smoothed_means[b], means),
-            (smooth.smoothed_covs[b], covs),
-            (smooth.cross_covs[b], cross),
-        ]:
+        pairs, loglik = moment_pairs(filt, smooth, arrays, ys[b], b)
+        for got, want in pairs:
             _close(got, want)
         for value in (filt.log_likelihood[b], smooth.log_likelihood[b], alone[b]):
             _close(value, loglik)
@@ -444,12 +428,11 @@ def test_jit_and_vmap_agree_with_sequential(rng):
     )
     _close(loglik, sdessm.log_likelihood(params, ys, method="sequential"), rtol=1e-11)
     for b in range(len(ys)):  # the dense Gaussian stands in for the sequential filter/smoother
-        want = dense_filter(arrays, ys[b]) + dense_smoother(arrays, ys[b])
         for f, sm, ll in ((filt, smooth, loglik), (v_filt, v_smooth, v_loglik)):
-            got = (*f[:4], *sm)
-            for a, w in zip(got, want, strict=True):
-                _close(a[b], w)
-            _close(ll[b], want[-1])
+            pairs, want = moment_pairs(f, sm, arrays, ys[b], b)
+            for a, w in pairs:
+                _close(a, w)
+            _close(ll[b], want)
 
     # vmap over the parameters: a batch of mu1 (value, gradient, filtered means), of A (value)
     def loglik(method, **fields):
@@ -554,20 +537,9 @@ def test_known_inputs_match_sequential(rng):
     through the folded data, the kernel's gradient with respect to y) equals central
     differences of the compiled log-likelihood, whose values equal the sequential ones."""
     d, p, m, T = 2, 2, 2, 8
-    sde = sdessm.SDEParams(
-        F=random_stable_drift(rng, d),
-        L=rng.normal(size=(d, d)) * 0.7,
-        H=rng.normal(size=(p, d)),
-        u=rng.normal(size=p),
-        R=random_spd(rng, p, 0.3),
-        mu1=rng.normal(size=d),
-        P1=random_spd(rng, d),
-        B=rng.normal(size=(d, m)),
-        D=rng.normal(size=(p, m)),
-    )
-    times = np.concatenate([[0.3], 0.3 + np.cumsum(rng.uniform(0.05, 0.6, size=T - 1))])
-    v = rng.normal(size=(T, m))
-    y = _gaps(rng, rng.normal(size=(T, p)) * 2.0)
+    fields, times, v, y = random_driven_problem(rng, T, d, p, m)
+    sde = sdessm.SDEParams(**fields)
+    y = _gaps(rng, y)
     for fn in (sdessm.kalman_filter, sdessm.log_likelihood):
         got = fn(sde, y, times, inputs=v, method="compiled")
         want = fn(sde, y, times, inputs=v, method="sequential")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.stats
-from reference import quadrature_sigma, random_spd, random_stable_drift
+from reference import quadrature_sigma, random_driven_problem
 
 import sdessm
 
@@ -117,26 +117,6 @@ def _diag_blocks(blocks):
     return np.stack([blocks[k, k] for k in range(len(blocks))])
 
 
-def _problem(rng, T=6, d=2, p=2, m=2, *, irregular=True):
-    """A random stable SDE with inputs (NumPy float64 fields), times, inputs, y with NaN."""
-    sde = dict(
-        F=random_stable_drift(rng, d),
-        L=rng.normal(size=(d, d)) * 0.7,
-        H=rng.normal(size=(p, d)),
-        u=rng.normal(size=p),
-        R=random_spd(rng, p, 0.3),
-        mu1=rng.normal(size=d),
-        P1=random_spd(rng, d),
-        B=rng.normal(size=(d, m)),
-        D=rng.normal(size=(p, m)),
-    )
-    steps = rng.uniform(0.05, 0.6, size=T - 1) if irregular else np.full(T - 1, 0.3)
-    times = np.concatenate([[0.3], 0.3 + np.cumsum(steps)])
-    v = rng.normal(size=(T, m)) * 1.5
-    y = rng.normal(size=(T, p)) * 2.0
-    return sde, times, v, y
-
-
 def _model(sde, times):
     """The dense reference's per-step arrays on `times`."""
     T = len(times)
@@ -176,7 +156,7 @@ def _with_gaps(y):
 
 @pytest.mark.parametrize("form", ["sde", "lgssm", "lgssm_per_step_D"])
 def test_filter_smoother_loglik_match_dense_gaussian(rng, form):
-    sde, times, v, y = _problem(rng)
+    sde, times, v, y = random_driven_problem(rng)
     y = _with_gaps(y)
     model = _model(sde, times)
     if form == "lgssm_per_step_D":  # a genuinely time-varying D_k
@@ -213,7 +193,7 @@ def test_filter_smoother_loglik_match_dense_gaussian(rng, form):
 
 
 def test_discretize_gives_the_input_matrix(rng):
-    sde, times, _, _ = _problem(rng)
+    sde, times, _, _ = random_driven_problem(rng)
     params = sdessm.SDEParams(**sde)
     lg = params.discretize(times)
     _, _, Bk = _discrete(sde["F"], sde["L"], sde["B"], times)
@@ -234,7 +214,7 @@ def test_discretize_gives_the_input_matrix(rng):
 
 
 def test_several_sequences_shared_and_own_inputs(rng):
-    sde, times, v, _ = _problem(rng)
+    sde, times, v, _ = random_driven_problem(rng)
     params = sdessm.SDEParams(**sde)
     T, p, m = len(times), 2, 2
     ys = rng.normal(size=(3, T, p)) * 2.0
@@ -345,7 +325,7 @@ def test_matches_statsmodels_kalman_filter(rng, missing):
     from statsmodels.tsa.statespace.kalman_filter import KalmanFilter
 
     T, d, p, m, dt = 25, 2, 2, 2, 0.3
-    sde, times, v, y = _problem(rng, T, d, p, m, irregular=False)
+    sde, times, v, y = random_driven_problem(rng, T, d, p, m, irregular=False)
     if missing:
         y = _with_gaps(y)
         y[10:12, 0] = np.nan
@@ -382,7 +362,7 @@ def test_matches_statsmodels_kalman_filter(rng, missing):
 
 def test_simulation_moments_and_deterministic_response(rng, key):
     T, d, p, m = 6, 2, 2, 1
-    sde, times, v, _ = _problem(rng, T, d, p, m)
+    sde, times, v, _ = random_driven_problem(rng, T, d, p, m)
     params = sdessm.SDEParams(**sde)
     model = _model(sde, times)
     mx = [sde["mu1"]]
@@ -423,7 +403,7 @@ def test_simulation_moments_and_deterministic_response(rng, key):
 @pytest.mark.parametrize("form", ["sde", "lgssm"])
 def test_forecast_with_future_inputs_matches_dense_gaussian(rng, form):
     T, N, m = 6, 3, 2
-    sde, times, v, y = _problem(rng, T, m=m, irregular=form == "sde")
+    sde, times, v, y = random_driven_problem(rng, T, m=m, irregular=form == "sde")
     y = _with_gaps(y)
     w = rng.normal(size=(N, m)) * 1.5
     if form == "sde":
@@ -455,13 +435,13 @@ def test_forecast_with_future_inputs_matches_dense_gaussian(rng, form):
 # --------------------------------------------------------------------------- 8. errors
 
 
-def _err_problem():
+def _errrandom_driven_problem():
     rng = np.random.default_rng(3)
-    sde, times, v, y = _problem(rng, T=5, d=2, p=2, m=2)
+    sde, times, v, y = random_driven_problem(rng, T=5, d=2, p=2, m=2)
     return sde, times, v, y
 
 
-_SDE, _TIMES, _V, _Y = _err_problem()
+_SDE, _TIMES, _V, _Y = _errrandom_driven_problem()
 
 
 def _with(**fields):
@@ -545,7 +525,7 @@ def test_fit_em_needs_the_inputs_of_a_model_with_gains():
 
 
 def test_zero_gains_equal_the_input_free_model(rng):
-    sde, times, v, y = _problem(rng, m=1)
+    sde, times, v, y = random_driven_problem(rng, m=1)
     y = _with_gaps(y)
     core = {k: sde[k] for k in ("F", "L", "H", "u", "R", "mu1", "P1")}
     free = sdessm.SDEParams(*core.values())  # seven positional fields, as before
@@ -566,7 +546,7 @@ def test_zero_gains_equal_the_input_free_model(rng):
 
 def test_grad_wrt_input_gains_and_inputs_matches_finite_differences(rng):
     """Gradients in B (the continuous one), D and the inputs themselves (traced under jit)."""
-    sde, times, v, y = _problem(rng, T=8)
+    sde, times, v, y = random_driven_problem(rng, T=8)
     y = _with_gaps(y)
     params = sdessm.SDEParams(**{k: jnp.asarray(a) for k, a in sde.items()})
 

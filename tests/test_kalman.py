@@ -10,6 +10,7 @@ from reference import (
     dense_filter,
     dense_smoother,
     linear_sde,
+    moment_pairs,
     random_problem,
     sde_params,
     with_missing,
@@ -69,17 +70,8 @@ def test_sequences_sharing_a_mask_match_dense_gaussian(rng, case):
     smooth = sdessm.rts_smoother(_lgssm(arrays), ys)
     alone = sdessm.log_likelihood(_lgssm(arrays), ys)
     for b in range(3):
-        fm, fc, pm, pc = dense_filter(arrays, ys[b])
-        means, covs, cross, loglik = dense_smoother(arrays, ys[b])
-        for got, want in [
-            (filt.filtered_means[b], fm),
-            (filt.filtered_covs[b], fc),
-            (filt.predicted_means[b], pm),
-            (filt.predicted_covs[b], pc),
-            (smooth.smoothed_means[b], means),
-            (smooth.smoothed_covs[b], covs),
-            (smooth.cross_covs[b], cross),
-        ]:
+        pairs, loglik = moment_pairs(filt, smooth, arrays, ys[b], b)
+        for got, want in pairs:
             np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(filt.log_likelihood[b], loglik, rtol=RTOL)
         np.testing.assert_allclose(smooth.log_likelihood[b], loglik, rtol=RTOL)
