@@ -177,3 +177,75 @@ def test_the_finish_stays_where_the_public_filter_is_defined():
     exact = float(sdessm.log_likelihood(fit.params, y, times))
     np.testing.assert_allclose(fit.log_likelihoods[-1], exact, rtol=1e-10)
     assert fit.converged or "R[0,0]" in fit.report["convergence"]
+
+
+def _exact_and_differenced(fit):
+    """The autodiff Hessian's information and `differenced`'s at a fit's estimate."""
+    from sdessm import information
+
+    labels, v0, objective, data, *_, signature = information.objective_of(fit)
+    value_and_grad, hessian = information.programs(objective, signature)
+    h = np.asarray(hessian(jnp.asarray(v0), data))
+    gradient = lambda v: value_and_grad(jnp.asarray(v), data)[1]  # noqa: E731
+    scales = information.coordinate_scales(labels, v0)
+    return -0.5 * (h + h.T), information.differenced(gradient, np.asarray(v0), scales)[0]
+
+
+@pytest.fixture(scope="module")
+def two_scales():
+    """A 2-D OU in two units (an offset near 350, variances from 0.3 to 1600), 20% missing, fit
+    with F, Q, u and a diagonal R free. Its maximum over valid parameters has a singular Q."""
+    rng = np.random.default_rng(3)
+    truth = scalar_ou(0.8, 0.9, u=350.0, R=0.3)._replace(
+        F=np.array([[-0.8, 0.3], [-0.3, -0.5]]), L=np.diag([0.9, 40.0]), H=np.eye(2),
+        u=np.array([350.0, 0.02]), R=np.diag([0.3, 900.0]), mu1=np.zeros(2), P1=np.eye(2),
+    )  # fmt: skip
+    _, y = sdessm.simulate(jax.random.key(4), truth, dt=0.5, num_timesteps=600)
+    y = np.array(y)
+    y[rng.uniform(size=y.shape) < 0.2] = np.nan
+    fixed = ("H", "mu1", "P1")
+    return sdessm.fit_em(truth, y, dt=0.5, fixed=fixed, R_structure="diagonal", progress=False)
+
+
+def test_the_information_from_gradients_is_the_exact_hessians(flow, two_scales):
+    """Richardson-extrapolated differences of the exact gradient agree with the autodiff Hessian
+    (the filter's recursion) to 1e-8 of the scale of each entry, on data in a river's units
+    (the named coordinates) and on a 2-D SDE fit (the entries of F, Q, u, R, coordinates of
+    very different sizes); the covariance of the estimates is the inverse's."""
+    times, y = flow
+    level = sdessm.fit_em(LEVEL.model, y, times, progress=False)
+    for fit in (level, two_scales):
+        exact, info = _exact_and_differenced(fit)
+        assert info is not None
+        s = 1.0 / np.sqrt(np.diag(exact))
+        np.testing.assert_allclose(info * np.outer(s, s), exact * np.outer(s, s), atol=1e-8)
+        cov = sdessm.information.covariance(fit)[2]
+        np.testing.assert_allclose(np.diag(cov), np.diag(np.linalg.inv(exact)), rtol=1e-7)
+
+
+def test_a_maximum_at_a_singular_covariance_is_named(two_scales):
+    """The log-likelihood still rises, but only where Q stops being positive semi-definite: the
+    fit is not called converged, and the verdict names Q and the boundary."""
+    fit = two_scales
+    w = np.linalg.eigvalsh(np.asarray(fit.params.Q))
+    assert w[0] < 1e-6 * w[-1]  # the estimate's Q is singular to working precision
+    assert not fit.converged
+    verdict = fit.report["convergence"]
+    assert "on a boundary of the valid region" in verdict and "(a covariance" in verdict
+    assert "Q, smallest eigenvalue" in verdict
+
+
+def test_a_flat_direction_is_left_to_the_exact_hessian():
+    """Where the information is singular (F, L and H all free), the differences are not trusted
+    (`differenced` gives None) and the autodiff Hessian names the direction."""
+    rng = np.random.default_rng(0)
+    truth = scalar_ou(0.8, 0.9, u=0.5, R=0.3)._replace(
+        F=np.array([[-0.8, 0.3], [-0.3, -0.5]]), L=0.5 * np.eye(2), H=rng.normal(size=(2, 2)),
+        u=np.zeros(2), R=0.2 * np.eye(2), mu1=np.zeros(2), P1=np.eye(2),
+    )  # fmt: skip
+    _, y = sdessm.simulate(jax.random.key(1), truth, dt=0.3, num_timesteps=60)
+    fit = sdessm.fit_em(truth, y, dt=0.3, fixed=("u", "mu1", "P1"), num_iters=20, progress=False)
+    exact, info = _exact_and_differenced(fit)
+    assert info is None
+    assert sdessm.information.flat_direction(sdessm.information.objective_of(fit)[0], exact)
+    assert not fit.converged and "flat along the direction" in fit.report["convergence"]

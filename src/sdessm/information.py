@@ -11,6 +11,7 @@ the Newton finish (`sdessm.newton`).
 from __future__ import annotations
 
 import collections
+import functools
 from typing import TYPE_CHECKING
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 
 from ._checks import float64
 from .identify import SYMMETRIC
-from .kalman import filter_sequence, map_sequences, map_sequences_jit
+from .kalman import filter_sequence, loglik_sequence_compiled, map_sequences, map_sequences_jit
 from .params import LGSSMParams, SDEParams, continuous_discrete
 from .problem import fold_inputs, mask_flags
 
@@ -68,7 +69,9 @@ def coordinates(result: EMResult):
             return structure(unravel(v)), None
 
         leaves = tuple((np.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(theta))
-        signature = ("structured", id(structure), jax.tree.structure(theta), leaves)
+        # the structure itself, not its id: a bound method of a cached model (`trace_model`)
+        # is a new object at each access but compares and hashes equal
+        signature = ("structured", structure, jax.tree.structure(theta), leaves)
         return _leaf_labels(theta), flat, rebuild_structured, unravel, {}, signature
     if isinstance(result.params, SDEParams):
         base = result.params._asdict()
@@ -147,7 +150,7 @@ def objective_of(result: EMResult):
     complete, same_mask = mask_flags(data[0])
     log_prior = ctx["log_prior"] if unravel is not None else None
 
-    def objective(v, data):
+    def objective(v, data, exact: bool = False):
         yb, reps, groups, fields, inputs = data
         params, Q = rebuild(v, fields)
         if isinstance(params, SDEParams):
@@ -157,34 +160,114 @@ def objective_of(result: EMResult):
             lg, params_batched = params, False
         if inputs is not None:
             lg, yb, _ = fold_inputs(lg, yb, inputs, params_batched)
-        filtered = map_sequences_jit(filter_sequence, lg, yb, params_batched, complete, same_mask)
-        total = jnp.sum(filtered.log_likelihood)
+        if exact:  # the filter: its Hessian compiles faster than the whitened recursion's
+            each = map_sequences_jit(filter_sequence, lg, yb, params_batched, complete, same_mask)
+            total = jnp.sum(each.log_likelihood)
+        else:  # the compiled kernel where it applies: its gradient costs about two filters
+            fn = loglik_sequence_compiled
+            total = jnp.sum(map_sequences_jit(fn, lg, yb, params_batched, complete, same_mask))
         if log_prior is not None:
             total = total + log_prior(unravel(v))
         return total
 
     with_inputs = ctx.get("inputs") is not None
-    signature = signature + (batched, complete, same_mask, id(log_prior), with_inputs)
+    signature = signature + (batched, complete, same_mask, log_prior, with_inputs)
     return labels, v0, objective, data, rebuild, unravel, signature
 
 
 def programs(objective, signature):
     """`(value_and_grad, hessian)` of `objective(v, data)`, jitted: compiled once per signature
-    (and shape) in this process. The functions whose identities the signature holds are kept
-    with the programs, so that their ids cannot be reused while the entry lives."""
+    (and shape) in this process, the Hessian (`exact=True`: the filter's recursion) only when
+    first called (`observed_information` seldom needs it)."""
     if signature in _PROGRAMS:
         _PROGRAMS.move_to_end(signature)
         return _PROGRAMS[signature][0]
-    programs = (jax.jit(jax.value_and_grad(objective)), jax.jit(jax.hessian(objective)))
+    exact = functools.partial(objective, exact=True)
+    programs = (jax.jit(jax.value_and_grad(objective)), jax.jit(jax.hessian(exact)))
     _PROGRAMS[signature] = (programs, objective)
     while len(_PROGRAMS) > KEPT_PROGRAMS:
         _PROGRAMS.popitem(last=False)
     return programs
 
 
-def _information(hessian, v, data):
-    """The observed information `-hessian(v, data)`, symmetrised, as NumPy."""
-    h = np.asarray(hessian(jnp.asarray(v), data))
+#: The observed information is first computed from the exact gradient (`differenced`): central
+#: differences at steps of FD_STEP and twice that, in units of each coordinate's scale, combined
+#: by Richardson extrapolation. It is kept when, with the coordinates scaled to unit
+#: information, the two differences agree to FD_RTOL and the smallest eigenvalue exceeds
+#: FD_MARGIN; then no perturbation of that size (at most 200 * FD_RTOL) can change the
+#: verdict (positive definite) and the inverse is accurate. Otherwise (a flat direction, a
+#: boundary, a step that leaves the region where the log-likelihood is finite) the Hessian by
+#: automatic differentiation decides.
+FD_STEP, FD_RTOL, FD_MARGIN = 1e-4, 1e-6, 1e-3
+#: Where the coordinates' magnitudes give steps that are not accurate, the differences are taken
+#: again at FD_SE_STEP standard errors (from the first try's diagonal).
+FD_SE_STEP = 1e-2
+
+
+def coordinate_scales(labels, v) -> np.ndarray:
+    """A scale per coordinate for finite differences: its magnitude; for an off-diagonal entry
+    of a covariance, at least the geometric mean of its diagonal entries; for a zero, the
+    largest magnitude in its field (1 where they are all 0)."""
+    v = np.abs(np.asarray(v, dtype=float))
+    value = dict(zip(labels, v, strict=True))
+    fields = [label.split("[")[0] for label in labels]
+    largest = {f: max(x for g, x in zip(fields, v, strict=True) if g == f) for f in set(fields)}
+    scales = []
+    for label, field, x in zip(labels, fields, v, strict=True):
+        index = label[len(field) :].strip("[]").split(",")
+        if field in SYMMETRIC and len(index) == 2 and index[0] != index[1]:
+            i, j = index
+            x = max(
+                x, np.sqrt(value.get(f"{field}[{i},{i}]", 0) * value.get(f"{field}[{j},{j}]", 0))
+            )
+        scales.append(x if x > 0 else largest[field] if largest[field] > 0 else 1.0)
+    return np.array(scales)
+
+
+def differenced(gradient, v, scales):
+    """`(-Hessian at v or None, its diagonal)` from the exact gradient `gradient(x)` at 4 n
+    points (no compilation beyond the gradient's); None where the result is not clearly accurate
+    and positive definite (see `FD_STEP`)."""
+    v = np.asarray(v, dtype=float)
+    n = v.size
+    columns = {}
+    for factor in (1.0, 2.0):
+        D = np.empty((n, n))
+        for i in range(n):
+            h = FD_STEP * factor * scales[i]
+            up, down = v.copy(), v.copy()
+            up[i] += h
+            down[i] -= h
+            D[:, i] = (np.asarray(gradient(up), dtype=float) - np.asarray(gradient(down))) / (2 * h)
+        columns[factor] = -0.5 * (D + D.T)
+    near, far = columns[1.0], columns[2.0]
+    info = (4.0 * near - far) / 3.0  # Richardson: the h^2 error terms cancel
+    diagonal = np.diag(info).copy()
+    if not (np.all(np.isfinite(info)) and np.all(diagonal > 0)):
+        return None, diagonal
+    s = 1.0 / np.sqrt(diagonal)
+    scaled = info * np.outer(s, s)
+    error = np.abs(near - far) * np.outer(s, s)  # 3 x the error of `near`, far above `info`'s
+    if error.max() > FD_RTOL or np.linalg.eigvalsh(scaled).min() < FD_MARGIN:
+        return None, diagonal
+    return info, diagonal
+
+
+def observed_information(value_and_grad, hessian, v, scales) -> np.ndarray:
+    """The observed information `-Hessian` at `v`, symmetrised, as NumPy: `differenced` from
+    `value_and_grad(x)`'s gradient where that is clearly accurate (at steps from `scales`, else
+    from the standard errors those steps suggest), else `-hessian(x)` (automatic
+    differentiation, compiled on first use)."""
+
+    def gradient(x):
+        return value_and_grad(jnp.asarray(x))[1]
+
+    info, diagonal = differenced(gradient, v, scales)
+    if info is None and np.all(np.isfinite(diagonal)) and np.all(diagonal > 0):
+        info, _ = differenced(gradient, v, FD_SE_STEP / FD_STEP / np.sqrt(diagonal))
+    if info is not None:
+        return info
+    h = np.asarray(hessian(jnp.asarray(v, dtype=float)), dtype=float)
     return -0.5 * (h + h.T)
 
 
@@ -211,12 +294,18 @@ def flat_direction(labels, info) -> str | None:
     return None if flat is None else ", ".join(f"{name} ({c:+.2f})" for name, c in flat)
 
 
-def _information_at_estimate(result: EMResult, v0, objective, data, signature):
+def _information_at_estimate(result: EMResult, labels, v0, objective, data, signature):
     """The observed information at the estimate: the finish's, or computed now."""
     cached = result._context.get("information")  # the finish's, at this very point
     if cached is not None and np.allclose(cached[0], np.asarray(v0), rtol=1e-12, atol=1e-14):
         return cached[1]
-    return _information(programs(objective, signature)[1], v0, data)
+    value_and_grad, hessian = programs(objective, signature)
+    return observed_information(
+        functools.partial(value_and_grad, data=data),
+        functools.partial(hessian, data=data),
+        v0,
+        coordinate_scales(labels, v0),
+    )
 
 
 @float64
@@ -229,7 +318,7 @@ def _covariance(result: EMResult):
             "standard errors of a MAP fit are given in the structured coordinates: fit with "
             "`structure=` to get them."
         )
-    info = _information_at_estimate(result, v0, objective, data, signature)
+    info = _information_at_estimate(result, labels, v0, objective, data, signature)
     flat = flat_direction(labels, info)
     if flat is not None:
         w = np.linalg.eigvalsh(info)
@@ -272,7 +361,8 @@ def standard_errors(result: EMResult):
     """Standard errors of the free parameters of a fit, from the observed information.
 
     The Hessian of the exact marginal log-likelihood (plus the log-prior for MAP) at the
-    estimate, by JAX autodiff, in the coordinates F, Q (lower triangle), H, u, R (as
+    estimate (`observed_information`: Richardson-extrapolated differences of the exact gradient
+    where they are clearly accurate, JAX's Hessian otherwise), in the coordinates F, Q (lower triangle), H, u, R (as
     structured), mu1, P1 (lower triangle) for an SDE fit, the discrete fields for an
     `LGSSMParams` fit, or the leaves of theta for a structured fit.
 
@@ -333,7 +423,7 @@ def information_criteria(result: EMResult) -> dict:
     labels, v0, objective, data, _, _, signature = objective_of(result)
     free = len(labels)
     if 0 < free <= MAX_CERTIFIED_COORDINATES:
-        info = _information_at_estimate(result, v0, objective, data, signature)
+        info = _information_at_estimate(result, labels, v0, objective, data, signature)
         w = np.linalg.eigvalsh(info) if np.all(np.isfinite(info)) else np.zeros(free)
         flat = int(np.sum(w <= flat_floor(w)))
     else:  # no Hessian for so many coordinates: all counted

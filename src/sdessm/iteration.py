@@ -20,7 +20,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from .kalman import loglik_sequence, map_sequences_jit
+from .kalman import loglik_sequence_compiled, map_sequences_jit
 from .mstep import closed_form_mstep, expected_complete_loglik, maximize
 from .params import LGSSMParams, SDEParams, continuous_discrete, transitions
 from .problem import fold_inputs
@@ -81,7 +81,8 @@ def total_loglik(sde: SDEParams, y, reps, groups, complete, same_mask=False, inp
     batched = groups.ndim == 2
     if inputs is not None:
         lg, y, _ = fold_inputs(lg, y, inputs, batched)
-    return jnp.sum(map_sequences_jit(loglik_sequence, lg, y, batched, complete, same_mask))
+    fn = loglik_sequence_compiled  # the kernel where it applies: no scan to compile
+    return jnp.sum(map_sequences_jit(fn, lg, y, batched, complete, same_mask))
 
 
 def _halvings(old, new, halvings: int):

@@ -88,7 +88,8 @@ class TracedModel:
         return list(self.supports)
 
     def _run(self, values: dict):
-        seeded = handlers.seed(handlers.substitute(self.model, data=values), rng_seed=0)
+        model = handlers.substitute(self.model, data=values)
+        seeded = handlers.seed(handlers.substitute(model, substitute_fn=_no_draw), rng_seed=0)
         with numpyro_config():
             return handlers.trace(seeded).get_trace(self.times, y=self.y, **self.kwargs)
 
@@ -99,6 +100,19 @@ class TracedModel:
         with jax.ensure_compile_time_eval():  # concrete even when first asked inside a jit
             v = _unwrap_ltisde(self._run({})[self.site]["fn"]).inputs
             return None if v is None else np.asarray(v, dtype=float)
+
+    @functools.cached_property
+    def logliks(self):
+        """`logliks(zs, y)`: the exact log-likelihood at each of a batch of unconstrained site
+        values, jitted once per traced model (`y` an argument: one program for all data of its
+        shape)."""
+
+        @jax.jit
+        @functools.partial(jax.vmap, in_axes=(0, None))
+        def logliks(z, y):
+            return jnp.sum(log_likelihood(self.sde_at(z), y, self.times, inputs=self.inputs))
+
+        return logliks
 
     def constrain(self, z: dict) -> dict:
         return {k: biject_to(self.supports[k])(z[k]) for k in self.supports}
@@ -202,10 +216,27 @@ def trace_key(model, y, times, kwargs):
     return (model, digest.hexdigest(), extra)
 
 
+def _no_draw(site):
+    """A value for a latent sample site without drawing from its distribution: the image of 0
+    under the transform to its support (drawing compiles a sampler per distribution and shape,
+    seconds for a Beta's or a Gamma's); None (a draw) where there is no such transform."""
+    if site["type"] != "sample" or site["is_observed"] or site["value"] is not None:
+        return None  # data, or a value substituted already
+    if site["fn"].is_discrete:
+        return None
+    shape = tuple(site["kwargs"].get("sample_shape", ())) + tuple(site["fn"].shape())
+    try:
+        transform = biject_to(site["fn"].support)
+        return transform(jnp.zeros(transform.inverse_shape(shape)))
+    except NotImplementedError:
+        return None
+
+
 def _trace_model(model, y, times, kwargs) -> TracedModel:
     try:
         with numpyro_config():
-            trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(times, y=y, **kwargs)
+            seeded = handlers.seed(handlers.substitute(model, substitute_fn=_no_draw), rng_seed=0)
+            trace = handlers.trace(seeded).get_trace(times, y=y, **kwargs)
     except AssertionError as err:  # NumPyro asserts unique site names
         if "unique" in str(err):
             raise ValueError(f"the model's sample sites clash: {err}") from None
@@ -304,14 +335,8 @@ def _best_start(tm: TracedModel, key) -> dict:
     if len(candidates) == 1:
         return candidates[0]
     zs = jax.tree.map(lambda *v: jnp.stack(v), *[tm.unconstrain(c) for c in candidates])
-
-    @jax.jit
-    @functools.partial(jax.vmap, in_axes=(0, None))
-    def loglik(z, y):  # `y` an argument: one compiled program for all data of its shape
-        return jnp.sum(log_likelihood(tm.sde_at(z), y, tm.times, inputs=tm.inputs))
-
     with numpyro_config():
-        values = np.asarray(loglik(zs, jnp.asarray(tm.y)))
+        values = np.asarray(tm.logliks(zs, jnp.asarray(tm.y)))
     values = np.where(np.isfinite(values), values, -np.inf)
     return candidates[int(np.argmax(values))]
 

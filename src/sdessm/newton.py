@@ -20,11 +20,13 @@ from ._checks import progress_bar
 from .discretize import psd_factor
 from .information import (
     MAX_CERTIFIED_COORDINATES,
+    coordinate_scales,
     flat_coordinates,
     flat_direction,
     flat_floor,
     objective_loglik,
     objective_of,
+    observed_information,
     programs,
 )
 from .params import SDEParams, discrete_on_groups
@@ -123,8 +125,10 @@ def _polish(value_and_grad, hessian, v, valid, progress: bool):
 
 def _certify(labels, value_and_grad, hessian, v, value, tol: float, polish: bool, valid):
     """The certificate at `v`, after at most `NEWTON_STEPS` halving Newton steps (with `polish`)
-    toward it: `(v, value, gradient, information, flat coordinates, predicted gain)`, the gain
-    infinite where the information is not positive definite."""
+    toward it: `(v, value, gradient, information, flat coordinates, predicted gain, outside)`,
+    the gain infinite where the information is not positive definite, `outside` True when the
+    last Newton step gained only at points outside the valid region (a boundary)."""
+    outside = False
     for step in range(NEWTON_STEPS + 1):
         h = hessian(v)
         info = -0.5 * (h + h.T)
@@ -137,16 +141,33 @@ def _certify(labels, value_and_grad, hessian, v, value, tol: float, polish: bool
         for k in range(NEWTON_HALVINGS):
             trial = v + 0.5**k * direction
             f = float(value_and_grad(jnp.asarray(trial))[0])
-            if np.isfinite(f) and f >= value and valid(trial):
-                v, value = trial, f
-                break
+            if np.isfinite(f) and f >= value:
+                if valid(trial):
+                    v, value, outside = trial, f, False
+                    break
+                outside = True
         else:
-            break  # no step that does not lower the objective: round-off level
-    return v, value, g, info, flat, gain
+            break  # no step that does not lower the objective: round-off or a boundary
+    return v, value, g, info, flat, gain, outside
 
 
-def _verdict(flat: str | None, gain: float, tol: float) -> str:
-    """The report's sentence on convergence."""
+def _singular_covariances(v, rebuild) -> str:
+    """The covariance at the coordinates `v` nearest to singular relative to its scale, with its
+    extreme eigenvalues: `"Q, smallest eigenvalue 1.2e-05 of largest 1.77e+03"`."""
+    params, Q = rebuild(jnp.asarray(v))
+    found = []
+    for name, x in [("Q", Q)] + [(n, getattr(params, n, None)) for n in ("R", "P1", "Sigma")]:
+        if x is None or np.ndim(x) != 2:
+            continue
+        w = np.linalg.eigvalsh(np.asarray(x, dtype=float))
+        found.append((w[0] / max(abs(w[-1]), np.finfo(float).tiny), name, w[0], w[-1]))
+    _, name, lo, hi = min(found)
+    return f"{name}, smallest eigenvalue {lo:.3g} of largest {hi:.3g}"
+
+
+def _verdict(flat: str | None, gain: float, tol: float, boundary: str | None = None) -> str:
+    """The report's sentence on convergence; `boundary`: the covariances at the estimate when the
+    log-likelihood still rises only outside the valid region."""
     if flat is not None:
         return (
             "not certified: the log-likelihood is flat along the direction "
@@ -156,6 +177,14 @@ def _verdict(flat: str | None, gain: float, tol: float) -> str:
         return (
             f"certified: the observed information is positive definite and a Newton step would "
             f"gain {gain:.2g} <= tol = {tol:g} in log-likelihood"
+        )
+    if boundary is not None:
+        return (
+            f"not certified: the estimate is on a boundary of the valid region; a Newton step "
+            f"would still gain {gain:.3g} > tol = {tol:g} in log-likelihood, but only by leaving "
+            f"it (a covariance would stop being positive semi-definite: {boundary}): the "
+            "maximum over valid parameters has a singular covariance; fix that field, or fit "
+            "fewer free entries of it"
         )
     return (
         f"not certified: a Newton step would still gain {gain:.3g} > tol = {tol:g} in "
@@ -195,12 +224,14 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
     v = np.asarray(v0, dtype=float)
     start = value = float(value_and_grad(jnp.asarray(v))[0])
     hessian_at = functools.partial(hessian_at, data=data)
-    hessians = {}  # a point's Hessian costs a gradient per coordinate: computed once
+    scales = coordinate_scales(labels, v)
+    hessians = {}  # a point's Hessian costs several gradients per coordinate: computed once
 
     def hessian(x):
         x = np.asarray(x, dtype=float)
         if x.tobytes() not in hessians:
-            hessians[x.tobytes()] = np.asarray(hessian_at(jnp.asarray(x)), dtype=float)
+            info = observed_information(value_and_grad, hessian_at, x, scales)
+            hessians[x.tobytes()] = -info
         return hessians[x.tobytes()]
 
     def valid(x):
@@ -212,10 +243,11 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
         if np.isfinite(f) and f >= value and valid(x):
             v, value = x, f
         report["polish"] = {"newton_iterations": iterations, "gain": value - start}
-    v, value, g, info, flat_coords, gain = _certify(
+    v, value, g, info, flat_coords, gain, outside = _certify(
         labels, value_and_grad, hessian, v, value, tol, polish, valid
     )
     flat = flat_direction(labels, info)
+    boundary = _singular_covariances(v, rebuild) if outside and gain > tol else None
     moved = not np.array_equal(v, np.asarray(v0, dtype=float))  # only to valid points
     finished = _at(result, v, rebuild, unravel) if moved else result
     report.update(
@@ -224,7 +256,7 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
         flat_direction=flat,
         flat_coordinates=flat_coords,
         coordinates=(list(labels), np.asarray(v, dtype=float)),
-        convergence=_verdict(flat, gain, tol),
+        convergence=_verdict(flat, gain, tol, boundary),
     )
     lls = np.asarray(finished.log_likelihoods)
     if moved:  # the finish moved the estimate: its log-likelihood is the last entry
