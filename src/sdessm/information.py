@@ -103,14 +103,15 @@ def coordinates(result: EMResult):
     vector = jnp.stack(pieces) if pieces else jnp.zeros((0,))
     isotropic, sde = ctx["R_structure"] == "isotropic", isinstance(result.params, SDEParams)
 
+    # one scatter per field (not one per entry: `_valid` rebuilds at every trial point)
+    scatters = [(name, tuple(np.asarray(idx).T), len(idx)) for name, idx in slots]
+
     def rebuild(v, fields=base):  # closes over no data (`programs` keeps it)
         fields = dict(fields)
         k = 0
-        for name, idx in slots:
-            x = fields[name]
-            for ix in idx:
-                x = x.at[ix].set(v[k])
-                k += 1
+        for name, where, size in scatters:
+            x = fields[name].at[where].set(v[k : k + size])
+            k += size
             if name in SYMMETRIC and x.ndim == 2:
                 if name == "R" and isotropic:
                     x = x[0, 0] * jnp.eye(x.shape[0], dtype=x.dtype)
@@ -362,9 +363,9 @@ def standard_errors(result: EMResult):
 
     The Hessian of the exact marginal log-likelihood (plus the log-prior for MAP) at the
     estimate (`observed_information`: Richardson-extrapolated differences of the exact gradient
-    where they are clearly accurate, JAX's Hessian otherwise), in the coordinates F, Q (lower triangle), H, u, R (as
-    structured), mu1, P1 (lower triangle) for an SDE fit, the discrete fields for an
-    `LGSSMParams` fit, or the leaves of theta for a structured fit.
+    where they are clearly accurate, JAX's Hessian otherwise), in the coordinates F, Q (lower
+    triangle), H, u, R (as structured), mu1, P1 (lower triangle) for an SDE fit, the discrete
+    fields for an `LGSSMParams` fit, or the leaves of theta for a structured fit.
 
     Args:
         result (EMResult): what `fit_em` returned.
