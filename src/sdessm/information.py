@@ -226,9 +226,9 @@ def coordinate_scales(labels, v) -> np.ndarray:
 
 
 def differenced(gradient, v, scales):
-    """`(-Hessian at v or None, its diagonal)` from the exact gradient `gradient(x)` at 4 n
-    points (no compilation beyond the gradient's); None where the result is not clearly accurate
-    and positive definite (see `FD_STEP`)."""
+    """`(-Hessian at v, trusted)` from the exact gradient `gradient(x)` at 4 n points (no
+    compilation beyond the gradient's): Richardson-extrapolated central differences, trusted
+    when clearly accurate and positive definite (see `FD_STEP`)."""
     v = np.asarray(v, dtype=float)
     n = v.size
     columns = {}
@@ -243,30 +243,32 @@ def differenced(gradient, v, scales):
         columns[factor] = -0.5 * (D + D.T)
     near, far = columns[1.0], columns[2.0]
     info = (4.0 * near - far) / 3.0  # Richardson: the h^2 error terms cancel
-    diagonal = np.diag(info).copy()
+    diagonal = np.diag(info)
     if not (np.all(np.isfinite(info)) and np.all(diagonal > 0)):
-        return None, diagonal
+        return info, False
     s = 1.0 / np.sqrt(diagonal)
-    scaled = info * np.outer(s, s)
     error = np.abs(near - far) * np.outer(s, s)  # 3 x the error of `near`, far above `info`'s
-    if error.max() > FD_RTOL or np.linalg.eigvalsh(scaled).min() < FD_MARGIN:
-        return None, diagonal
-    return info, diagonal
+    scaled = info * np.outer(s, s)
+    return info, bool(error.max() <= FD_RTOL and np.linalg.eigvalsh(scaled).min() >= FD_MARGIN)
 
 
-def observed_information(value_and_grad, hessian, v, scales) -> np.ndarray:
+def observed_information(value_and_grad, hessian, v, scales, rough: bool = False) -> np.ndarray:
     """The observed information `-Hessian` at `v`, symmetrised, as NumPy: `differenced` from
-    `value_and_grad(x)`'s gradient where that is clearly accurate (at steps from `scales`, else
-    from the standard errors those steps suggest), else `-hessian(x)` (automatic
-    differentiation, compiled on first use)."""
+    `value_and_grad(x)`'s gradient where that is trusted (at steps from `scales`, else from
+    the standard errors those steps suggest), else `-hessian(x)` (automatic differentiation,
+    compiled on first use). `rough`: any finite differences will do (a starting metric)."""
 
     def gradient(x):
         return value_and_grad(jnp.asarray(x))[1]
 
-    info, diagonal = differenced(gradient, v, scales)
-    if info is None and np.all(np.isfinite(diagonal)) and np.all(diagonal > 0):
-        info, _ = differenced(gradient, v, FD_SE_STEP / FD_STEP / np.sqrt(diagonal))
-    if info is not None:
+    info, trusted = differenced(gradient, v, scales)
+    finite = np.all(np.isfinite(info))
+    if rough and finite:
+        return info
+    diagonal = np.diag(info)
+    if not trusted and finite and np.all(diagonal > 0):
+        info, trusted = differenced(gradient, v, FD_SE_STEP / FD_STEP / np.sqrt(diagonal))
+    if trusted:
         return info
     h = np.asarray(hessian(jnp.asarray(v, dtype=float)), dtype=float)
     return -0.5 * (h + h.T)

@@ -89,7 +89,8 @@ def _polish(value_and_grad, hessian, v, valid, progress: bool):
     """Quasi-Newton steps (SciPy's BFGS) on the objective from `v`, through valid points only:
     `(point reached, its objective, iterations)`.
 
-    The inverse curvature starts from the exact observed information at `v` (its eigenvalues
+    The inverse curvature starts from the observed information at `v` (differences of the exact
+    gradient, used even where they would not be trusted for a certificate; its eigenvalues
     taken in absolute value, so a start outside the concave region still gives an ascent
     direction: a saddle-free Newton step) and is then updated from gradients alone, so a step
     costs one gradient instead of one Hessian (a gradient per free coordinate). It runs until
@@ -106,7 +107,7 @@ def _polish(value_and_grad, hessian, v, valid, progress: bool):
             return np.inf, np.zeros_like(x)
         return -f, -g
 
-    h = hessian(v)
+    h = hessian(v, rough=True)  # a starting metric: differences of the gradient will do
     if not np.all(np.isfinite(h)):
         return v, -negative(v)[0], 0
     w, V = np.linalg.eigh(-0.5 * (h + h.T))
@@ -227,12 +228,13 @@ def finish(result: EMResult, finish: str, tol: float, progress: bool = False) ->
     scales = coordinate_scales(labels, v)
     hessians = {}  # a point's Hessian costs several gradients per coordinate: computed once
 
-    def hessian(x):
+    def hessian(x, rough: bool = False):
         x = np.asarray(x, dtype=float)
-        if x.tobytes() not in hessians:
-            info = observed_information(value_and_grad, hessian_at, x, scales)
-            hessians[x.tobytes()] = -info
-        return hessians[x.tobytes()]
+        key = (x.tobytes(), rough)
+        if key not in hessians:
+            info = observed_information(value_and_grad, hessian_at, x, scales, rough)
+            hessians[key] = -info
+        return hessians[key]
 
     def valid(x):
         return _valid(x, rebuild, unravel)
