@@ -250,3 +250,18 @@ def test_a_flat_direction_is_left_to_the_exact_hessian():
     assert not trusted
     assert sdessm.information.flat_direction(sdessm.information.objective_of(fit)[0], exact)
     assert not fit.converged and "flat along the direction" in fit.report["convergence"]
+
+
+def test_a_second_fit_of_a_model_reuses_its_compiled_finish(flow):
+    """The finish's programs are kept by the form of the fit: a second fit of the same zoo model
+    to the same data (another start) finds them (a key that changed with every fit compiled
+    them anew: 14.6 s instead of 0.9 s on the oscillator)."""
+    from sdessm import information
+
+    times, y = flow
+    first = sdessm.fit_em(LEVEL.model, y, times, progress=False)
+    kept = set(information._PROGRAMS)
+    start = {"sigma": 10.0, "noise": 50.0, "level0": 900.0}
+    second = sdessm.fit_em(LEVEL.model, y, times, init=start, progress=False)
+    assert set(information._PROGRAMS) == kept
+    assert first.converged and second.converged

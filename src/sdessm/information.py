@@ -47,6 +47,17 @@ def _leaf_labels(tree) -> list[str]:
     return labels
 
 
+def _identity(fn):
+    """A key for a function that the signature holds: a bound method by its object and function
+    (a cached model's `trace_model` gives a new bound method at each access), anything else by
+    its id (a callable object need not be hashable). `programs` keeps the objective, which
+    holds the function, so the ids cannot be reused while an entry lives."""
+    owner, function = getattr(fn, "__self__", None), getattr(fn, "__func__", None)
+    if owner is not None and function is not None:
+        return ("method", id(owner), id(function))
+    return id(fn)
+
+
 def coordinates(result: EMResult):
     """Free coordinates of the estimate: `(labels, vector, rebuild, unravel, fields, signature)`.
 
@@ -69,9 +80,7 @@ def coordinates(result: EMResult):
             return structure(unravel(v)), None
 
         leaves = tuple((np.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(theta))
-        # the structure itself, not its id: a bound method of a cached model (`trace_model`)
-        # is a new object at each access but compares and hashes equal
-        signature = ("structured", structure, jax.tree.structure(theta), leaves)
+        signature = ("structured", _identity(structure), jax.tree.structure(theta), leaves)
         return _leaf_labels(theta), flat, rebuild_structured, unravel, {}, signature
     if isinstance(result.params, SDEParams):
         base = result.params._asdict()
@@ -172,7 +181,7 @@ def objective_of(result: EMResult):
         return total
 
     with_inputs = ctx.get("inputs") is not None
-    signature = signature + (batched, complete, same_mask, log_prior, with_inputs)
+    signature = signature + (batched, complete, same_mask, _identity(log_prior), with_inputs)
     return labels, v0, objective, data, rebuild, unravel, signature
 
 
