@@ -184,7 +184,7 @@ def _verdict(flat: str | None, gain: float, tol: float, boundary: str | None = N
             f"not certified: the estimate is on a boundary of the valid region; a Newton step "
             f"would still gain {gain:.3g} > tol = {tol:g} in log-likelihood, but only by leaving "
             f"it (a covariance would stop being positive semi-definite: {boundary}): the "
-            "maximum over valid parameters has a singular covariance; fix that field, or fit "
+            "local maximum over valid parameters has it singular; fix that field, or fit "
             "fewer free entries of it"
         )
     return (
