@@ -48,12 +48,14 @@ def _valid(v, rebuild, unravel) -> bool:
     filter factorises them). A structured model is valid by construction."""
     if unravel is not None:
         return True
+    return all(np.linalg.eigvalsh(x).min() >= 0 for _, x in _covariances(v, rebuild))
+
+
+def _covariances(v, rebuild) -> list[tuple[str, np.ndarray]]:
+    """`(name, matrix)` of the covariances (Q, R, P1, Sigma) that the coordinates `v` give."""
     params, Q = rebuild(jnp.asarray(v))
-    covariances = [Q] + [getattr(params, name, None) for name in ("R", "P1", "Sigma")]
-    return all(
-        x is None or np.ndim(x) != 2 or np.linalg.eigvalsh(np.asarray(x)).min() >= 0
-        for x in covariances
-    )
+    named = [("Q", Q)] + [(name, getattr(params, name, None)) for name in ("R", "P1", "Sigma")]
+    return [(n, np.asarray(x, dtype=float)) for n, x in named if x is not None and np.ndim(x) == 2]
 
 
 def _at(result: EMResult, v, rebuild, unravel):
@@ -155,12 +157,9 @@ def _certify(labels, value_and_grad, hessian, v, value, tol: float, polish: bool
 def _singular_covariances(v, rebuild) -> str:
     """The covariance at the coordinates `v` nearest to singular relative to its scale, with its
     extreme eigenvalues: `"Q, smallest eigenvalue 1.2e-05 of largest 1.77e+03"`."""
-    params, Q = rebuild(jnp.asarray(v))
     found = []
-    for name, x in [("Q", Q)] + [(n, getattr(params, n, None)) for n in ("R", "P1", "Sigma")]:
-        if x is None or np.ndim(x) != 2:
-            continue
-        w = np.linalg.eigvalsh(np.asarray(x, dtype=float))
+    for name, x in _covariances(v, rebuild):
+        w = np.linalg.eigvalsh(x)
         found.append((w[0] / max(abs(w[-1]), np.finfo(float).tiny), name, w[0], w[-1]))
     _, name, lo, hi = min(found)
     return f"{name}, smallest eigenvalue {lo:.3g} of largest {hi:.3g}"
